@@ -1,0 +1,47 @@
+# cvae-sweep: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXP ?= demo
+ARGS ?=
+STUDY ?= demo
+WORKERS ?= 2
+TRIALS ?=
+STORAGE ?=
+PORT ?= 5000
+DASH_PORT ?= 8080
+OUT ?= runs
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test sweep worker ui dashboard report bench schedules preview clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install (quick when already done)
+
+train: $(STAMP) ## train one model: make train [EXP=demo] [ARGS="train.lr=0.001 ..."]
+	$(BIN)/cvae train $(EXP) $(ARGS)
+
+schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make schedules [EXP=demo]
+	$(BIN)/cvae schedules $(EXP) $(ARGS)
+
+preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
+	$(BIN)/cvae data preview $(EXP) $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest
+
+ui: $(STAMP) ## serve the MLflow store on 127.0.0.1:$(PORT)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store: sqlite:///$(OUT)/mlflow.db)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --default-artifact-root $(abspath $(OUT))/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+clean: ## remove runs/ and caches (keeps .venv)
+	rm -rf runs .cache .pytest_cache

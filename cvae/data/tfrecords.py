@@ -1,0 +1,238 @@
+"""The original BAIR robot-pushing TFRecords (softmotion30_44k), read and written without TensorFlow.
+
+    softmotion30_44k/{train,test}/traj_<n>_to_<n+255>.tfrecords
+
+Each record is one tf.train.Example holding one sequence; per frame i:
+'{i}/image_aux1/encoded' and '{i}/image_main/encoded' are raw uint8 RGB bytes (64*64*3, not PNG),
+'{i}/action' is 4 floats and '{i}/endeffector_pos' is 3 floats. The course uses the aux1 camera.
+
+Splits: the original has only train and test, so ours are carved out of it:
+  validate = the lowest-numbered train file (train/traj_0_to_255.tfrecords, 256 sequences),
+  train    = the remaining train files (with a single train file, train uses it and validate fails),
+  test     = every file of the test folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from tfrecord import example_pb2
+from tfrecord.reader import tfrecord_iterator
+from tfrecord.writer import TFRecordWriter
+
+from cvae.data.errors import DataError
+
+SPLITS = ("train", "validate", "test")
+CAMERAS = ("image_aux1", "image_main")
+DATASET_DIR = "softmotion30_44k"
+IMAGE_SHAPE = (64, 64, 3)
+IMAGE_BYTES = 64 * 64 * 3
+
+_FILE = re.compile(r"^traj_(\d+)_to_(\d+)\.tfrecords$")
+# a TFRecord frame: uint64 length, uint32 length-crc, payload, uint32 payload-crc
+_HEADER = struct.Struct("<Q")
+_CRC_BYTES = 4
+
+
+# helpers
+
+
+def _error(problem: str) -> DataError:
+    """A DataError whose message is a single line, whatever the underlying text holds."""
+    # only line breaks are folded: other whitespace may be part of a path
+    return DataError("bair tfrecords: " + re.sub(r"\s*[\r\n]+\s*", " ", problem).strip())
+
+
+def _dataset_dir(root: Path) -> Path:
+    """softmotion30_44k/ itself, given it or the folder holding it."""
+    if (root / DATASET_DIR).is_dir():
+        return root / DATASET_DIR
+    if root.is_dir() and ((root / "train").is_dir() or (root / "test").is_dir()):
+        return root
+    if not root.is_dir():
+        raise _error(f"{root} does not exist or is not a folder")
+    raise _error(f"{root} holds neither {DATASET_DIR}/ nor train/ and test/ folders")
+
+
+def _split_files(folder: Path) -> list[Path]:
+    """traj_<n>_to_<m>.tfrecords files of one folder, sorted by n."""
+    if not folder.is_dir():
+        raise _error(f"{folder} is missing")
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _FILE.match(p.name)) and p.is_file()
+    ]
+    if not found:
+        raise _error(f"{folder} holds no traj_<n>_to_<m>.tfrecords files")
+    return [p for _, p in sorted(found, key=lambda pair: pair[0])]
+
+
+def _feature(features: Any, key: str, kind: str, path: Path, record: int, seq_len: int) -> Any:
+    """The value list of one feature, checked for presence and type."""
+    if key not in features:
+        needs = f"seq_len={seq_len} needs frames 0..{seq_len - 1}"
+        raise _error(f"{path} record {record} lacks key '{key}' ({needs})")
+    feature = features[key]
+    found = feature.WhichOneof("kind")
+    if found != kind:
+        raise _error(f"{path} record {record} key '{key}' holds {found}, expected {kind}")
+    return getattr(feature, kind).value
+
+
+def _decode(
+    payload: memoryview, path: Path, record: int, seq_len: int, camera: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One serialized Example -> (frames uint8 (seq_len,64,64,3), cond float32 (seq_len,7))."""
+    example = example_pb2.Example()
+    try:
+        example.ParseFromString(payload)
+    except DecodeError as exc:
+        raise _error(f"{path} record {record} is not a tf.train.Example: {exc}") from exc
+    features = example.features.feature
+    frames = np.empty((seq_len, *IMAGE_SHAPE), np.uint8)
+    cond = np.empty((seq_len, 7), np.float32)
+    for i in range(seq_len):
+        key = f"{i}/{camera}/encoded"
+        images = _feature(features, key, "bytes_list", path, record, seq_len)
+        if len(images) != 1 or len(images[0]) != IMAGE_BYTES:
+            sizes = ", ".join(str(len(b)) for b in images)
+            raise _error(
+                f"{path} record {record} key '{key}' has {sizes or 'no'} bytes, "
+                f"expected one raw 64x64x3 image of {IMAGE_BYTES}"
+            )
+        frames[i] = np.frombuffer(images[0], np.uint8).reshape(IMAGE_SHAPE)
+        for key, lo, hi in ((f"{i}/action", 0, 4), (f"{i}/endeffector_pos", 4, 7)):
+            values = _feature(features, key, "float_list", path, record, seq_len)
+            if len(values) != hi - lo:
+                raise _error(
+                    f"{path} record {record} key '{key}' has {len(values)} values, expected {hi - lo}"
+                )
+            cond[i, lo:hi] = values
+    return frames, cond
+
+
+def _check_batch(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Reject an argument whose shape differs from the expected one (a caller bug)."""
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+
+
+# public API
+
+
+def list_files(root: str | Path, split: str) -> list[Path]:
+    """TFRecord files of a split, sorted numerically; root holds softmotion30_44k/ or is it."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    base = _dataset_dir(Path(root))
+    if split == "test":
+        return _split_files(base / "test")
+    train = _split_files(base / "train")
+    if split == "train":
+        return train[1:] if len(train) > 1 else train
+    if len(train) < 2:
+        raise _error(
+            f"{base / 'train'} holds only {train[0].name}; validate is the lowest-numbered train file, "
+            "so it needs at least two train files (the original has 169)"
+        )
+    return train[:1]
+
+
+def iter_sequences(
+    files: Iterable[str | Path], seq_len: int = 30, camera: str = "image_aux1"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (frames uint8 (seq_len,64,64,3), cond float32 (seq_len,7)) per sequence."""
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera {camera!r}; expected one of {', '.join(CAMERAS)}")
+    for path in map(Path, files):
+        if not path.is_file():
+            raise _error(f"{path} does not exist")
+        records = tfrecord_iterator(str(path))  # no index file: read front to back
+        record = 0
+        while True:
+            try:
+                payload = next(records)
+            except StopIteration:
+                break
+            except RuntimeError as exc:  # the reader's message for a short read
+                raise _error(f"{path} is truncated or corrupt after record {record}: {exc}") from exc
+            yield _decode(payload, path, record, seq_len, camera)
+            record += 1
+
+
+def count_sequences(files: Iterable[str | Path]) -> int:
+    """Number of records in the files, found by hopping over record headers (nothing is decoded)."""
+    total = 0
+    for path in map(Path, files):
+        if not path.is_file():
+            raise _error(f"{path} does not exist")
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            while stream.tell() < size:
+                header = stream.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    raise _error(f"{path} is truncated after record {total}")
+                (length,) = _HEADER.unpack(header)
+                end = stream.tell() + _CRC_BYTES + length + _CRC_BYTES
+                if end > size:
+                    raise _error(f"{path} is truncated after record {total}")
+                stream.seek(end)
+                total += 1
+    return total
+
+
+def write_file(
+    path: Path,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    positions: np.ndarray,
+    aux_frames: np.ndarray | None = None,
+) -> None:
+    """Write sequences in the original schema (used by tests and fixtures).
+
+    frames (N,T,64,64,3) uint8 go to image_main and aux_frames to image_aux1; without aux_frames
+    both cameras hold `frames`. actions (N,T,4), positions (N,T,3). The file appears atomically.
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[2:] != IMAGE_SHAPE:
+        raise ValueError(f"frames must be uint8 (N, T, 64, 64, 3), got {frames.dtype} {frames.shape}")
+    n, t = frames.shape[:2]
+    aux = frames if aux_frames is None else np.asarray(aux_frames)
+    _check_batch("aux_frames", aux, frames.shape)
+    if aux.dtype != np.uint8:
+        raise ValueError(f"aux_frames must be uint8, got {aux.dtype}")
+    actions = np.asarray(actions, np.float32)
+    positions = np.asarray(positions, np.float32)
+    _check_batch("actions", actions, (n, t, 4))
+    _check_batch("positions", positions, (n, t, 3))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a dot-prefixed temp sibling never matches traj_*.tfrecords, so readers skip it;
+    # opened normally (unlike mkstemp's 0600) so the final file's permissions follow the umask
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        writer = TFRecordWriter(str(tmp))
+        try:
+            for s in range(n):
+                datum = {}
+                for i in range(t):
+                    datum[f"{i}/image_aux1/encoded"] = (aux[s, i].tobytes(), "byte")
+                    datum[f"{i}/image_main/encoded"] = (frames[s, i].tobytes(), "byte")
+                    # tolist() gives Python floats that hold the float32 values exactly
+                    datum[f"{i}/action"] = (actions[s, i].tolist(), "float")
+                    datum[f"{i}/endeffector_pos"] = (positions[s, i].tolist(), "float")
+                writer.write(datum)
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,198 @@
+"""Building blocks of SVG (Denton & Fergus 2018): frame encoders/decoders with skips and the LSTMs.
+
+Frames are (B, 3, 64, 64) in [0, 1]. Encoders return (h (B, g_dim), skips [64, 32, 16, 8 px maps]);
+decoders take (h, skips) and return (B, 3, 64, 64). `width` scales every channel count.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# helpers
+
+
+def _ch(c: int, width: float) -> int:
+    return max(4, int(round(c * width)))
+
+
+def vgg_block(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv + BatchNorm + LeakyReLU(0.2), the unit of VGG64."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def dcgan_down(cin: int, cout: int) -> nn.Sequential:
+    """4x4 stride-2 conv: halves the resolution."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def dcgan_up(cin: int, cout: int) -> nn.Sequential:
+    """4x4 stride-2 transposed conv: doubles the resolution."""
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def init_weights(m: nn.Module) -> None:
+    """SVG init: conv/linear N(0, 0.02), BatchNorm N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+# VGG64
+
+
+class VGGEncoder(nn.Module):
+    def __init__(self, g_dim: int, width: float = 1.0):
+        super().__init__()
+        c64, c128, c256, c512 = (_ch(c, width) for c in (64, 128, 256, 512))
+        self.c1 = nn.Sequential(vgg_block(3, c64), vgg_block(c64, c64))                                   # 64x64
+        self.c2 = nn.Sequential(vgg_block(c64, c128), vgg_block(c128, c128))                              # 32x32
+        self.c3 = nn.Sequential(vgg_block(c128, c256), vgg_block(c256, c256), vgg_block(c256, c256))      # 16x16
+        self.c4 = nn.Sequential(vgg_block(c256, c512), vgg_block(c512, c512), vgg_block(c512, c512))      # 8x8
+        self.c5 = nn.Sequential(nn.Conv2d(c512, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())        # 4x4 -> 1x1
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        h1 = self.c1(x)
+        h2 = self.c2(self.pool(h1))
+        h3 = self.c3(self.pool(h2))
+        h4 = self.c4(self.pool(h3))
+        h5 = self.c5(self.pool(h4))
+        return h5.flatten(1), [h1, h2, h3, h4]
+
+
+class VGGDecoder(nn.Module):
+    def __init__(self, g_dim: int, width: float = 1.0):
+        super().__init__()
+        c64, c128, c256, c512 = (_ch(c, width) for c in (64, 128, 256, 512))
+        self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c512, 4, 1, 0), nn.BatchNorm2d(c512),
+                                  nn.LeakyReLU(0.2, inplace=True))                                         # 1 -> 4
+        self.upc2 = nn.Sequential(vgg_block(2 * c512, c512), vgg_block(c512, c512), vgg_block(c512, c256))  # 8
+        self.upc3 = nn.Sequential(vgg_block(2 * c256, c256), vgg_block(c256, c256), vgg_block(c256, c128))  # 16
+        self.upc4 = nn.Sequential(vgg_block(2 * c128, c128), vgg_block(c128, c64))                          # 32
+        self.upc5 = nn.Sequential(vgg_block(2 * c64, c64), nn.ConvTranspose2d(c64, 3, 3, 1, 1), nn.Sigmoid())  # 64
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, h: Tensor, skips: list[Tensor]) -> Tensor:
+        d1 = self.upc1(h[:, :, None, None])
+        d2 = self.upc2(torch.cat([self.up(d1), skips[3]], 1))
+        d3 = self.upc3(torch.cat([self.up(d2), skips[2]], 1))
+        d4 = self.upc4(torch.cat([self.up(d3), skips[1]], 1))
+        return self.upc5(torch.cat([self.up(d4), skips[0]], 1))
+
+
+# DCGAN64
+
+
+class DCGANEncoder(nn.Module):
+    def __init__(self, g_dim: int, width: float = 1.0):
+        super().__init__()
+        nf = _ch(64, width)
+        self.c1 = dcgan_down(3, nf)               # 64 -> 32
+        self.c2 = dcgan_down(nf, nf * 2)          # 32 -> 16
+        self.c3 = dcgan_down(nf * 2, nf * 4)      # 16 -> 8
+        self.c4 = dcgan_down(nf * 4, nf * 8)      # 8 -> 4
+        self.c5 = nn.Sequential(nn.Conv2d(nf * 8, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())  # 4 -> 1
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        h1 = self.c1(x)
+        h2 = self.c2(h1)
+        h3 = self.c3(h2)
+        h4 = self.c4(h3)
+        return self.c5(h4).flatten(1), [h1, h2, h3, h4]
+
+
+class DCGANDecoder(nn.Module):
+    def __init__(self, g_dim: int, width: float = 1.0):
+        super().__init__()
+        nf = _ch(64, width)
+        self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, nf * 8, 4, 1, 0), nn.BatchNorm2d(nf * 8),
+                                  nn.LeakyReLU(0.2, inplace=True))   # 1 -> 4
+        self.upc2 = dcgan_up(nf * 8 * 2, nf * 4)                     # 4 -> 8
+        self.upc3 = dcgan_up(nf * 4 * 2, nf * 2)                     # 8 -> 16
+        self.upc4 = dcgan_up(nf * 2 * 2, nf)                         # 16 -> 32
+        self.upc5 = nn.Sequential(nn.ConvTranspose2d(nf * 2, 3, 4, 2, 1), nn.Sigmoid())  # 32 -> 64
+
+    def forward(self, h: Tensor, skips: list[Tensor]) -> Tensor:
+        d1 = self.upc1(h[:, :, None, None])
+        d2 = self.upc2(torch.cat([d1, skips[3]], 1))
+        d3 = self.upc3(torch.cat([d2, skips[2]], 1))
+        d4 = self.upc4(torch.cat([d3, skips[1]], 1))
+        return self.upc5(torch.cat([d4, skips[0]], 1))
+
+
+ARCHS = {"vgg": (VGGEncoder, VGGDecoder), "dcgan": (DCGANEncoder, DCGANDecoder)}
+
+
+# recurrent parts
+
+LSTMState = list[tuple[Tensor, Tensor]]
+
+
+class _StackedLSTM(nn.Module):
+    """Linear embedding -> n LSTMCells; state is created per batch by init_state, never at build time."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.embed = nn.Linear(in_dim, hidden)
+        self.cells = nn.ModuleList([nn.LSTMCell(hidden, hidden) for _ in range(layers)])
+
+    def init_state(self, batch: int, ref: Tensor) -> LSTMState:
+        z = ref.new_zeros(batch, self.hidden)
+        return [(z, z) for _ in range(self.layers)]
+
+    def _run(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        h = self.embed(x)
+        new: LSTMState = []
+        for cell, s in zip(self.cells, state):
+            hc = cell(h, s)
+            new.append(hc)
+            h = hc[0]
+        return h, new
+
+
+class GaussianLSTM(_StackedLSTM):
+    """q(z_t | x_t) or the learned prior p(z_t | x_{t-1}): LSTM -> (mu, logvar) -> reparameterized z."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int):
+        super().__init__(in_dim, hidden, layers)
+        self.mu = nn.Linear(hidden, out_dim)
+        self.logvar = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, Tensor, Tensor, LSTMState]:
+        h, state = self._run(x, state)
+        mu, logvar = self.mu(h), self.logvar(h)
+        return reparameterize(mu, logvar), mu, logvar, state
+
+
+class PredictorLSTM(_StackedLSTM):
+    """Frame predictor: [h_{t-1}, z_t, cond_t] -> LSTMs -> linear -> tanh = next frame embedding."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int):
+        super().__init__(in_dim, hidden, layers)
+        self.out = nn.Sequential(nn.Linear(hidden, out_dim), nn.Tanh())
+
+    def forward(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        h, state = self._run(x, state)
+        return self.out(h), state
+
+
+def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+    """z = mu + eps * sigma (Kingma & Welling 2014), differentiable in mu and logvar."""
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, I)) summed over dims, divided by the batch size."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+
+
+def kl_gaussians(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
+    """KL(N1 || N2) for diagonal Gaussians summed over dims, divided by the batch size (SVG-LP)."""
+    kld = 0.5 * (logvar2 - logvar1) + (logvar1.exp() + (mu1 - mu2).pow(2)) / (2 * logvar2.exp()) - 0.5
+    return kld.sum() / mu1.shape[0]

@@ -1,0 +1,79 @@
+"""The course's four training plots (loss, PSNR, KL weight, teacher-forcing ratio) and a few more."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on servers and in workers
+import matplotlib.pyplot as plt  # noqa: E402
+
+# helpers
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Atomic PNG write (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _line(path: Path, title: str, ylabel: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+          xlabel: str = "epoch") -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, (xs, ys) in series.items():
+        pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]  # drop epochs without a value
+        if pairs:
+            ax.plot(*zip(*pairs), marker="o" if len(pairs) < 30 else None, ms=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(ax.get_lines()) > 1:
+        ax.legend()
+    return _save(fig, path)
+
+
+def training_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
+    """loss.png, psnr.png, kl_weight.png, tfr.png from per-epoch metric rows."""
+    ep = [r["epoch"] for r in rows]
+    col = lambda k: [r.get(k) for r in rows]  # noqa: E731
+    return [
+        _line(out_dir / "loss.png", "Training loss (per step)", "loss",
+              {"loss": (ep, col("train/loss")), "mse": (ep, col("train/mse"))}),
+        _line(out_dir / "psnr.png", "Validation PSNR", "dB",
+              {"model": (ep, col("val/psnr")), "copy last frame": (ep, col("val/psnr_copy_last"))}),
+        _line(out_dir / "kl_weight.png", "KL weight (beta, end of epoch)", "beta", {"beta": (ep, col("sched/beta"))}),
+        _line(out_dir / "tfr.png", "Teacher-forcing ratio", "ratio", {"tfr": (ep, col("sched/tfr"))}),
+    ]
+
+
+def per_step_plot(steps: Sequence[int], model: Sequence[float], copy_last: Sequence[float], path: Path,
+                  title: str) -> Path:
+    """PSNR against the predicted time step, model vs copy-last-frame."""
+    return _line(path, title, "dB", {"model": (steps, model), "copy last frame": (steps, copy_last)},
+                 xlabel="frame index (predicted frames only)")
+
+
+def schedule_plot(iters: Sequence[float], beta: Sequence[float], epochs: Sequence[int], tfr: Sequence[float],
+                  path: Path, title: str) -> Path:
+    """KL weight over iterations and teacher-forcing ratio over epochs, one figure."""
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5))
+    a.plot(iters, beta)
+    a.set_ylabel("KL weight beta")
+    a.set_xlabel("epoch (fractional, by iteration)")
+    a.grid(alpha=0.3)
+    b.step(epochs, tfr, where="post")
+    b.set_ylabel("teacher-forcing ratio")
+    b.set_xlabel("epoch")
+    b.set_ylim(-0.05, 1.05)
+    b.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
