@@ -1,0 +1,216 @@
+"""MLflow implementation of the Tracker: one MLflow run per training run, through MlflowClient only.
+
+The client API (explicit run ids, no global active run) lets sweep workers and resumed runs share a
+process safely. Default store: sqlite:///<out_dir>/mlflow.db with artifacts in <out_dir>/mlartifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cvae.config import Config, ConfigError, diff_from_defaults
+from cvae.tracking import Tracker
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+REACH_TIMEOUT_S = 5.0
+# keep a dead server from stalling a run for minutes of retries; set before mlflow reads them
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class TrackingError(ConfigError):
+    """The tracking store cannot be used (unreachable server, unwritable folder)."""
+
+
+# helpers
+
+
+def tracking_uri(cfg: Config) -> str:
+    """tracking.uri > $MLFLOW_TRACKING_URI > sqlite store under run.out_dir."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(cfg: Config) -> str | None:
+    """Local artifact folder beside the default SQLite store; servers choose their own."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail fast, in one line, when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status >= 500:
+                raise TrackingError(f"tracking server {uri} answered HTTP {r.status}")
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise TrackingError(f"tracking server {uri} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """Experiment id, creating it once (a concurrent creator that wins the race is fine)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - lost a creation race to another worker
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def make_client(cfg: Config) -> Any:
+    """MlflowClient on the configured store, which is created (and migrated) here when local."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_name(cfg: Config) -> str:
+    return cfg.tracking.experiment or cfg.run.name
+
+
+def _git_info() -> dict[str, str]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if not commit:
+        return {}
+    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+
+
+def run_name(cfg: Config, max_len: int = 120) -> str:
+    """Experiment + the schedule settings first, then the rest that differ from base."""
+    order = ("tf.", "kl.", "train.lr", "model.learned_prior", "train.", "model.", "data.", "eval.", "run.seed")
+    diff = diff_from_defaults(cfg)
+    keys = sorted(diff, key=lambda k: next((i for i, p in enumerate(order) if k.startswith(p)), len(order)))
+    name = cfg.run.name
+    for k in keys:
+        part = f" {k}={diff[k]}"
+        if len(name) + len(part) > max_len:
+            break
+        name += part
+    return name
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None):
+        self.cfg = cfg
+        self.client = make_client(cfg)
+        self.parent_run_id = parent_run_id
+        self.extra_tags = tags or {}
+        self.run_id: str | None = None
+        self._monitor: Any = None
+
+    def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
+        if resume_run_id:
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.client.set_tag(resume_run_id, "resumed", "true")
+        else:
+            exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
+            tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
+                    "run_dir": str(Path(run_dir).resolve()), "command": " ".join(sys.argv),
+                    "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
+            self.run_id = run.info.run_id
+            self._log_params(cfg)
+        self._start_system_metrics()
+
+    def _log_params(self, cfg: Config) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)) for k, v in cfg.flat().items()]
+        for i in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def _start_system_metrics(self) -> None:
+        if not self.cfg.tracking.system_metrics:
+            return
+        try:
+            import psutil  # noqa: F401 - mlflow's monitor needs it
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
+                                             resume_logging=True, tracking_uri=self.client.tracking_uri)
+        self._monitor.start()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        import imageio.v3 as iio
+
+        self.client.log_image(self.run_id, iio.imread(path), key=key, step=step)
+
+    def log_model(self, model: Any) -> None:
+        import mlflow.pytorch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(model, os.path.join(tmp, "model"))
+            self.client.log_artifacts(self.run_id, os.path.join(tmp, "model"), artifact_path="model")
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:  # noqa: BLE001 - metrics of the monitor must never mask the run's own status
+                pass
+            self._monitor = None
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+__all__ = ["MlflowTracker", "TrackingError", "tracking_uri", "artifact_root", "make_client", "ensure_experiment",
+           "check_reachable", "experiment_name", "run_name"]
