@@ -45,3 +45,13 @@ ui: $(STAMP) ## serve the MLflow store on 127.0.0.1:$(PORT)
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .cache .pytest_cache
+
+sweep: $(STAMP) ## Optuna study: make sweep [STUDY=demo] [WORKERS=2] [TRIALS=n] [STORAGE=url] [ARGS="k=v ..."]
+	$(BIN)/cvae sweep $(STUDY) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+
+worker: $(STAMP) ## join a study from another machine: make worker STUDY=.. STORAGE=postgresql://.. [MLFLOW_TRACKING_URI=http://..]
+	$(BIN)/cvae worker $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+
+dashboard: $(STAMP) ## optuna-dashboard on the study storage, 127.0.0.1:$(DASH_PORT)
+	@echo "Optuna dashboard: http://127.0.0.1:$(DASH_PORT)"
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)

@@ -7,6 +7,7 @@ config and data have been checked.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -135,8 +136,15 @@ def cmd_data_export(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cvae` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("sweep", "worker"):
+        from sweeps.run import main as sweep_main
+
+        return sweep_main(argv)
     parser = argparse.ArgumentParser(prog="cvae", description="SVG-style conditional VAE for robot-pushing video.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("sweep", help="Optuna study over training settings: cvae sweep [STUDY] [--workers N] [--trials N]")
+    sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="experiment (name or YAML path) then section.key=value overrides")
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_data_export)
 
     ns = parser.parse_args(argv)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter per run
     signal.signal(signal.SIGTERM, _on_sigterm)
     fn: Callable[[argparse.Namespace], int] = ns.fn
     try:

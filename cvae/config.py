@@ -199,6 +199,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")

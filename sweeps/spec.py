@@ -1,0 +1,225 @@
+"""Study specs (`sweeps/studies/*.yaml`): what to search, how, and for how long; validated once.
+
+A spec names a base experiment plus overrides, the objective, the sampler and pruner, the number of
+trials and seeds, and either a search space (config path -> distribution) or a grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cvae import config as config_mod
+from cvae.cli import resolve_experiment
+from cvae.config import Config, ConfigError
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("none", "median", "hyperband")
+DIST_TYPES = ("int", "float", "categorical")
+TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
+            "space", "grid", "heartbeat_seconds"}
+
+
+class SpecError(ConfigError):
+    """A user-facing problem in a study spec; one line naming the field."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One search dimension: int/float (optionally log) in [low, high], or categorical choices."""
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    experiment: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    metric: str = "val/psnr"
+    direction: str = "maximize"
+    trials: int = 10
+    seeds: int = 1
+    sampler: str = "tpe"
+    sampler_seed: int = 1
+    startup_trials: int = 4
+    pruner: str = "median"
+    warmup_epochs: int = 0
+    pruner_startup_trials: int = 2
+    space: dict[str, Dist] = field(default_factory=dict)
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    heartbeat_seconds: int = 10
+    description: str = ""
+
+    def base_config(self, extra: list[str] | None = None, params: dict[str, Any] | None = None) -> Config:
+        """Experiment <- spec overrides <- command-line overrides <- trial params, validated."""
+        values = dict(self.overrides)
+        values.update(config_mod.parse_overrides(extra or []))
+        values.update(params or {})
+        values["run.name"] = self.name
+        return config_mod.load(resolve_experiment(self.experiment), values)
+
+    def fingerprint(self, extra: list[str] | None = None) -> str:
+        """Identity of what the study optimises: a rerun with other settings must not mix into it."""
+        blob = json.dumps({"experiment": self.experiment, "overrides": self.overrides, "extra": extra or [],
+                           "space": {k: vars(v) for k, v in self.space.items()}, "grid": self.grid,
+                           "metric": self.metric, "seeds": self.seeds}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# helpers
+
+
+def _req(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SpecError(msg)
+
+
+def _number(where: str, v: Any) -> float:
+    _req(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _parse_dist(path: str, raw: Any) -> Dist:
+    where = f"space.{path}"
+    if isinstance(raw, list):
+        raw = {"type": "categorical", "choices": raw}
+    _req(isinstance(raw, dict), f"{where}: expected a mapping like {{type: float, low: .., high: ..}}")
+    unknown = set(raw) - {"type", "low", "high", "log", "step", "choices"}
+    _req(not unknown, f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    kind = raw.get("type")
+    _req(kind in DIST_TYPES, f"{where}.type: {kind!r} is not one of {', '.join(DIST_TYPES)}")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        _req(isinstance(choices, list) and len(choices) > 0, f"{where}.choices: expected a non-empty list")
+        return Dist(type=kind, choices=tuple(choices))
+    _req("low" in raw and "high" in raw, f"{where}: int/float need low and high")
+    low, high = _number(f"{where}.low", raw["low"]), _number(f"{where}.high", raw["high"])
+    if kind == "int":
+        _req(low.is_integer() and high.is_integer(), f"{where}: int bounds must be integers, got {low}, {high}")
+    _req(low < high if kind == "float" else low <= high, f"{where}: empty range [{raw['low']}, {raw['high']}]")
+    log = raw.get("log", False)
+    _req(isinstance(log, bool), f"{where}.log: expected true/false")
+    _req(not log or low > 0, f"{where}: log scale needs low > 0, got {raw['low']}")
+    step = raw.get("step")
+    if step is not None:
+        _req(_number(f"{where}.step", step) > 0, f"{where}.step: must be positive")
+    return Dist(type=kind, low=low, high=high, log=log, step=step)
+
+
+def _corners(d: Dist) -> list[Any]:
+    """Values whose config must validate: bounds or every choice."""
+    if d.type == "categorical":
+        return list(d.choices)
+    return [int(d.low), int(d.high)] if d.type == "int" else [d.low, d.high]
+
+
+def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
+    """Every searched path exists in the config and every bound/choice gives a valid config."""
+    try:
+        spec.base_config(extra)
+    except SpecError:
+        raise
+    except ConfigError as e:
+        raise SpecError(f"study {spec.name}: base config: {e}") from None
+    known = set(Config().flat())
+    dims = {k: _corners(d) for k, d in spec.space.items()} | {k: list(v) for k, v in spec.grid.items()}
+    for path, values in dims.items():
+        where = "grid" if path in spec.grid else "space"
+        _req(path in known, f"{where}.{path}: unknown config path")
+        for v in values:
+            try:
+                spec.base_config(extra, {path: v})
+            except ConfigError as e:
+                raise SpecError(f"{where}.{path}: value {v!r} gives an invalid config ({e})") from None
+
+
+def find_spec(name: str) -> Path:
+    """'demo', 'demo.yaml' or a path -> the spec file (cwd first, then sweeps/studies/)."""
+    p = Path(name)
+    candidates = [p] if p.suffix in (".yaml", ".yml") else [p.with_suffix(".yaml")]
+    candidates += [STUDIES_DIR / candidates[0].name]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = ", ".join(sorted(f.stem for f in STUDIES_DIR.glob("*.yaml")))
+    raise SpecError(f"study not found: {name} (shipped: {known})")
+
+
+def load_spec(name: str, extra: list[str] | None = None, trials: int | None = None) -> StudySpec:
+    """Read, parse and validate a study spec; `extra` are command-line config overrides."""
+    path = find_spec(name)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise SpecError(f"{path}: not valid YAML") from None
+    _req(isinstance(raw, dict), f"{path}: expected a mapping")
+    unknown = set(raw) - TOP_KEYS
+    _req(not unknown, f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    _req(isinstance(raw.get("experiment"), str), f"{path}: experiment: expected the base experiment's name")
+    overrides = raw.get("overrides") or {}
+    _req(isinstance(overrides, dict), "overrides: expected a mapping of section.key: value")
+
+    objective = raw.get("objective") or {}
+    _req(isinstance(objective, dict), "objective: expected {metric: val/psnr, direction: maximize}")
+    metric = objective.get("metric", "val/psnr")
+    _req(metric in ("val/psnr", "val/ssim", "val/psnr_best"), f"objective.metric: {metric!r} is not a validation metric")
+    direction = objective.get("direction", "maximize")
+    _req(direction in ("maximize", "minimize"), f"objective.direction: {direction!r} is not maximize or minimize")
+
+    sampler = raw.get("sampler") or {}
+    sampler = {"type": sampler} if isinstance(sampler, str) else sampler
+    _req(isinstance(sampler, dict), "sampler: expected a mapping like {type: tpe, seed: 1}")
+    s_type = sampler.get("type", "tpe")
+    _req(s_type in SAMPLERS, f"sampler.type: {s_type!r} is not one of {', '.join(SAMPLERS)}")
+    pruner = raw.get("pruner") or {}
+    pruner = {"type": pruner} if isinstance(pruner, str) else pruner
+    _req(isinstance(pruner, dict), "pruner: expected a mapping like {type: median, warmup_epochs: 5}")
+    p_type = pruner.get("type", "none")
+    _req(p_type in PRUNERS, f"pruner.type: {p_type!r} is not one of {', '.join(PRUNERS)}")
+
+    space_raw = raw.get("space") or {}
+    grid_raw = raw.get("grid") or {}
+    _req(isinstance(space_raw, dict) and isinstance(grid_raw, dict), "space/grid: expected mappings")
+    if s_type == "grid":
+        _req(bool(grid_raw) and not space_raw, "sampler grid needs a `grid:` (path: [values]) and no `space:`")
+        for k, v in grid_raw.items():
+            _req(isinstance(v, list) and len(v) > 0, f"grid.{k}: expected a non-empty list of values")
+    else:
+        _req(bool(space_raw) and not grid_raw, f"sampler {s_type} needs a `space:` and no `grid:`")
+    space = {k: _parse_dist(k, v) for k, v in space_raw.items()}
+    grid = {k: tuple(v) for k, v in grid_raw.items()}
+    n_grid = 1
+    for v in grid.values():
+        n_grid *= len(v)
+
+    n_trials = trials if trials is not None else raw.get("trials", n_grid if grid else 10)
+    for key, v in (("trials", n_trials), ("seeds", raw.get("seeds", 1)),
+                   ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
+        _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
+    ints = {"sampler.seed": sampler.get("seed", 1), "sampler.startup_trials": sampler.get("startup_trials", 4),
+            "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
+            "pruner.startup_trials": pruner.get("startup_trials", 2)}
+    for key, v in ints.items():
+        _req(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{key}: expected an integer >= 0, got {v!r}")
+
+    spec = StudySpec(
+        name=str(raw.get("name", path.stem)), experiment=raw["experiment"], overrides=dict(overrides),
+        metric=metric, direction=direction, trials=n_trials, seeds=raw.get("seeds", 1), sampler=s_type,
+        sampler_seed=ints["sampler.seed"], startup_trials=ints["sampler.startup_trials"], pruner=p_type,
+        warmup_epochs=ints["pruner.warmup_epochs"], pruner_startup_trials=ints["pruner.startup_trials"],
+        space=space, grid=grid, heartbeat_seconds=raw.get("heartbeat_seconds", 10),
+        description=str(raw.get("description", "")))
+    _check_paths(spec, extra)
+    return spec

@@ -1,0 +1,67 @@
+"""Shared fixtures: a seconds-long CPU config and its data cache (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cvae import config as config_mod
+from cvae.config import Config
+
+# helpers
+
+# A run of a few seconds on a 2-core CPU: small DCGAN, tiny LSTMs, a handful of iterations.
+TINY: dict[str, str] = {
+    "model.arch": "dcgan",
+    "model.width": "0.125",
+    "model.g_dim": "16",
+    "model.z_dim": "4",
+    "model.rnn_size": "16",
+    "train.batch_size": "4",
+    "train.niter": "3",
+    "train.epoch_size": "3",
+    "train.n_future": "3",
+    "train.progress": "false",
+    "eval.n_future": "3",
+    "eval.sequences": "8",
+    "eval.batch_size": "8",
+    "eval.every": "1",
+    "eval.gif_sequences": "2",
+    "data.n_train": "16",
+    "data.n_val": "8",
+    "data.n_test": "8",
+    "tracking.enabled": "false",
+}
+
+
+def as_args(overrides: dict[str, str]) -> list[str]:
+    """{'section.key': value} -> ['section.key=value', ...] for config.load or the command line."""
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+# fixtures
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data cache for the whole session, so the tiny dataset is generated once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path, data_cache: Path) -> dict[str, str]:
+    """Overrides for a seconds-long CPU run writing under tmp_path/runs; use as_args() for a CLI."""
+    return {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides: dict[str, str]) -> Config:
+    """The validated Config of tiny_overrides."""
+    return config_mod.load(None, tiny_overrides)
+
+
+@pytest.fixture
+def tiny_args(tiny_overrides: dict[str, str]) -> list[str]:
+    """tiny_overrides as command-line arguments."""
+    return as_args(tiny_overrides)

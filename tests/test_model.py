@@ -1,0 +1,222 @@
+"""Modules and the CVAE: KL terms, reparameterization, shapes, one batched encoder call, gradients, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from cvae.config import ModelCfg
+from cvae.model import CVAE, count_parameters
+from cvae.modules import ARCHS, kl_gaussians, kl_standard_normal, reparameterize
+
+TINY_MODEL = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16)
+N_PAST, N_FUTURE = 2, 3
+
+# helpers
+
+
+def _model(arch: str = "dcgan", **kw: object) -> CVAE:
+    torch.manual_seed(0)
+    return CVAE(ModelCfg(arch=arch, **{**TINY_MODEL, **kw}))  # type: ignore[arg-type]
+
+
+def _batch(b: int = 3, t: int = N_PAST + N_FUTURE, cond_dim: int = 7, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 3, 64, 64, generator=g), torch.randn(b, t, cond_dim, generator=g)
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+# KL and reparameterization
+
+
+def test_kl_standard_normal_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    want = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum() / 5
+    assert torch.allclose(kl_standard_normal(mu, logvar), want, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_standard_normal_is_zero_at_the_prior() -> None:
+    assert kl_standard_normal(torch.zeros(4, 3), torch.zeros(4, 3)).item() == 0.0
+
+
+def test_kl_gaussians_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(1)
+    mu1, lv1, mu2, lv2 = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    want = kl_divergence(Normal(mu1, torch.exp(0.5 * lv1)), Normal(mu2, torch.exp(0.5 * lv2))).sum() / 6
+    assert torch.allclose(kl_gaussians(mu1, lv1, mu2, lv2), want, rtol=1e-10, atol=1e-12)
+    # against N(0, I) it is the fixed-prior KL
+    zeros = torch.zeros_like(mu1)
+    assert torch.allclose(kl_gaussians(mu1, lv1, zeros, zeros), kl_standard_normal(mu1, lv1), rtol=1e-12)
+
+
+def test_reparameterize_gradients_reach_mu_and_logvar() -> None:
+    torch.manual_seed(0)
+    mu = torch.randn(4, 3, requires_grad=True)
+    logvar = torch.randn(4, 3, requires_grad=True)
+    (reparameterize(mu, logvar) ** 2).sum().backward()
+    for grad in (mu.grad, logvar.grad):
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_reparameterize_statistics() -> None:
+    torch.manual_seed(0)
+    n = 200_000
+    mu = torch.tensor([1.5, -2.0]).expand(n, 2)
+    logvar = torch.log(torch.tensor([4.0, 0.25])).expand(n, 2)
+    z = reparameterize(mu, logvar)
+    assert torch.allclose(z.mean(0), torch.tensor([1.5, -2.0]), atol=0.02)
+    assert torch.allclose(z.std(0), torch.tensor([2.0, 0.5]), rtol=0.02)
+
+
+# encoders and decoders
+
+
+@pytest.mark.parametrize("arch, sizes", [("vgg", (64, 32, 16, 8)), ("dcgan", (32, 16, 8, 4))])
+@pytest.mark.parametrize("width", [0.125, 0.25])
+def test_encoder_decoder_shapes(arch: str, sizes: tuple[int, ...], width: float) -> None:
+    enc_cls, dec_cls = ARCHS[arch]
+    enc, dec = enc_cls(16, width), dec_cls(16, width)
+    x = torch.rand(2, 3, 64, 64)
+    h, skips = enc(x)
+    assert h.shape == (2, 16)
+    assert [s.shape[-1] for s in skips] == list(sizes)
+    assert [s.shape[-2] for s in skips] == list(sizes)
+    assert all(s.shape[0] == 2 for s in skips)
+    out = dec(h, skips)
+    assert out.shape == (2, 3, 64, 64)
+    assert out.min() >= 0 and out.max() <= 1  # sigmoid output
+    assert h.abs().max() <= 1  # tanh embedding
+
+
+@pytest.mark.parametrize("arch, base", [("vgg", (64, 128, 256, 512)), ("dcgan", (64, 128, 256, 512))])
+def test_width_scales_channel_counts(arch: str, base: tuple[int, ...]) -> None:
+    enc_cls, _ = ARCHS[arch]
+    x = torch.rand(2, 3, 64, 64)
+    for width in (0.125, 0.5):
+        _, skips = enc_cls(16, width)(x)
+        assert [s.shape[1] for s in skips] == [int(c * width) for c in base]
+
+
+def test_encode_is_one_batched_call_equal_to_per_frame() -> None:
+    model = _model("vgg").eval()
+    x, _ = _batch(b=2, t=4)
+    calls = _count_calls(model.encoder)
+    with torch.no_grad():
+        h, skips = model.encode(x)
+        assert calls[0] == 1
+        assert h.shape == (2, 4, 16)
+        for t in range(4):
+            h_t, skips_t = model.encoder(x[:, t])
+            assert torch.allclose(h[:, t], h_t, atol=1e-5)
+            for s, s_t in zip(skips, skips_t):
+                assert torch.allclose(s[:, t], s_t, atol=1e-5)
+
+
+# the CVAE forward
+
+
+@pytest.mark.parametrize("arch", ["vgg", "dcgan"])
+@pytest.mark.parametrize("learned_prior", [False, True])
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_forward_is_finite_and_every_part_gets_gradients(arch: str, learned_prior: bool, teacher_forcing: bool) -> None:
+    model = _model(arch, learned_prior=learned_prior).train()
+    x, c = _batch()
+    terms = model(x, c, N_PAST, teacher_forcing)
+    assert terms.mse.dim() == 0 and terms.kld.dim() == 0
+    assert torch.isfinite(terms.mse) and torch.isfinite(terms.kld)
+    assert terms.mse > 0 and terms.kld >= 0
+    (terms.mse + terms.kld).backward()
+    parts = ["encoder", "decoder", "posterior", "predictor"] + (["prior"] if learned_prior else [])
+    for name in parts:
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads, f"{name} got no gradient"
+        assert all(torch.isfinite(g).all() for g in grads), name
+        assert sum(g.abs().sum() for g in grads) > 0, name
+    assert (model.prior is not None) == learned_prior
+
+
+@pytest.mark.parametrize("teacher_forcing, t", [(True, 5), (True, 8), (False, 5), (False, 8)])
+def test_encoder_calls_per_forward(teacher_forcing: bool, t: int) -> None:
+    model = _model()
+    x, c = _batch(b=2, t=t)
+    calls = _count_calls(model.encoder)
+    model(x, c, N_PAST, teacher_forcing)
+    assert calls[0] == (1 if teacher_forcing else 1 + (t - 1 - N_PAST))
+
+
+@pytest.mark.parametrize("learned_prior", [False, True])
+def test_predict_shape_and_conditioning_frames(learned_prior: bool) -> None:
+    model = _model(learned_prior=learned_prior).eval()
+    x, c = _batch(b=2, t=N_PAST + N_FUTURE)
+    out = model.predict(x, c, N_PAST, N_FUTURE)
+    assert out.shape == (2, N_PAST + N_FUTURE, 3, 64, 64)
+    assert torch.equal(out[:, :N_PAST], x[:, :N_PAST])
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_predict_reencodes_only_predicted_frames() -> None:
+    model = _model().eval()
+    x, c = _batch(b=2, t=N_PAST + N_FUTURE)
+    calls = _count_calls(model.encoder)
+    model.predict(x, c, N_PAST, N_FUTURE)
+    assert calls[0] == 1 + (N_FUTURE - 1)
+
+
+def test_lstm_state_is_created_per_batch() -> None:
+    model = _model(learned_prior=True)
+    for b in (2, 5, 2):
+        x, c = _batch(b=b)
+        model.train()
+        terms = model(x, c, N_PAST, teacher_forcing=False)
+        (terms.mse + terms.kld).backward()
+        model.eval()
+        assert model.predict(x, c, N_PAST, N_FUTURE).shape[0] == b
+
+
+def test_condition_changes_the_prediction() -> None:
+    model = _model().eval()
+    x, c = _batch(b=2)
+    torch.manual_seed(3)
+    a = model.predict(x, c, N_PAST, N_FUTURE)
+    torch.manual_seed(3)
+    b = model.predict(x, c + 1.0, N_PAST, N_FUTURE)
+    assert not torch.equal(a[:, N_PAST:], b[:, N_PAST:])
+
+
+# init and size
+
+
+def test_init_follows_the_reference() -> None:
+    torch.manual_seed(0)
+    model = CVAE(ModelCfg(arch="vgg", width=0.5, g_dim=64, z_dim=16, rnn_size=64))
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    conv_w = torch.cat([m.weight.flatten() for m in convs])
+    lin_w = torch.cat([m.weight.flatten() for m in linears])
+    bn_w = torch.cat([m.weight.flatten() for m in norms])
+    assert conv_w.std().item() == pytest.approx(0.02, rel=0.02)
+    assert abs(conv_w.mean().item()) < 1e-3
+    assert lin_w.std().item() == pytest.approx(0.02, rel=0.05)
+    assert bn_w.mean().item() == pytest.approx(1.0, abs=0.005)
+    assert bn_w.std().item() == pytest.approx(0.02, rel=0.2)
+    for m in convs + linears + norms:
+        assert m.bias is None or torch.count_nonzero(m.bias) == 0, m
+
+
+def test_full_size_vgg64_builds() -> None:
+    model = CVAE(ModelCfg(arch="vgg", width=1.0, g_dim=128, z_dim=64, rnn_size=256))
+    n = count_parameters(model)
+    print(f"paper-size VGG64 CVAE: {n:,} parameters")
+    assert n > 10_000_000
+    model.eval()  # BatchNorm in train mode needs more than one value per channel at 1x1
+    h, skips = model.encoder(torch.rand(1, 3, 64, 64))
+    assert h.shape == (1, 128) and [s.shape[1] for s in skips] == [64, 128, 256, 512]
