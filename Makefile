@@ -39,8 +39,9 @@ preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest
 
-ui: $(STAMP) ## serve the MLflow store on 127.0.0.1:$(PORT)
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store: sqlite:///$(OUT)/mlflow.db)"
+ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000]
+	@test -f $(OUT)/mlflow.db || echo "note: no $(OUT)/mlflow.db yet (train with tracking.enabled=true first); starting on an empty store"
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store: sqlite:///$(abspath $(OUT))/mlflow.db, Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --default-artifact-root $(abspath $(OUT))/mlartifacts --host 127.0.0.1 --port $(PORT)
 
 clean: ## remove runs/ and caches (keeps .venv)
@@ -55,3 +56,6 @@ worker: $(STAMP) ## join a study from another machine: make worker STUDY=.. STOR
 dashboard: $(STAMP) ## optuna-dashboard on the study storage, 127.0.0.1:$(DASH_PORT)
 	@echo "Optuna dashboard: http://127.0.0.1:$(DASH_PORT)"
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)
+
+report: $(STAMP) ## comparison report of a study: make report [STUDY=demo] -> runs/reports/<study>/report.md
+	$(BIN)/cvae report $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)

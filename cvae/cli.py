@@ -141,10 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         from sweeps.run import main as sweep_main
 
         return sweep_main(argv)
+    if argv and argv[0] == "report":
+        from reports.build import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="cvae", description="SVG-style conditional VAE for robot-pushing video.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="Optuna study over training settings: cvae sweep [STUDY] [--workers N] [--trials N]")
     sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
+    sub.add_parser("report", help="comparison report of a study: cvae report [STUDY]")
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="experiment (name or YAML path) then section.key=value overrides")

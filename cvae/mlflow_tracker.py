@@ -6,7 +6,10 @@ process safely. Default store: sqlite:///<out_dir>/mlflow.db with artifacts in <
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -129,23 +132,42 @@ class MlflowTracker(Tracker):
         self.extra_tags = tags or {}
         self.run_id: str | None = None
         self._monitor: Any = None
+        self._logged_steps: dict[str, int] = {}
 
     def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
-        if resume_run_id:
-            self.run_id = resume_run_id
-            self.client.update_run(resume_run_id, status="RUNNING")
-            self.client.set_tag(resume_run_id, "resumed", "true")
-        else:
-            exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
-            tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
-                    "run_dir": str(Path(run_dir).resolve()), "command": " ".join(sys.argv),
-                    "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
-            if self.parent_run_id:
-                tags["mlflow.parentRunId"] = self.parent_run_id
-            run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
-            self.run_id = run.info.run_id
-            self._log_params(cfg)
-        self._start_system_metrics()
+        try:
+            if resume_run_id:
+                self.run_id = resume_run_id
+                self.client.update_run(resume_run_id, status="RUNNING")
+                self.client.set_tag(resume_run_id, "resumed", "true")
+                self._logged_steps = self._last_steps(resume_run_id)
+            else:
+                exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
+                tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
+                        "run_dir": str(Path(run_dir).resolve()), "command": shlex.join(sys.argv),
+                        "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
+                if self.parent_run_id:
+                    tags["mlflow.parentRunId"] = self.parent_run_id
+                run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
+                self.run_id = run.info.run_id
+                self._log_params(cfg)
+                if (Path(run_dir) / "config.yaml").is_file():  # there from the start, so failed runs have it too
+                    self.log_artifact(Path(run_dir) / "config.yaml")
+            self._start_system_metrics()
+        except BaseException as exc:
+            # the trainer's try has not begun yet: close the run here or it stays RUNNING
+            if self.run_id is not None:
+                status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+                try:
+                    self.client.set_terminated(self.run_id, status=status)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
+            raise
+
+    def _last_steps(self, run_id: str) -> dict[str, int]:
+        """Last logged step per metric: a resumed epoch that was logged before the kill is not logged twice."""
+        keys = [k for k in self.client.get_run(run_id).data.metrics if not k.startswith("system/")]
+        return {k: max(m.step for m in self.client.get_metric_history(run_id, k)) for k in keys}
 
     def _log_params(self, cfg: Config) -> None:
         from mlflow.entities import Param
@@ -170,8 +192,10 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        self.client.log_batch(self.run_id, metrics=batch)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and step > self._logged_steps.get(k, -1)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
@@ -184,9 +208,22 @@ class MlflowTracker(Tracker):
     def log_model(self, model: Any) -> None:
         import mlflow.pytorch
 
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.pytorch.save_model(model, os.path.join(tmp, "model"))
-            self.client.log_artifacts(self.run_id, os.path.join(tmp, "model"), artifact_path="model")
+        # pickle: torch.export ('pt2', MLflow 3's default) cannot trace the recurrent forward; loading it
+        # back needs MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true. Explicit requirements skip MLflow's slow
+        # inference subprocess; a CPU copy loads on machines without CUDA.
+        quiet = [logging.getLogger(n) for n in ("mlflow.pytorch", "mlflow.utils.requirements_utils")]
+        levels = [q.level for q in quiet]
+        try:
+            for q in quiet:
+                q.setLevel(logging.ERROR)
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.pytorch.save_model(copy.deepcopy(model).cpu(), os.path.join(tmp, "model"),
+                                          serialization_format="pickle",
+                                          pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+                self.client.log_artifacts(self.run_id, os.path.join(tmp, "model"), artifact_path="model")
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # helpers
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Atomic PNG write (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
@@ -38,7 +38,7 @@ def _line(path: Path, title: str, ylabel: str, series: dict[str, tuple[Sequence[
     ax.grid(alpha=0.3)
     if len(ax.get_lines()) > 1:
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
@@ -76,4 +76,4 @@ def schedule_plot(iters: Sequence[float], beta: Sequence[float], epochs: Sequenc
     b.set_ylim(-0.05, 1.05)
     b.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -235,10 +235,10 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     atomic_write_text(run_dir / "config.yaml", config_mod.dump(cfg))
 
     tracker.start(cfg, run_dir, resume_run_id=run_id)
-    tracker.set_tags({"device": str(device), "params": str(count_parameters(model))})
     n_frames = t.n_past + t.n_future
     epoch = start_epoch - 1
     try:
+        tracker.set_tags({"device": str(device), "params": str(count_parameters(model))})
         for epoch in range(start_epoch, t.niter + 1):
             tfr = teacher_forcing_ratio(epoch, cfg.tf, t.niter)
             sums = torch.zeros(3, dtype=torch.float64)
@@ -293,7 +293,6 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 tracker.log_artifact(run_dir / "best.pt", "checkpoints")
                 if cfg.tracking.log_model:
                     tracker.log_model(model)
-            atomic_save(state, run_dir / "last.pt")
             write_metrics_csv(history, run_dir / "metrics.csv")
             plots = training_plots(history, run_dir)
 
@@ -301,6 +300,9 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
             if best_epoch:
                 scalars |= {"best/val_psnr": best_psnr, "best/epoch": best_epoch}
             tracker.log_metrics(scalars, step=epoch)
+            # after logging: a kill in between re-runs this epoch on resume (the tracker skips logged steps)
+            # instead of leaving the step missing
+            atomic_save(state, run_dir / "last.pt")
             if evaluated:
                 for p in (gif, strip):
                     tracker.log_artifact(p, "samples")
