@@ -59,3 +59,6 @@ dashboard: $(STAMP) ## optuna-dashboard on the study storage, 127.0.0.1:$(DASH_P
 
 report: $(STAMP) ## comparison report of a study: make report [STUDY=demo] -> runs/reports/<study>/report.md
 	$(BIN)/cvae report $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+
+bench: $(STAMP) ## speed/memory targets (generator, train step, predict, metrics)
+	$(BIN)/python -m benchmarks.run

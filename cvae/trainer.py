@@ -320,7 +320,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     except BaseException as exc:
         if history:
             write_metrics_csv(history, run_dir / "metrics.csv")
-        tracker.set_tags({"ended_by": f"{type(exc).__name__}: {exc}"[:500]})
+        tracker.set_tags({**getattr(exc, "tracking_tags", {}), "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
         tracker.finish(_exit_status(exc))
         raise
     return Result(run_dir=run_dir, best_psnr=best_psnr, best_epoch=best_epoch,

@@ -1,0 +1,243 @@
+"""`cvae ...` as a user types it: one subprocess per command, run in a temp folder."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+
+from cvae import config as config_mod
+from cvae.data import SPLITS, course, load_split
+from cvae.trainer import METRIC_COLUMNS, load_checkpoint, train
+
+from test_config import BAD_OVERRIDES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUMMARY = re.compile(r"^best val/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB\) at epoch \d+ -> (.+)$")
+DOCUMENTED_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
+                      "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
+                      "val/ssim_best", "perf/seq_per_s", "perf/epoch_seconds"]
+
+# helpers
+
+
+def cvae(*args: str, cwd: Path, prelude: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `cvae ARGS` in cwd; `prelude` is Python run first in the same process (to patch things)."""
+    if prelude:
+        cmd = [sys.executable, "-c", f"{prelude}\nimport sys\nfrom cvae.cli import main\nsys.exit(main(sys.argv[1:]))"]
+    else:
+        cmd = [sys.executable, "-m", "cvae.cli"]
+    return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one stderr line of a refused command."""
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cvae: error:"), lines[0]
+    return lines[0]
+
+
+# bad input: exit 2, one line naming the key, nothing written
+
+BAD_INVOCATIONS = [
+    *[pytest.param(["train", *p.values[0]], p.values[1], {}, id=p.id) for p in BAD_OVERRIDES],
+    pytest.param(["train", "train.lr"], "train.lr", {}, id="first-override-without-equals"),
+    pytest.param(["train", "nope"], "nope", {}, id="missing-experiment"),
+    pytest.param(["train", "nope.yaml", "train.lr=0.1"], "nope.yaml", {}, id="missing-experiment-file"),
+    pytest.param(["train", "bad.yaml"], "bad.yaml", {"bad.yaml": "train: [lr: 1\n"}, id="invalid-yaml"),
+    pytest.param(["train", "exp.yaml"], "train.lr", {"exp.yaml": "train:\n  lr: fast\n"}, id="bad-value-in-file"),
+    pytest.param(["train", "demo", "train.n_future=29"], "train.n_future", {}, id="bad-override-of-demo"),
+    pytest.param(["train", "--resume", "nowhere"], "nowhere", {}, id="resume-without-run"),
+    pytest.param(["schedules", "kl.mode=sometimes"], "kl.mode", {}, id="schedules-bad-literal"),
+    pytest.param(["data", "preview", "data.n_train=0"], "data.n_train", {}, id="preview-non-positive"),
+    pytest.param(["data", "export", "model.z_dim=-1", "--out", "d"], "model.z_dim", {}, id="export-non-positive"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path, set[str]]]:
+    """Every bad invocation, run concurrently (each subprocess mostly waits on imports)."""
+    jobs = {}
+    for p in BAD_INVOCATIONS:
+        args, _, files = p.values
+        cwd = tmp_path_factory.mktemp("bad")
+        for name, text in files.items():
+            (cwd / name).write_text(text)
+        jobs[p.id] = (args, cwd, _files(cwd))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        procs = dict(zip(jobs, pool.map(lambda job: cvae(*job[0], cwd=job[1]), jobs.values())))
+    return {k: (procs[k], jobs[k][1], jobs[k][2]) for k in jobs}
+
+
+@pytest.mark.parametrize("args, key, files", BAD_INVOCATIONS)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_runs: dict, request: pytest.FixtureRequest,
+                                                            args: list[str], key: str, files: dict) -> None:
+    proc, cwd, before = bad_runs[request.node.callspec.id]
+    line = _error_line(proc)
+    assert key in line
+    assert proc.stdout == ""
+    assert _files(cwd) == before  # no runs/, no .cache/, no export folder
+
+
+def test_resume_refuses_extra_arguments(tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config_mod.build({**tiny_cfg.flat(), "train.niter": 1}), run_dir=run)
+    before = _files(run)
+    proc = cvae("train", "--resume", str(run), "train.lr=0.1", cwd=tmp_path)
+    assert "--resume" in _error_line(proc)
+    assert _files(run) == before
+
+
+# train
+
+
+def test_train_writes_a_complete_run_folder(tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    proc = cvae("train", *tiny_args, cwd=tmp_path)
+    print(f"cvae train (tiny, {tiny_cfg.train.niter} epochs): {time.perf_counter() - start:.1f} s")
+    assert proc.returncode == 0, proc.stderr
+    match = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
+    assert match, proc.stdout
+    run = Path(match.group(1))
+    assert run.parent == tmp_path / "runs" / "default" and run.is_dir()
+    assert set(p.name for p in tmp_path.iterdir()) == {"runs"}  # nothing else lands in the working folder
+
+    with (run / "metrics.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == DOCUMENTED_COLUMNS == METRIC_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == list(range(1, tiny_cfg.train.niter + 1))
+    for name in ("loss.png", "psnr.png", "kl_weight.png", "tfr.png", "per_step_psnr.png"):
+        assert _is_png(run / name), name
+    gifs = sorted((run / "samples").glob("*.gif"))
+    assert len(gifs) == tiny_cfg.train.niter  # eval.every=1
+    frames = iio.imread(gifs[-1], index=None)
+    assert frames.ndim == 4 and frames.shape[0] == tiny_cfg.eval.n_past + tiny_cfg.eval.n_future
+    strips = sorted((run / "samples").glob("*_strip.png"))
+    assert strips and all(_is_png(p) for p in strips)
+    assert config_mod.from_dict(yaml.safe_load((run / "config.yaml").read_text())) == tiny_cfg
+    assert load_checkpoint(run / "last.pt")["epoch"] == tiny_cfg.train.niter
+    assert load_checkpoint(run / "best.pt")["epoch"] == int(re.search(r"at epoch (\d+)", proc.stdout).group(1))
+    with (run / "per_step_psnr.csv").open() as f:
+        steps = list(csv.DictReader(f))
+    assert len(steps) == tiny_cfg.train.niter * tiny_cfg.eval.n_future
+    assert {int(r["frame"]) for r in steps} == set(range(2, 2 + tiny_cfg.eval.n_future))
+
+
+def test_train_resume(tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, row: dict) -> None:
+        raise Stop
+
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(tiny_cfg, run_dir=run, on_epoch=stop)
+    proc = cvae("train", "--resume", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert SUMMARY.match(proc.stdout.strip().splitlines()[-1]).group(1) == str(run)
+    with (run / "metrics.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_diverged_run_exits_nonzero_with_one_line(tiny_args: list[str], tiny_cfg: config_mod.Config,
+                                                  tmp_path: Path) -> None:
+    # NaN loss from the first iteration of epoch 2, in the child process
+    prelude = (
+        "from cvae.model import CVAE, StepLoss\n"
+        "_fwd, _n = CVAE.forward, [0]\n"
+        "def _nan(self, *a, **k):\n"
+        "    t = _fwd(self, *a, **k); _n[0] += 1\n"
+        f"    return StepLoss(t.mse * float('nan'), t.kld) if _n[0] > {tiny_cfg.train.epoch_size} else t\n"
+        "CVAE.forward = _nan"
+    )
+    proc = cvae("train", *tiny_args, cwd=tmp_path, prelude=prelude)
+    assert proc.returncode not in (0, 2), proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "diverged at epoch 2, iteration 1" in lines[0]
+    (run,) = (tmp_path / "runs" / "default").iterdir()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+# schedules and data tools
+
+
+def test_schedules_demo_writes_a_png(tmp_path: Path) -> None:
+    proc = cvae("schedules", "demo", "--out", "x.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _is_png(tmp_path / "x.png")
+    assert iio.imread(tmp_path / "x.png").ndim == 3
+    assert _files(tmp_path) == {"x.png"}
+
+
+def test_data_preview_writes_a_gif_and_a_png(tiny_args: list[str], tmp_path: Path) -> None:
+    proc = cvae("data", "preview", *tiny_args, "--out", "d", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    gifs, pngs = list((tmp_path / "d").glob("*.gif")), list((tmp_path / "d").glob("*.png"))
+    assert len(gifs) == 1 and len(pngs) == 1
+    assert iio.imread(gifs[0], index=None).shape[0] == 30
+    assert _is_png(pngs[0])
+
+
+def test_data_export_round_trips_pixel_exact(tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
+    proc = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for split in SPLITS:
+        cached = load_split(tiny_cfg.data, split)
+        paths = course.list_sequences(tmp_path / "d", split)
+        assert len(paths) == len(cached)
+        for i, path in enumerate(paths):
+            frames, cond = course.read_sequence(path, tiny_cfg.data.seq_len)
+            assert np.array_equal(frames, cached.frames[i]), (split, i)
+            assert np.array_equal(cond, cached.cond[i]), (split, i)
+    assert (tmp_path / "d" / "test" / "traj_0_to_255.tfrecords").is_dir()
+    assert (tmp_path / "d" / "validate" / "traj_256_to_511.tfrecords").is_dir()
+
+    before = _files(tmp_path / "d")
+    again = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
+    assert "--force" in _error_line(again)
+    assert _files(tmp_path / "d") == before
+
+
+# the paper-size model, one iteration on CPU
+
+
+@pytest.mark.slow
+def test_lab_recipe_smoke_on_cpu(tmp_path: Path, data_cache: Path) -> None:
+    args = ["experiments/lab.yaml", "data.name=pushing", "train.niter=1", "train.epoch_size=1",
+            "data.n_train=16", "data.n_val=4", "data.n_test=4", "eval.sequences=2", "eval.batch_size=2",
+            "eval.gif_sequences=1", "tracking.enabled=false", "train.progress=false",
+            f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={data_cache}"]
+    start = time.perf_counter()
+    proc = cvae("train", *args, cwd=tmp_path, timeout=600)
+    print(f"lab recipe, one iteration of paper-size VGG64 on CPU: {time.perf_counter() - start:.1f} s")
+    assert proc.returncode == 0, proc.stderr
+    match = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
+    assert match, proc.stdout
+    ckpt = load_checkpoint(Path(match.group(1)) / "last.pt")
+    cfg = config_mod.from_dict(ckpt["config"])
+    assert (cfg.model.arch, cfg.model.width, cfg.model.g_dim, cfg.model.z_dim, cfg.model.rnn_size) == \
+        ("vgg", 1.0, 128, 64, 256)
+    assert (cfg.train.batch_size, cfg.train.n_past + cfg.train.n_future) == (12, 12)
