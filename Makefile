@@ -41,7 +41,8 @@ test: $(STAMP) ## run the test suite
 
 ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000]
 	@test -f $(OUT)/mlflow.db || echo "note: no $(OUT)/mlflow.db yet (train with tracking.enabled=true first); starting on an empty store"
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store: sqlite:///$(abspath $(OUT))/mlflow.db, Ctrl-C stops it)"
+	@# workflowType: MLflow 3 opens on its GenAI pages unless told this is model training
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store: sqlite:///$(abspath $(OUT))/mlflow.db, Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --default-artifact-root $(abspath $(OUT))/mlartifacts --host 127.0.0.1 --port $(PORT)
 
 clean: ## remove runs/ and caches (keeps .venv)

@@ -68,11 +68,13 @@ class _TrialTracker(MlflowTracker):
         tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number),
                 "optuna.seed_index": str(seed_index)}
         super().__init__(cfg, parent_run_id=parent, tags=tags)
-        self.trial = trial
+        self.trial, self.seed_index = trial, seed_index
 
     def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
         super().start(cfg, run_dir, resume_run_id)
-        ids = list(self.trial.user_attrs.get("mlflow_run_ids", [])) + [self.run_id]
+        # seed 0 starts the list: a retried trial inherits the lost trial's user attrs, run ids included
+        earlier = self.trial.user_attrs.get("mlflow_run_ids", []) if self.seed_index else []
+        ids = list(earlier) + [self.run_id]
         self.trial.set_user_attr("mlflow_run_ids", ids)
         self.trial.set_user_attr("mlflow_run_id", ids[0])
 

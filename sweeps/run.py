@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cvae.config import Config, ConfigError
-from cvae.data import load_split
+from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
@@ -92,6 +92,8 @@ def _spec_args(spec_name: str, extra: list[str], trials: int | None) -> tuple[St
 
 def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str) -> optuna.Study:
     """Create (or reopen) the study, the MLflow parent run and the data cache, once, before workers."""
+    for split in ("train", "validate"):
+        load_split(cfg.data, split)  # build the cache once, not in every worker; missing data creates no study
     storage = make_storage(url, spec, cfg)
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
                                 load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec, cfg.train.niter))
@@ -118,8 +120,6 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str) -> optuna.
             client.log_param(parent, "space", ", ".join(spec.space or spec.grid))
         else:
             client.update_run(parent, status="RUNNING")
-    for split in ("train", "validate"):
-        load_split(cfg.data, split)  # build the cache once, not in every worker at the same time
     return study
 
 
@@ -204,6 +204,9 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
             optuna.storages.fail_stale_trials(study)
             c = _counts(study)
             taken = c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING]
+            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target:  # failed trials do not count: never-ending
+                print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed trials", flush=True)
+                return ran
             if c[TrialState.WAITING] == 0 and taken >= target:
                 if c[TrialState.RUNNING] == 0:
                     return ran
@@ -260,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED"
         finish_parent(study, cfg, status)
         print(summary(study, spec))
-        return code
-    except ConfigError as e:
+        return code or int(status == "FAILED")
+    except (ConfigError, DataError) as e:
         print(f"cvae: error: {e}", file=sys.stderr)
         return 2
 

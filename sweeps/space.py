@@ -36,7 +36,8 @@ def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSample
     """Seeded sampler; each worker gets its own stream so parallel workers do not propose twins."""
     seed = spec.sampler_seed + worker
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: list(v) for k, v in spec.grid.items()}, seed=seed)
+        # one seed for all: trial k runs the k-th point of the seeded shuffle, so workers must shuffle alike
+        return optuna.samplers.GridSampler({k: list(v) for k, v in spec.grid.items()}, seed=spec.sampler_seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.startup_trials, constant_liar=True)

@@ -115,6 +115,8 @@ def _parse_dist(path: str, raw: Any) -> Dist:
     step = raw.get("step")
     if step is not None:
         _req(_number(f"{where}.step", step) > 0, f"{where}.step: must be positive")
+        _req(kind == "float" or float(step).is_integer(), f"{where}.step: int steps must be integers, got {step}")
+        _req(not log, f"{where}: log and step cannot be combined")  # Optuna refuses it at the first trial
     return Dist(type=kind, low=low, high=high, log=log, step=step)
 
 
@@ -133,11 +135,15 @@ def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
         raise
     except ConfigError as e:
         raise SpecError(f"study {spec.name}: base config: {e}") from None
-    known = set(Config().flat())
+    defaults = Config().flat()
+    known = set(defaults)
     dims = {k: _corners(d) for k, d in spec.space.items()} | {k: list(v) for k, v in spec.grid.items()}
     for path, values in dims.items():
         where = "grid" if path in spec.grid else "space"
         _req(path in known, f"{where}.{path}: unknown config path")
+        # bounds alone would validate (1.0 -> 1) while a sampled 2.5 fails mid-sweep
+        _req(where == "grid" or spec.space[path].type != "float" or type(defaults[path]) is not int,
+             f"space.{path}: an integer setting; use type: int")
         for v in values:
             try:
                 spec.base_config(extra, {path: v})

@@ -49,6 +49,11 @@ def as_args(overrides: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in overrides.items()]
 
 
+def make_cfg(overrides: dict[str, str], **extra: str) -> Config:
+    """overrides + extra keyword overrides, `section__key` standing for `section.key`."""
+    return config_mod.load(None, {**overrides, **{k.replace("__", "."): v for k, v in extra.items()}})
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (bound, then released)."""
     with socket.socket() as s:
@@ -94,14 +99,18 @@ def wait_for(cond: Any, timeout: float, what: str, proc: subprocess.Popen | None
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """End a process this test started (its own process group) and reap it."""
+    """End a process this test started, and what it spawned (its own process group), and reap it."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # `mlflow server` leaves job-runner children behind for a while
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 # fixtures
@@ -122,10 +131,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def overrides(tmp_path: Path, cache: Path) -> dict[str, str]:
     return {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(cache)}
-
-
-def make_cfg(overrides: dict[str, str], **extra: str) -> Config:
-    return config_mod.load(None, {**overrides, **{k.replace("__", "."): v for k, v in extra.items()}})
 
 
 # tests

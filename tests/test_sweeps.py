@@ -1,0 +1,439 @@
+"""`cvae sweep` end to end with tiny budgets: Optuna trial states vs MLflow runs, parallel workers, grids,
+a worker lost mid-trial, diverged trials, bad specs, reruns of the same study.
+
+Sweeps run as subprocesses where processes matter (workers, SIGKILL) and in-process otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import psutil
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps import run as run_mod
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+# A trial of a couple of seconds on one CPU thread (tracking on: the MLflow side is under test).
+TINY: dict[str, Any] = {
+    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
+    "train.batch_size": 4, "train.niter": 2, "train.epoch_size": 2, "train.n_future": 3, "train.progress": False,
+    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
+    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+}
+SMALL_SPACE = {"kl.ratio": {"type": "float", "low": 0.25, "high": 1.0},
+               "train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True}}
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+
+# helpers
+
+
+def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: Any) -> Path:
+    """A study spec in tmp_path on the demo experiment with TINY overrides; `fields` replace top-level keys."""
+    overrides = {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
+    raw: dict[str, Any] = {"name": name, "experiment": "demo", "overrides": overrides, "trials": 2,
+                           "sampler": {"type": "random", "seed": 1}, "pruner": {"type": "none"},
+                           "heartbeat_seconds": 5, "space": SMALL_SPACE}
+    raw.update(fields)
+    raw = {k: v for k, v in raw.items() if v is not None}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def sweep_cmd(spec: Path, *args: str) -> list[str]:
+    """`cvae sweep SPEC ...` (one torch thread per worker: a loaded 2-core box is 10x slower with two)."""
+    return [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--threads", "1", *args]
+
+
+def run_cli(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=CLEAN_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def load_study(tmp_path: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+
+
+def mlflow_client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+
+
+def child_runs(client: MlflowClient, study: optuna.Study) -> dict[str, Any]:
+    """run_id -> run for every run of the study's MLflow experiment except the parent."""
+    exp = client.get_experiment_by_name(study.study_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    return {r.info.run_id: r for r in runs if r.info.run_id != parent}
+
+
+def check_trial_run(client: MlflowClient, study: optuna.Study, trial: FrozenTrial, status: str) -> Any:
+    """The trial's MLflow run: a child of the study's parent run, tagged with study and trial, in `status`."""
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
+    assert tags["optuna.study"] == study.study_name and tags["optuna.trial"] == str(trial.number)
+    assert run.info.status == status, (trial.number, trial.state, run.info.status, tags.get("ended_by"))
+    for path, value in trial.params.items():
+        assert run.data.params[path] == str(value)
+    return run
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cvae: error: "), err
+    return lines[0]
+
+
+def wait_until(cond: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended early (rc {proc.returncode}):\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+# fixtures
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No ambient stores; sweeps.run.main installs a SIGTERM handler, which must not outlive the test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.fixture
+def inprocess_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep` runs its workers one after the other in this process, so monkeypatches reach them."""
+
+    def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int) -> int:
+        codes = [run_mod.main(["worker", spec_name, "--storage", url, "--threads", str(threads),
+                               "--worker-index", str(i), *extra]) for i in range(workers)]
+        return max(codes)
+
+    monkeypatch.setattr(run_mod, "run_workers", run_workers)
+
+
+# bad specs: one line, exit 2, no study
+
+
+BAD_SPECS = {
+    "unknown config path": ({"space": {"train.nope": {"type": "float", "low": 0.1, "high": 1.0}}},
+                            "space.train.nope: unknown config path"),
+    "unknown override path": ({"overrides": {"train.nope": 1}}, "train.nope: unknown key"),
+    "empty float range": ({"space": {"kl.ratio": {"type": "float", "low": 0.5, "high": 0.5}}}, "empty range"),
+    "reversed int range": ({"space": {"kl.cycles": {"type": "int", "low": 3, "high": 1}}}, "empty range"),
+    "bound not a number": ({"space": {"kl.ratio": {"type": "float", "low": "abc", "high": 1.0}}},
+                           "space.kl.ratio.low: expected a number"),
+    "int bound not an integer": ({"space": {"kl.cycles": {"type": "int", "low": 0.5, "high": 3}}},
+                                 "int bounds must be integers"),
+    "unknown distribution": ({"space": {"kl.ratio": {"type": "normal", "low": 0.1, "high": 1.0}}},
+                             "space.kl.ratio.type"),
+    "bound outside the config's range": ({"space": {"kl.ratio": {"type": "float", "low": 0.5, "high": 2.0}}},
+                                         "space.kl.ratio: value 2.0 gives an invalid config"),
+    "log scale from zero": ({"space": {"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+                            "log scale needs low > 0"),
+    "log with a step": ({"space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True,
+                                                "step": 0.001}}}, "space.train.lr"),
+    "int step not an integer": ({"space": {"kl.cycles": {"type": "int", "low": 1, "high": 4, "step": 0.5}}},
+                                "space.kl.cycles.step"),
+    "float range on an int key": ({"space": {"kl.cycles": {"type": "float", "low": 1, "high": 4}}},
+                                  "space.kl.cycles"),
+    "unknown sampler": ({"sampler": {"type": "cmaes"}}, "sampler.type: 'cmaes' is not one of"),
+    "unknown pruner": ({"pruner": {"type": "patient"}}, "pruner.type: 'patient' is not one of"),
+    "grid sampler without grid": ({"sampler": {"type": "grid"}, "space": None}, "sampler grid needs a `grid:`"),
+    "space with grid sampler": ({"sampler": {"type": "grid"}, "grid": {"kl.cycles": [1, 2]}},
+                                "sampler grid needs a `grid:` (path: [values]) and no `space:`"),
+    "grid with random sampler": ({"grid": {"kl.cycles": [1, 2]}}, "sampler random needs a `space:` and no `grid:`"),
+    "empty grid axis": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": []}},
+                        "grid.kl.cycles: expected a non-empty list"),
+    "invalid grid value": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": [1, 0]}},
+                           "grid.kl.cycles: value 0 gives an invalid config"),
+    "unknown top-level field": ({"trails": 3}, "unknown field(s) trails"),
+    "zero trials": ({"trials": 0}, "trials: expected a positive integer, got 0"),
+    "negative trials": ({"trials": -2}, "trials: expected a positive integer, got -2"),
+    "zero heartbeat": ({"heartbeat_seconds": 0}, "heartbeat_seconds: expected a positive integer"),
+    "unknown metric": ({"objective": {"metric": "train/loss"}}, "objective.metric"),
+    "unknown experiment": ({"experiment": "nosuch"}, "experiment not found: nosuch"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
+        case: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fields, message = BAD_SPECS[case]
+    spec = write_spec(tmp_path, data_cache, **fields)
+    assert run_mod.main(["sweep", str(spec)]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, lab_grid, lab_tpe"),
+    (["sweep", "missing.yaml"], "study not found: missing.yaml"),
+    (["sweep", "SPEC", "--trials", "0"], "--workers and --trials must be positive"),
+    (["sweep", "SPEC", "--workers", "0"], "--workers and --trials must be positive"),
+    (["sweep", "SPEC", "train.nope=1"], "train.nope: unknown key"),
+    (["sweep", "SPEC", "train.lr=abc"], "train.lr: expected a number"),
+    (["sweep", "SPEC", "--storage", "nosuchdb://x/y"], "study storage nosuchdb://x/y"),
+])
+def test_bad_command_line_gives_one_line_and_exit_2(
+        args: list[str], message: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, data_cache)
+    argv = [str(spec) if a == "SPEC" else a for a in args]
+    assert run_mod.main(argv) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert not list(tmp_path.rglob("optuna.db")) and not list(tmp_path.rglob("mlflow.db"))
+
+
+def test_missing_data_is_one_line_before_any_study_exists(tmp_path: Path, data_cache: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the course layout under a folder that does not exist (lab_grid without data.root=... does this)
+    spec = write_spec(tmp_path, data_cache)
+    assert run_mod.main(["sweep", str(spec), "data.name=bair", f"data.root={tmp_path / 'nodata'}"]) == 2
+    assert "does not exist" in one_line_error(capsys.readouterr().err)
+    assert not list(tmp_path.rglob("optuna.db")) and not list(tmp_path.rglob("mlflow.db"))
+
+
+# one study in-process: every trial state and its MLflow run
+
+
+class PruneLr(optuna.pruners.BasePruner):
+    """Prunes trials whose train.lr is `lr` at their first report (deterministic, unlike a median)."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return trial.params.get("train.lr") == self.lr
+
+
+def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
+        tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=2,
+                      space={"train.lr": {"type": "categorical", "choices": [1000000.0, 0.002, 0.001]}})
+    monkeypatch.setattr(run_mod, "make_pruner", lambda spec, niter: PruneLr(0.001))
+    prepare = run_mod.prepare
+
+    def prepare_and_enqueue(*args: Any) -> optuna.Study:
+        study = prepare(*args)
+        for lr in (1000000.0, 0.002, 0.001):  # diverges, completes, is pruned: in this order
+            study.enqueue_trial({"train.lr": lr})
+        return study
+
+    monkeypatch.setattr(run_mod, "prepare", prepare_and_enqueue)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    # the diverged trial does not count toward the target of 2: the sweep went on
+    assert states(study) == ["FAIL", "COMPLETE", "PRUNED"]
+    failed, complete, pruned = trials
+    assert failed.user_attrs["fail_reason"].startswith("diverged at epoch 1")
+    assert complete.value == pytest.approx(max(r for r in complete.intermediate_values.values()))
+    assert list(pruned.intermediate_values) == [1] and pruned.user_attrs["epochs_run"] == 1
+
+    client = mlflow_client(tmp_path)
+    check_trial_run(client, study, failed, "FAILED")
+    run = check_trial_run(client, study, complete, "FINISHED")
+    assert run.data.metrics["val/psnr"] > 0
+    run = check_trial_run(client, study, pruned, "KILLED")
+    assert run.data.tags.get("pruned") == "true"
+    assert set(child_runs(client, study)) == {t.user_attrs["mlflow_run_id"] for t in trials}
+
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["role"] == "study"
+    assert parent.data.metrics["trials/complete"] == 1 and parent.data.metrics["trials/failed"] == 1
+    assert parent.data.tags["best.run_id"] == complete.user_attrs["mlflow_run_id"]
+
+
+def test_a_sweep_where_every_trial_diverges_gives_up_and_fails(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=1, space={"kl.ratio": SMALL_SPACE["kl.ratio"]})
+    assert run_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 1
+    assert "worker 0: giving up after 3 failed trials" in capsys.readouterr().out
+    study = load_study(tmp_path)
+    assert states(study) == ["FAIL"] * 3
+    assert all(t.user_attrs["fail_reason"].startswith("diverged at epoch 1") for t in study.get_trials())
+    client = mlflow_client(tmp_path)
+    for t in study.get_trials():
+        check_trial_run(client, study, t, "FAILED")
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+
+
+def test_rerun_adds_nothing_extends_on_more_trials_and_refuses_other_overrides(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=1)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE"]
+    client = mlflow_client(tmp_path)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # finished: nothing to do
+    assert states(load_study(tmp_path)) == ["COMPLETE"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert len(child_runs(client, study)) == 1
+
+    capsys.readouterr()
+    assert run_mod.main(["sweep", str(spec), "--threads", "1", "kl.beta=0.001"]) == 2
+    assert "was created with other settings" in one_line_error(capsys.readouterr().err)
+    assert states(load_study(tmp_path)) == ["COMPLETE"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--trials", "2"]) == 0  # resumable: one more
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE", "COMPLETE"] and study.user_attrs["mlflow_parent_run_id"] == parent_id
+    assert len(child_runs(client, study)) == 2
+
+
+# worker processes
+
+
+@pytest.mark.slow
+def test_two_workers_run_exactly_the_requested_trials_without_duplicates(tmp_path: Path, data_cache: Path) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=9)  # --trials wins over the spec
+    out = run_cli(sweep_cmd(spec, "--workers", "2", "--trials", "4"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ran = [int(line.split("ran ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("worker ")]
+    assert len(ran) == 2 and sum(ran) == 4
+
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3] and states(study) == ["COMPLETE"] * 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == 4
+    client = mlflow_client(tmp_path)
+    for t in trials:
+        check_trial_run(client, study, t, "FINISHED")
+    assert set(child_runs(client, study)) == set(run_ids)
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+    assert "study tiny: 4 complete" in out.stdout
+
+
+@pytest.mark.slow
+def test_grid_with_two_workers_covers_each_point_once(tmp_path: Path, data_cache: Path) -> None:
+    grid = {"kl.mode": ["monotonic", "cyclical"], "tf.start_decay_epoch": [0, 1]}
+    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid", "seed": 3}, space=None, grid=grid,
+                      trials=None)
+    out = run_cli(sweep_cmd(spec, "--workers", "2"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE"] * 4
+    points = sorted((t.params["kl.mode"], t.params["tf.start_decay_epoch"]) for t in study.get_trials())
+    assert points == sorted((m, e) for m in grid["kl.mode"] for e in grid["tf.start_decay_epoch"])
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path, data_cache: Path) -> None:
+    # Trial length comes from the experiment file, which the fingerprint names but does not hash: the
+    # first run's trial is long enough to be killed in, the resumed ones are short.
+    exp = tmp_path / "exp.yaml"
+
+    def write_experiment(niter: int) -> None:
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in {**TINY, "train.niter": niter}.items():
+            section, _, k = key.partition(".")
+            nested.setdefault(section, {})[k] = value
+        exp.write_text(yaml.safe_dump(nested))
+
+    write_experiment(niter=40)
+    spec = write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=1,
+                      overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)})
+    cmd = sweep_cmd(spec, "--workers", "1")
+    log = tmp_path / "first.log"
+    with log.open("w") as f:
+        coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        last = tmp_path / "runs" / "tiny" / "trial-0000" / "seed-1" / "last.pt"
+        wait_until(last.is_file, coordinator, log, timeout=120)
+
+        def reported() -> bool:
+            t = load_study(tmp_path).get_trials()[0]
+            return t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and "epochs_run" in t.user_attrs
+
+        wait_until(reported, coordinator, log, timeout=60)
+        workers = psutil.Process(coordinator.pid).children(recursive=True)
+        assert len(workers) == 1
+        coordinator.kill()
+        for w in workers:
+            w.kill()
+        coordinator.wait(10)
+        psutil.wait_procs(workers, timeout=10)
+    finally:
+        if coordinator.poll() is None:  # the test failed before the kill: leave nothing running
+            for p in psutil.Process(coordinator.pid).children(recursive=True):
+                p.kill()
+            coordinator.kill()
+
+    dead = load_study(tmp_path).get_trials()[0]
+    assert dead.state == TrialState.RUNNING  # nobody was left to say otherwise
+    client = mlflow_client(tmp_path)
+    assert client.get_run(dead.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    write_experiment(niter=2)
+    out = run_cli(cmd, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert sorted(states(study)) == ["COMPLETE", "COMPLETE", "FAIL"] and trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.user_attrs["mlflow_run_id"] != dead.user_attrs["mlflow_run_id"]
+
+    run = check_trial_run(client, study, trials[0], "FAILED")
+    assert run.data.tags["ended_by"] == "worker lost (no heartbeat)"
+    check_trial_run(client, study, retry, "FINISHED")
+    assert len(child_runs(client, study)) == 3
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+# the paper-size model, once
+
+
+@pytest.mark.slow
+def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Path) -> None:
+    """= make sweep STUDY=lab_grid TRIALS=1 WORKERS=1 ARGS="data.name=pushing train.niter=1 train.epoch_size=1"."""
+    cheap = ["data.n_train=16", "data.n_val=8", "data.n_test=8", f"data.cache_dir={data_cache}",
+             "eval.sequences=8", "eval.gif_sequences=1", "tracking.system_metrics=false"]
+    cmd = [sys.executable, "-m", "cvae.cli", "sweep", "lab_grid", "--workers", "1", "--trials", "1",
+           "data.name=pushing", "train.niter=1", "train.epoch_size=1", *cheap]
+    start = time.perf_counter()
+    out = run_cli(cmd, cwd=tmp_path, timeout=550)
+    seconds = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr[-3000:]
+    print(f"lab_grid full-size trial: {seconds:.1f} s")
+    study = load_study(tmp_path, "lab_grid")
+    assert states(study) == ["COMPLETE"] and study.user_attrs["n_trials"] == 1
+    (trial,) = study.get_trials()
+    client = mlflow_client(tmp_path)
+    run = check_trial_run(client, study, trial, "FINISHED")
+    p = run.data.params
+    assert (p["model.arch"], p["model.width"], p["model.g_dim"], p["model.z_dim"], p["model.rnn_size"]) == \
+        ("vgg", "1.0", "128", "64", "256")
+    assert (p["train.batch_size"], p["train.n_future"], p["train.lr"]) == ("12", "10", "0.002")
+    assert (tmp_path / "runs" / "lab_grid" / "trial-0000" / "seed-1" / "best.pt").is_file()
