@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 from cvae import config as config_mod
 from cvae.config import Config
@@ -32,6 +34,7 @@ TINY: dict[str, str] = {
     "data.n_val": "8",
     "data.n_test": "8",
     "tracking.enabled": "false",
+    "run.threads": "1",
 }
 
 
@@ -41,6 +44,15 @@ def as_args(overrides: dict[str, str]) -> list[str]:
 
 
 # fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Test tensors are tiny: one thread is as fast, and spares OpenMP spin-waits on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_every_experiment_file_loads(path: Path) -> None:
 
 def test_demo_and_lab_values() -> None:
     demo = config_mod.load(EXPERIMENTS / "demo.yaml")
-    assert (demo.model.arch, demo.model.width, demo.kl.beta, demo.tracking.enabled) == ("dcgan", 0.25, 1e-4, False)
+    assert (demo.model.arch, demo.model.width, demo.kl.beta) == ("dcgan", 0.25, 1e-4)
     lab = config_mod.load(EXPERIMENTS / "lab.yaml")
     assert (lab.model.arch, lab.model.width, lab.model.g_dim, lab.model.z_dim, lab.model.rnn_size) == \
         ("vgg", 1.0, 128, 64, 256)
