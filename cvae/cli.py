@@ -60,19 +60,21 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from cvae.tracking import make_tracker
-    from cvae.trainer import load_checkpoint, train
-
     if ns.resume:
         if ns.args:
             raise ConfigError("--resume continues a run with its saved config; drop the other arguments")
         run_dir = Path(ns.resume)
         if not (run_dir / "last.pt").is_file():
             raise ConfigError(f"--resume: {run_dir}/last.pt not found")
+    else:
+        cfg = load_config(ns.args)  # before torch is imported: a mistake is reported at once
+    from cvae.tracking import make_tracker
+    from cvae.trainer import load_checkpoint, train
+
+    if ns.resume:
         cfg = config_mod.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
         result = train(cfg, run_dir=run_dir, resume=True, tracker=make_tracker(cfg))
     else:
-        cfg = load_config(ns.args)
         result = train(cfg, tracker=make_tracker(cfg))
     print(result.summary())
     return 0
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         from cvae.trainer import Diverged
 
         if isinstance(exc, Diverged):
-            print(f"cvae: {exc} (last good checkpoint kept)", file=sys.stderr)
+            kept = f"last good checkpoint: {exc.last_checkpoint}" if exc.last_checkpoint else "no epoch completed"
+            print(f"cvae: {exc} ({kept})", file=sys.stderr)
             return 1
         raise
 

@@ -18,7 +18,7 @@ from cvae.modules import ARCHS, GaussianLSTM, PredictorLSTM, init_weights, kl_ga
 
 @dataclass
 class StepLoss:
-    """Loss terms of one batch, averaged over the predicted time steps."""
+    """Loss terms of one batch, summed over the predicted time steps (SVG: loss = sum_t MSE_t + beta KL_t)."""
 
     mse: Tensor
     kld: Tensor
@@ -69,8 +69,7 @@ class CVAE(nn.Module):
             h_pred, pred = self.predictor(torch.cat([h_in, z, cond[:, t]], 1), pred)
             x_hat = self.decoder(h_pred, skip)
             mse = mse + F.mse_loss(x_hat.float(), x[:, t].float())
-        steps = T - 1
-        return StepLoss(mse=mse / steps, kld=kld / steps)
+        return StepLoss(mse=mse, kld=kld)
 
     @torch.no_grad()
     def predict(self, x: Tensor, cond: Tensor, n_past: int, n_future: int) -> Tensor:

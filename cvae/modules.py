@@ -1,6 +1,7 @@
 """Building blocks of SVG (Denton & Fergus 2018): frame encoders/decoders with skips and the LSTMs.
 
-Frames are (B, 3, 64, 64) in [0, 1]. Encoders return (h (B, g_dim), skips [64, 32, 16, 8 px maps]);
+Frames are (B, 3, 64, 64) in [0, 1]. Encoders return (h (B, g_dim), four skip maps: 64/32/16/8 px for
+VGG64, 32/16/8/4 px for DCGAN64);
 decoders take (h, skips) and return (B, 3, 64, 64). `width` scales every channel count.
 """
 

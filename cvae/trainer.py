@@ -38,7 +38,9 @@ METRIC_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta",
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN/inf; last.pt still holds the last good epoch."""
+    """The loss became NaN/inf; last.pt (when an epoch completed) still holds the last good epoch."""
+
+    last_checkpoint: Path | None = None
 
 
 @dataclass
@@ -267,7 +269,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                     done = (i + 1) * t.batch_size / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{loss.item():.4f}", seq_s=f"{done:.1f}")
             seconds = time.perf_counter() - start
-            mean = (sums / t.epoch_size).tolist()
+            mean = (sums / (t.epoch_size * (n_frames - 1))).tolist()  # logged per predicted step, as SVG does
             row: dict[str, float] = {"epoch": epoch, "train/loss": mean[0], "train/mse": mean[1], "train/kld": mean[2],
                                      "sched/beta": beta, "sched/tfr": tfr, "train/lr": opt.param_groups[0]["lr"],
                                      "perf/seq_per_s": t.batch_size * t.epoch_size / seconds,
@@ -314,10 +316,11 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 tracker.log_artifact(run_dir / "metrics.csv")
             if on_epoch is not None:
                 on_epoch(epoch, row)
-        tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(run_dir / "metrics.csv")
         tracker.finish("FINISHED")
     except BaseException as exc:
+        if isinstance(exc, Diverged) and (run_dir / "last.pt").is_file():
+            exc.last_checkpoint = run_dir / "last.pt"
         if history:
             write_metrics_csv(history, run_dir / "metrics.csv")
         tracker.set_tags({**getattr(exc, "tracking_tags", {}), "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
