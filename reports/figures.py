@@ -61,10 +61,12 @@ def settings(trials: pd.DataFrame, params: list[str], metric: str, path: Path) -
 
 def importance(imp: dict[str, float], path: Path) -> Path:
     """fANOVA importance bar chart."""
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * max(1, len(imp))))
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.8 + 0.4 * len(imp))))
     if imp:
         s = pd.Series(imp).sort_values()
         ax.barh(s.index, s.values, color="steelblue")
+    else:
+        ax.text(0.5, 0.5, "needs 3+ complete trials", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("fANOVA importance")
     ax.set_title("Which setting matters")
     return save_figure(fig, path)

@@ -94,6 +94,8 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
 
             def on_epoch(epoch: int, row: dict[str, float], first: bool = k == 0) -> None:
                 trial.set_user_attr("epochs_run", epoch)
+                if k == 0 and "val/psnr_copy_last" in row and "copy_last_psnr" not in trial.user_attrs:
+                    trial.set_user_attr("copy_last_psnr", row["val/psnr_copy_last"])  # pruned trials show it too
                 if not first or row.get(spec.metric) is None:
                     return  # only the first seed is judged: later seeds repeat a survivor
                 trial.report(row[spec.metric], step=epoch)
