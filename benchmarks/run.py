@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from cvae import config as config_mod
-from cvae.cli import resolve_experiment
 from cvae.data import pushing
 from cvae.metrics import psnr, ssim
 from cvae.model import CVAE
@@ -35,7 +34,7 @@ def main() -> int:
     s = _time(lambda: pushing.generate(512, 0), repeat=3)
     results.append(("pushing generator, sequences/s (n=512)", 512 / s, ">= 500", 512 / s >= 500))
 
-    cfg = config_mod.load(resolve_experiment("demo"))
+    cfg = config_mod.load(config_mod.find_experiment("demo"))
     model = CVAE(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     t = cfg.train

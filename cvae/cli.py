@@ -17,22 +17,7 @@ from cvae import config as config_mod
 from cvae.config import Config, ConfigError
 from cvae.data.errors import DataError
 
-REPO_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
 # helpers
-
-
-def resolve_experiment(name: str | None) -> Path | None:
-    """'demo', 'demo.yaml' or a path -> the YAML file (cwd first, then the project's experiments/)."""
-    if name is None:
-        return None
-    p = Path(name)
-    candidates = [p] if p.suffix in (".yaml", ".yml") else [p.with_suffix(".yaml")]
-    candidates += [Path("experiments") / candidates[0].name, REPO_EXPERIMENTS / candidates[0].name]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(f"experiment not found: {name} (looked in ., experiments/)")
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -49,7 +34,7 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 def load_config(args: list[str]) -> Config:
     """Experiment file + overrides -> validated Config."""
     exp, overrides = split_args(args)
-    return config_mod.load(resolve_experiment(exp), overrides)
+    return config_mod.load(config_mod.find_experiment(exp), overrides)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

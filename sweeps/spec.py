@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from cvae import config as config_mod
-from cvae.cli import resolve_experiment
-from cvae.config import Config, ConfigError
+from cvae.config import Config, ConfigError, find_experiment, find_yaml
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SAMPLERS = ("tpe", "random", "grid")
@@ -68,7 +67,7 @@ class StudySpec:
         values.update(config_mod.parse_overrides(extra or []))
         values.update(params or {})
         values["run.name"] = self.name
-        return config_mod.load(resolve_experiment(self.experiment), values)
+        return config_mod.load(find_experiment(self.experiment), values)
 
     def fingerprint(self, extra: list[str] | None = None) -> str:
         """Identity of what the study optimises: a rerun with other settings must not mix into it."""
@@ -153,14 +152,11 @@ def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
 
 def find_spec(name: str) -> Path:
     """'demo', 'demo.yaml' or a path -> the spec file (cwd first, then sweeps/studies/)."""
-    p = Path(name)
-    candidates = [p] if p.suffix in (".yaml", ".yml") else [p.with_suffix(".yaml")]
-    candidates += [STUDIES_DIR / candidates[0].name]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = ", ".join(sorted(f.stem for f in STUDIES_DIR.glob("*.yaml")))
-    raise SpecError(f"study not found: {name} (shipped: {known})")
+    path = find_yaml(name, [STUDIES_DIR])
+    if path is None:
+        known = ", ".join(sorted(f.stem for f in STUDIES_DIR.glob("*.yaml")))
+        raise SpecError(f"study not found: {name} (shipped: {known})")
+    return path
 
 
 def load_spec(name: str, extra: list[str] | None = None, trials: int | None = None) -> StudySpec:

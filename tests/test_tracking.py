@@ -122,15 +122,9 @@ def no_user_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data cache for the module: the tiny dataset is generated once."""
-    return tmp_path_factory.mktemp("tracking-cache")
-
-
 @pytest.fixture
-def overrides(tmp_path: Path, cache: Path) -> dict[str, str]:
-    return {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(cache)}
+def overrides(tmp_path: Path, data_cache: Path) -> dict[str, str]:
+    return {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
 
 
 # tests
