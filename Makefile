@@ -36,8 +36,8 @@ schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make 
 preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 	$(BIN)/cvae data preview $(EXP) $(ARGS)
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/python -m pytest
+test: $(STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers)
+	$(BIN)/python -m pytest -n 2
 
 ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000]
 	@test -f $(OUT)/mlflow.db || echo "note: no $(OUT)/mlflow.db yet (train with tracking.enabled=true first); starting on an empty store"
@@ -54,7 +54,7 @@ sweep: $(STAMP) ## Optuna study: make sweep [STUDY=demo] [WORKERS=2] [TRIALS=n] 
 worker: $(STAMP) ## join a study from another machine: make worker STUDY=.. STORAGE=postgresql://.. [MLFLOW_TRACKING_URI=http://..]
 	$(BIN)/cvae worker $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
-dashboard: $(STAMP) ## optuna-dashboard on the study storage, 127.0.0.1:$(DASH_PORT)
+dashboard: $(STAMP) ## optuna-dashboard on the study storage: make dashboard [STORAGE=url] [DASH_PORT=8080]
 	@echo "Optuna dashboard: http://127.0.0.1:$(DASH_PORT)"
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)
 
