@@ -94,12 +94,12 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
 
             def on_epoch(epoch: int, row: dict[str, float], first: bool = k == 0) -> None:
                 trial.set_user_attr("epochs_run", epoch)
-                if k == 0 and "val/psnr_copy_last" in row and "copy_last_psnr" not in trial.user_attrs:
+                if first and "val/psnr_copy_last" in row and "copy_last_psnr" not in trial.user_attrs:
                     trial.set_user_attr("copy_last_psnr", row["val/psnr_copy_last"])  # pruned trials show it too
                 if not first or row.get(spec.metric) is None:
                     return  # only the first seed is judged: later seeds repeat a survivor
                 trial.report(row[spec.metric], step=epoch)
-                if trial.should_prune():
+                if epoch < cfg.train.niter and trial.should_prune():  # at the last epoch nothing is left to save
                     raise Pruned(f"pruned at epoch {epoch}: {spec.metric}={row[spec.metric]:.3f}")
 
             trial.set_user_attr("run_dir", str(run_dir))
