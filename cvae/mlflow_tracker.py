@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae.config import Config, ConfigError, diff_from_defaults
-from cvae.tracking import Tracker
+from cvae.tracking import Tracker, exit_status
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 REACH_TIMEOUT_S = 5.0
@@ -157,9 +157,8 @@ class MlflowTracker(Tracker):
         except BaseException as exc:
             # the trainer's try has not begun yet: close the run here or it stays RUNNING
             if self.run_id is not None:
-                status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
                 try:
-                    self.client.set_terminated(self.run_id, status=status)
+                    self.client.set_terminated(self.run_id, status=exit_status(exc))
                 except Exception:  # noqa: BLE001 - the original error is the one to report
                     pass
             raise

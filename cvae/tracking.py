@@ -35,6 +35,13 @@ class Tracker:
         """Close the run as FINISHED, FAILED or KILLED."""
 
 
+def exit_status(exc: BaseException) -> str:
+    """Status of a run that ended by exception: Ctrl-C/SIGTERM = KILLED, else the exception's own or FAILED."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "KILLED"
+    return getattr(exc, "tracking_status", "FAILED")
+
+
 def make_tracker(cfg: Config) -> Tracker:
     """The tracker the config asks for."""
     if not cfg.tracking.enabled:

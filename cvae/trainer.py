@@ -27,7 +27,7 @@ from cvae.metrics import psnr, ssim
 from cvae.model import CVAE, count_parameters
 from cvae.plots import per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio
-from cvae.tracking import Tracker
+from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
 FORMAT_VERSION = 1
@@ -190,13 +190,6 @@ def _append_per_step(path: Path, epoch: int, per_step: dict[str, np.ndarray]) ->
             w.writerow([epoch, int(fr), f"{a:.4f}", f"{b:.4f}"])
 
 
-def _exit_status(exc: BaseException) -> str:
-    """MLflow status for a run that ended by exception: Ctrl-C/SIGTERM/prune = KILLED, else FAILED."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return "KILLED"
-    return getattr(exc, "tracking_status", "FAILED")
-
-
 # the loop
 
 
@@ -324,7 +317,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
         if history:
             write_metrics_csv(history, run_dir / "metrics.csv")
         tracker.set_tags({**getattr(exc, "tracking_tags", {}), "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
-        tracker.finish(_exit_status(exc))
+        tracker.finish(exit_status(exc))
         raise
     return Result(run_dir=run_dir, best_psnr=best_psnr, best_epoch=best_epoch,
                   copy_last_psnr=evaluator.copy_psnr.mean().item(), epochs_run=epoch, history=history,
