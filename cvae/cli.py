@@ -1,13 +1,14 @@
-"""`cvae` command line: train, schedules, data preview/export.
+"""`cvae` command line: train, schedules, data preview/export/convert/check/bench.
 
 Every user mistake ends as one line on stderr and exit code 2; nothing is written before the
-config and data have been checked.
+config and data have been checked. `data check/convert/bench` exit 1 for damaged data instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable
 
 from cvae import config as config_mod
 from cvae.config import Config, ConfigError
-from cvae.data.errors import DataError
+from cvae.data.errors import DamagedData, DataError
 
 # helpers
 
@@ -121,6 +122,93 @@ def cmd_data_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _workers(n: int) -> int:
+    """--workers 0 = one per CPU core, at most 8 (PNG coding is the cost; disks saturate past that)."""
+    return n if n > 0 else min(8, os.cpu_count() or 1)
+
+
+def cmd_data_convert(ns: argparse.Namespace) -> int:
+    from cvae.data import convert, sources
+
+    if ns.to == "cache" and ns.camera != "aux1":
+        raise DataError("--to cache: training reads the aux1 camera; convert --to course for the main camera")
+    if ns.to == "cache" and ns.validate:
+        raise DataError("--validate applies to --to course; the cache keeps the loader's own split rule")
+    try:
+        if ns.to == "course":
+            report = convert.to_course(ns.src, ns.dest, camera=ns.camera, validate=ns.validate,
+                                       skip_bad=ns.skip_bad, workers=_workers(ns.workers))
+        else:
+            report = convert.to_cache(ns.src, ns.dest, skip_bad=ns.skip_bad)
+    except DamagedData as exc:
+        print(f"cvae: error: {exc} (--skip-bad skips damaged items; finished files are kept)", file=sys.stderr)
+        return 1
+    for split in dict.fromkeys([*report.written, *report.kept]):
+        n, kept = report.written.get(split, 0), report.kept.get(split, 0)
+        print(f"{split}: {n} sequences written" + (f", {kept} kept from an earlier run" if kept else ""))
+    if report.bad:
+        print(f"skipped {len(report.bad)} damaged item(s):")
+        for message in report.bad:
+            print(f"  {message}")
+    total = sum(report.written.values())
+    print(f"done in {report.seconds:.1f} s ({total / max(report.seconds, 1e-9):.0f} sequences/s) -> {report.dest}")
+    if ns.to == "course":
+        print(f"train with: cvae train lab data.root={report.dest}")
+    else:
+        kind = sources.detect(ns.src)
+        print(f"train with: cvae train lab data.name={kind} data.root={ns.src} data.cache_dir={report.dest}")
+    return 0
+
+
+def cmd_data_check(ns: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cvae.data import check, sources
+
+    report = check.check(ns.root, seq_len=ns.seq_len, workers=_workers(ns.workers),
+                         on_bad=lambda message: tqdm.write(f"bad: {message}"))
+    print(f"{ns.root}: {sources.KIND_NAMES[report.kind]}")
+    for split, n in report.sequences.items():
+        bad = report.bad_per_split[split]
+        print(f"  {split}: {n} sequences" + (f", {bad} damaged" if bad else ""))
+    verdict = f"{len(report.bad)} damaged item(s)" if report.bad else "all intact"
+    print(f"{verdict}; {report.per_second:.0f} sequences/s ({report.seconds:.1f} s, {report.workers} worker(s))")
+    return 0 if report.ok else 1
+
+
+def cmd_data_bench(ns: argparse.Namespace) -> int:
+    from cvae.data import bench
+
+    if ns.frames > 30:
+        raise DataError(f"--frames {ns.frames}: BAIR sequences have 30 frames")
+    try:
+        r = bench.measure(ns.root, split=ns.split, sequences=ns.n, batch_size=ns.batch_size, n_frames=ns.frames,
+                          threads=ns.threads)
+    except DamagedData as exc:
+        print(f"cvae: error: {exc} (run `cvae data check {ns.root}`)", file=sys.stderr)
+        return 1
+    print(f"{r['root']} ({r['source']}), split {r['split']}: {r['sequences']} sequences of {r['seq_len']} frames")
+    print(f"loader: batch {r['batch_size']} x {r['n_frames']} frames, {r['threads']} torch thread(s); {r['loader']}")
+    print(f"source files: {r['source_seq_per_s']:.0f} sequences/s")
+    print(f"cache:        {r['cache_seq_per_s']:.0f} sequences/s ({r['cache_note']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cvae` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -160,6 +248,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="root folder to write train/ validate/ test/ into")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(fn=cmd_data_export)
+    p = data.add_parser("convert", help="original TFRecords -> course PNG+CSV tree, or a source -> the cache")
+    p.add_argument("src", help="softmotion30_44k/ (or the folder holding it); a course tree too with --to cache")
+    p.add_argument("dest", help="new or empty folder, or the DEST of an earlier run to resume")
+    p.add_argument("--to", choices=["course", "cache"], default="course",
+                   help="course: PNG+CSV tree; cache: memory-mapped arrays for data.cache_dir=DEST")
+    p.add_argument("--camera", choices=["aux1", "main"], default="aux1", help="aux1 is the course's view")
+    p.add_argument("--validate", metavar="FILE",
+                   help="train file that becomes the validate split (default: the lowest-numbered, traj_256_to_511)")
+    p.add_argument("--skip-bad", action="store_true", help="skip damaged records/files and list them")
+    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
+                   help="processes for --to course (0 = one per core, max 8)")
+    p.set_defaults(fn=cmd_data_convert)
+    p = data.add_parser("check", help="read every file and record of a course tree or TFRecord folder")
+    p.add_argument("root")
+    p.add_argument("--seq-len", type=_at_least(1), default=30, help="frames every sequence must have")
+    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
+                   help="processes (0 = one per core, max 8)")
+    p.set_defaults(fn=cmd_data_check)
+    p = data.add_parser("bench", help="sequences/s from the source files and from the cache")
+    p.add_argument("root")
+    p.add_argument("--split", default="train", choices=["train", "validate", "test"])
+    p.add_argument("-n", type=_at_least(1), default=256, help="sequences to read")
+    p.add_argument("--batch-size", type=_at_least(1), default=12)
+    p.add_argument("--frames", type=_at_least(1), default=12,
+                   help="frames per batch sequence (n_past + n_future, <= 30)")
+    p.add_argument("--threads", type=_at_least(1), default=1, help="torch threads while batching")
+    p.set_defaults(fn=cmd_data_bench)
 
     ns = parser.parse_args(argv)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter per run

@@ -51,6 +51,8 @@ class DataCfg:
     n_test: int = 256
     seq_len: int = 30
     """Frames per stored sequence."""
+    cond_norm: bool = False
+    """Standardise each of the 7 condition values with the training split's mean/std (off = the course's raw values)."""
 
 
 @dataclass(frozen=True)

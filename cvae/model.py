@@ -9,19 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvae.config import ModelCfg
-from cvae.modules import ARCHS, GaussianLSTM, PredictorLSTM, init_weights, kl_gaussians, kl_standard_normal
+from cvae.modules import ARCHS, GaussianLSTM, PredictorLSTM, init_weights, kl_elementwise
 
 
 @dataclass
 class StepLoss:
-    """Loss terms of one batch, summed over the predicted time steps (SVG: loss = sum_t MSE_t + beta KL_t)."""
+    """Loss terms of one batch, summed over the predicted time steps (SVG: loss = sum_t MSE_t + beta KL_t).
 
-    mse: Tensor
-    kld: Tensor
+    The per-step and per-dimension parts are what the diagnostics read (KL per step and per latent
+    dimension, active units); the trainer only uses the sums.
+    """
+
+    mse: Tensor  # () sum over steps of the per-step mean squared error
+    kld: Tensor  # () sum over steps and latent dims, batch mean
+    mse_t: Tensor  # (T-1,) per predicted step
+    kld_td: Tensor  # (T-1, z_dim) per step and latent dimension, batch mean
+    mu: Tensor  # (B, T-1, z_dim) posterior means, for the active-units count
 
 
 class CVAE(nn.Module):
@@ -42,34 +48,65 @@ class CVAE(nn.Module):
         h, skips = self.encoder(x.flatten(0, 1))
         return h.view(b, t, -1), [s.view(b, t, *s.shape[1:]) for s in skips]
 
-    def forward(self, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool) -> StepLoss:
-        """Training pass over T = x.shape[1] frames; without teacher forcing, predictions are fed back."""
+    def skip_source(self, t: int, n_past: int) -> int:
+        """Index of the frame whose encoder skips decode frame t: x[t-1] while conditioning, then x[n_past-1]."""
+        return t - 1 if self.cfg.last_frame_skip or t <= n_past else n_past - 1
+
+    def forward(self, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool,
+                eps: Tensor | None = None) -> StepLoss:
+        """Training pass over T = x.shape[1] frames; without teacher forcing, predictions are fed back.
+
+        `eps` (B, T-1, z_dim) fixes the posterior noise (tests); by default it is drawn here.
+        """
         b, T = x.shape[:2]
         h_all, skips_all = self.encode(x)  # the posterior needs every ground-truth frame anyway
-        post = self.posterior.init_state(b, h_all)
-        pred = self.predictor.init_state(b, h_all)
-        prior = self.prior.init_state(b, h_all) if self.prior is not None else None
-        mse = kld = h_all.new_zeros(())
-        x_hat = x[:, 0]
-        skip = [s[:, 0] for s in skips_all]
+        # q(z_t | x_t) depends on ground truth only: the whole sequence at once
+        z, mu, logvar = self.posterior.sequence(h_all[:, 1:], eps)  # (B, T-1, z)
+        if teacher_forcing:
+            # nothing the decoder produces is fed back: recurrent part first, then ONE decoder call for all frames
+            h_in = h_all[:, :-1]
+            g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
+            x_hat = self.decoder(g.flatten(0, 1), [s.flatten(0, 1) for s in self._decoder_skips(skips_all, n_past)])
+            x_hat = x_hat.view(b, T - 1, *x_hat.shape[1:])
+        else:
+            x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)
+        if self.prior is not None:
+            _, mu_p, logvar_p = self.prior.sequence(h_in)  # p(z_t | x_{t-1}) on what the predictor saw
+            kl = kl_elementwise(mu, logvar, mu_p, logvar_p)
+        else:
+            kl = kl_elementwise(mu, logvar)
+        mse_t = (_full(x_hat) - _full(x[:, 1:])).pow(2).mean(dim=(0, 2, 3, 4))
+        kld_td = _full(kl).mean(0)
+        return StepLoss(mse=mse_t.sum(), kld=kld_td.sum(), mse_t=mse_t, kld_td=kld_td, mu=mu.detach())
+
+    def _decoder_skips(self, skips_all: list[Tensor], n_past: int) -> list[Tensor]:
+        """The skips that decode frames 1..T-1, [(B, T-1, C, h, w)], by slicing and broadcasting (a gather's
+        backward is a slow scatter): x[t-1] for the conditioning frames, then x[n_past-1] repeated."""
+        if self.cfg.last_frame_skip:
+            return [s[:, :-1] for s in skips_all]
+        rest = skips_all[0].shape[1] - 1 - n_past
+        return [torch.cat([s[:, :n_past], s[:, n_past - 1 : n_past].expand(-1, rest, *s.shape[2:])], 1)
+                for s in skips_all]
+
+    def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,
+                  n_past: int) -> tuple[Tensor, Tensor]:
+        """Feed the model's own predictions back after the conditioning frames: (x_hat, predictor inputs h)."""
+        b, T = h_all.shape[:2]
+        state = self.predictor.init_state(b, h_all)
+        frames, h_ins = [], []
+        x_hat, skip = h_all.new_zeros(()), [s[:, 0] for s in skips_all]
         for t in range(1, T):
-            fed_back = t - 1 >= n_past and not teacher_forcing
-            if fed_back:
-                h_in, sk = self.encoder(x_hat)
-            else:
+            if t - 1 < n_past:
                 h_in, sk = h_all[:, t - 1], [s[:, t - 1] for s in skips_all]
-            if self.cfg.last_frame_skip or t <= n_past:
-                skip = sk  # frozen at x[n_past-1] from here on unless last_frame_skip
-            z, mu, logvar, post = self.posterior(h_all[:, t], post)
-            if prior is not None:
-                _, mu_p, logvar_p, prior = self.prior(h_in, prior)
-                kld = kld + kl_gaussians(mu, logvar, mu_p, logvar_p)
             else:
-                kld = kld + kl_standard_normal(mu, logvar)
-            h_pred, pred = self.predictor(torch.cat([h_in, z, cond[:, t]], 1), pred)
-            x_hat = self.decoder(h_pred, skip)
-            mse = mse + F.mse_loss(x_hat.float(), x[:, t].float())
-        return StepLoss(mse=mse, kld=kld)
+                h_in, sk = self.encoder(x_hat)
+            if self.skip_source(t, n_past) == t - 1:
+                skip = sk  # frozen at x[n_past-1] from here on unless last_frame_skip
+            g, state = self.predictor(torch.cat([h_in, z[:, t - 1], cond[:, t]], 1), state)
+            x_hat = self.decoder(g, skip)
+            frames.append(x_hat)
+            h_ins.append(h_in)
+        return torch.stack(frames, 1), torch.stack(h_ins, 1)
 
     @torch.no_grad()
     def predict(self, x: Tensor, cond: Tensor, n_past: int, n_future: int) -> Tensor:
@@ -102,6 +139,11 @@ class CVAE(nn.Module):
                 x_hat = self.decoder(h_pred, skip)
             frames.append(x_hat)
         return torch.stack(frames, 1)
+
+
+def _full(t: Tensor) -> Tensor:
+    """Losses in at least float32: bf16 autocast outputs lose digits that move the loss visibly."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -147,14 +147,26 @@ class _StackedLSTM(nn.Module):
         z = ref.new_zeros(batch, self.hidden)
         return [(z, z) for _ in range(self.layers)]
 
-    def _run(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
-        h = self.embed(x)
+    def _cells(self, h: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         new: LSTMState = []
         for cell, s in zip(self.cells, state):
             hc = cell(h, s)
             new.append(hc)
             h = hc[0]
         return h, new
+
+    def _run(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        return self._cells(self.embed(x), state)
+
+    def _run_sequence(self, xs: Tensor) -> Tensor:
+        """(B, T, in) -> (B, T, hidden) from a zero state: the embedding in one call, only the cells loop."""
+        e = self.embed(xs)
+        state = self.init_state(xs.shape[0], e)
+        out = []
+        for t in range(xs.shape[1]):
+            h, state = self._cells(e[:, t], state)
+            out.append(h)
+        return torch.stack(out, 1)
 
 
 class GaussianLSTM(_StackedLSTM):
@@ -170,6 +182,12 @@ class GaussianLSTM(_StackedLSTM):
         mu, logvar = self.mu(h), self.logvar(h)
         return reparameterize(mu, logvar), mu, logvar, state
 
+    def sequence(self, xs: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """A whole known input sequence (B, T, in) -> z, mu, logvar (B, T, out); same math as step by step."""
+        h = self._run_sequence(xs)
+        mu, logvar = self.mu(h), self.logvar(h)
+        return reparameterize(mu, logvar, eps), mu, logvar
+
 
 class PredictorLSTM(_StackedLSTM):
     """Frame predictor: [h_{t-1}, z_t, cond_t] -> LSTMs -> linear -> tanh = next frame embedding."""
@@ -182,18 +200,30 @@ class PredictorLSTM(_StackedLSTM):
         h, state = self._run(x, state)
         return self.out(h), state
 
+    def sequence(self, xs: Tensor) -> Tensor:
+        """A whole known input sequence (B, T, in) -> frame embeddings (B, T, out)."""
+        return self.out(self._run_sequence(xs))
 
-def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
-    """z = mu + eps * sigma (Kingma & Welling 2014), differentiable in mu and logvar."""
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Tensor:
+    """z = mu + eps * sigma (Kingma & Welling 2014), differentiable in mu and logvar; eps ~ N(0, I) unless given."""
+    if eps is None:
+        eps = torch.randn_like(mu)
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+def kl_elementwise(mu: Tensor, logvar: Tensor, mu_p: Tensor | None = None, logvar_p: Tensor | None = None) -> Tensor:
+    """KL(N(mu, sigma) || N(mu_p, sigma_p)) per element (the prior is N(0, I) when mu_p is None)."""
+    if mu_p is None or logvar_p is None:
+        return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+    return 0.5 * (logvar_p - logvar) + (logvar.exp() + (mu - mu_p).pow(2)) / (2 * logvar_p.exp()) - 0.5
 
 
 def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, sigma) || N(0, I)) summed over dims, divided by the batch size."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+    return kl_elementwise(mu, logvar).sum() / mu.shape[0]
 
 
 def kl_gaussians(mu1: Tensor, logvar1: Tensor, mu2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N1 || N2) for diagonal Gaussians summed over dims, divided by the batch size (SVG-LP)."""
-    kld = 0.5 * (logvar2 - logvar1) + (logvar1.exp() + (mu1 - mu2).pow(2)) / (2 * logvar2.exp()) - 0.5
-    return kld.sum() / mu1.shape[0]
+    return kl_elementwise(mu1, logvar1, mu2, logvar2).sum() / mu1.shape[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -42,7 +42,7 @@ def _line(path: Path, title: str, ylabel: str, series: dict[str, tuple[Sequence[
 
 
 def training_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
-    """loss.png, psnr.png, kl_weight.png, tfr.png from per-epoch metric rows."""
+    """The course's four (loss, psnr, kl_weight, tfr) and the diagnostics' curves, from per-epoch metric rows."""
     ep = [r["epoch"] for r in rows]
     col = lambda k: [r.get(k) for r in rows]  # noqa: E731
     return [
@@ -50,6 +50,10 @@ def training_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
               {"loss": (ep, col("train/loss")), "mse": (ep, col("train/mse"))}),
         _line(out_dir / "psnr.png", "Validation PSNR", "dB",
               {"model": (ep, col("val/psnr")), "copy last frame": (ep, col("val/psnr_copy_last"))}),
+        _line(out_dir / "psnr_moving.png", "Validation PSNR on moving pixels", "dB",
+              {"model": (ep, col("val/psnr_moving")), "copy last frame": (ep, col("val/psnr_moving_copy_last"))}),
+        _line(out_dir / "cond_gain.png", "Condition gain (true minus shuffled actions/positions)", "dB",
+              {"cond_gain": (ep, col("val/cond_gain"))}),
         _line(out_dir / "kl_weight.png", "KL weight (beta, end of epoch)", "beta", {"beta": (ep, col("sched/beta"))}),
         _line(out_dir / "tfr.png", "Teacher-forcing ratio", "ratio", {"tfr": (ep, col("sched/tfr"))}),
     ]
@@ -75,5 +79,29 @@ def schedule_plot(iters: Sequence[float], beta: Sequence[float], epochs: Sequenc
     b.set_xlabel("epoch")
     b.set_ylim(-0.05, 1.05)
     b.grid(alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def diagnostics_plot(ev: Any, path: Path, title: str) -> Path:
+    """One evaluation's diagnostics: moving-pixel PSNR and condition gain per frame, KL per step and per dim."""
+    ps = ev.per_step
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    a, b, c, d = axes.flat
+    a.plot(ps["frame"], ps["psnr_moving"], marker="o", ms=3, label="model")
+    a.plot(ps["frame"], ps["psnr_moving_copy_last"], marker="o", ms=3, label="copy last frame")
+    a.set(title="PSNR on moving pixels", xlabel="frame", ylabel="dB")
+    a.legend()
+    b.plot(ps["frame"], ps["cond_gain"], marker="o", ms=3)
+    b.axhline(0, color="grey", lw=0.8)
+    b.set(title="Condition gain (true - shuffled)", xlabel="frame", ylabel="dB")
+    c.plot(range(1, len(ev.kld_step) + 1), ev.kld_step, marker="o", ms=3)
+    c.set(title="KL per step (posterior vs prior)", xlabel="frame", ylabel="nats")
+    dims = range(len(ev.kld_dim))
+    d.bar(dims, ev.kld_dim, color="steelblue")
+    d.set(title=f"KL per latent dimension ({int(ev.metrics.get('val/active_dims', 0))} active)",
+          xlabel="dimension", ylabel="nats (mean over steps)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -22,19 +22,23 @@ from tqdm import tqdm
 
 from cvae import config as config_mod
 from cvae.config import Config
-from cvae.data import Split, load_split, to_tensors
-from cvae.metrics import psnr, ssim
+from cvae.data import load_split
+from cvae.data.batches import Batches
+from cvae.evaluate import EVAL_SEED_OFFSET, Evaluation, Evaluator
 from cvae.model import CVAE, count_parameters
-from cvae.plots import per_step_plot, training_plots
+from cvae.plots import diagnostics_plot, per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
 FORMAT_VERSION = 1
-EVAL_SEED_OFFSET = 100_003  # evaluation noise is its own stream: validation never shifts training's RNG
+LOG_EVERY = 50  # iterations between looks at the device's running sums (progress bar, divergence check)
 METRIC_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
                   "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
-                  "val/ssim_best", "perf/seq_per_s", "perf/epoch_seconds"]
+                  "val/ssim_best", "val/psnr_moving", "val/psnr_moving_copy_last", "val/cond_gain", "val/kld",
+                  "val/active_dims", "perf/seq_per_s", "perf/epoch_seconds"]
+PER_STEP_COLUMNS = ["epoch", "frame", "psnr", "psnr_copy_last", "psnr_moving", "psnr_moving_copy_last", "cond_gain",
+                    "kld"]
 
 
 class Diverged(RuntimeError):
@@ -117,59 +121,6 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CVAE, Co
     return model.to(device).eval(), cfg
 
 
-class Evaluator:
-    """Course protocol on fixed validation sequences: n_past frames in, n_future predicted, z from the prior."""
-
-    def __init__(self, cfg: Config, split: Split, device: torch.device):
-        self.cfg, self.device = cfg, device
-        e = cfg.eval
-        n = len(split) if e.sequences == 0 else min(e.sequences, len(split))
-        self.x, self.cond = to_tensors(split, np.arange(n), e.n_past + e.n_future)
-        future = slice(e.n_past, e.n_past + e.n_future)
-        copy = self.x[:, e.n_past - 1 : e.n_past].expand_as(self.x[:, future])
-        self.copy_psnr = psnr(copy, self.x[:, future])  # (N, n_future), fixed across epochs
-        self.copy_ssim = ssim(copy, self.x[:, future])
-
-    def __call__(self, model: CVAE) -> tuple[dict[str, float], dict[str, np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
-        """(scalar metrics, per-step PSNR, (ground truth, prediction) of the GIF sequences)."""
-        e = self.cfg.eval
-        future = slice(e.n_past, e.n_past + e.n_future)
-        model.eval()
-        amp = self.cfg.run.amp and self.device.type == "cuda"
-        ps, ss, gif_pred = [], [], None
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.cfg.run.seed + EVAL_SEED_OFFSET)
-            for s in range(e.samples):
-                p_list, s_list = [], []
-                for i in range(0, len(self.x), e.batch_size):
-                    x = self.x[i : i + e.batch_size].to(self.device)
-                    c = self.cond[i : i + e.batch_size].to(self.device)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                        pred = model.predict(x, c, e.n_past, e.n_future).float().clamp_(0, 1)
-                    p_list.append(psnr(pred[:, future], x[:, future]).cpu())
-                    s_list.append(ssim(pred[:, future], x[:, future]).cpu())
-                    if s == 0 and i == 0:
-                        gif_pred = pred[: e.gif_sequences].cpu()
-                ps.append(torch.cat(p_list))
-                ss.append(torch.cat(s_list))
-        model.train()
-        p, s_ = ps[0], ss[0]  # (N, n_future): the first sample is the plain course metric
-        metrics = {"val/psnr": p.mean().item(), "val/ssim": s_.mean().item(),
-                   "val/psnr_copy_last": self.copy_psnr.mean().item(),
-                   "val/ssim_copy_last": self.copy_ssim.mean().item()}
-        if e.samples > 1:
-            # SVG protocol: per sequence, keep the sample with the best mean SSIM
-            all_p, all_s = torch.stack(ps), torch.stack(ss)  # (S, N, n_future)
-            best = all_s.mean(2).argmax(0)
-            idx = torch.arange(all_p.shape[1])
-            metrics["val/psnr_best"] = all_p[best, idx].mean().item()
-            metrics["val/ssim_best"] = all_s[best, idx].mean().item()
-        per_step = {"frame": np.arange(e.n_past, e.n_past + e.n_future), "psnr": p.mean(0).numpy(),
-                    "psnr_copy_last": self.copy_psnr.mean(0).numpy()}
-        return metrics, per_step, (self.x[: e.gif_sequences], gif_pred)
-
-
 def _write_samples(run_dir: Path, epoch: int, gt: torch.Tensor, pred: torch.Tensor) -> tuple[Path, Path]:
     """GIF (ground truth | prediction per sequence) and strip (ground-truth row over prediction row)."""
     cols: list[torch.Tensor] = []
@@ -180,17 +131,45 @@ def _write_samples(run_dir: Path, epoch: int, gt: torch.Tensor, pred: torch.Tens
     return gif, strip
 
 
-def _append_per_step(path: Path, epoch: int, per_step: dict[str, np.ndarray]) -> None:
+def _append_rows(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    """Append rows to a CSV (header first when new): one block per evaluation."""
     new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.writer(f)
         if new:
-            w.writerow(["epoch", "frame", "psnr", "psnr_copy_last"])
-        for fr, a, b in zip(per_step["frame"], per_step["psnr"], per_step["psnr_copy_last"]):
-            w.writerow([epoch, int(fr), f"{a:.4f}", f"{b:.4f}"])
+            w.writerow(header)
+        w.writerows(rows)
+
+
+def _fmt(v: float) -> str:
+    return "" if v != v else f"{v:.6g}"  # NaN (no moving pixel in a frame) stays empty
+
+
+def _write_diagnostics(run_dir: Path, epoch: int, ev: Evaluation, n_past: int) -> list[Path]:
+    """per_step.csv (one row per frame), kl_per_dim.csv (one row per latent dim) and their plots."""
+    ps = ev.per_step
+    steps = {int(f): i for i, f in enumerate(ps["frame"])}
+    rows = []
+    for t, kld in enumerate(ev.kld_step, start=1):  # KL covers every step from frame 1; PSNR the predicted ones
+        i = steps.get(t)
+        vals = [ps[k][i] if i is not None else float("nan") for k in PER_STEP_COLUMNS[2:-1]]
+        rows.append([epoch, t] + [_fmt(v) for v in vals] + [_fmt(kld)])
+    _append_rows(run_dir / "per_step.csv", PER_STEP_COLUMNS, rows)
+    _append_rows(run_dir / "kl_per_dim.csv", ["epoch", "dim", "kld", "mu_var"],
+                 [[epoch, d, _fmt(k), _fmt(v)] for d, (k, v) in enumerate(zip(ev.kld_dim, ev.mu_var))])
+    return [per_step_plot(ps["frame"], ps["psnr"], ps["psnr_copy_last"], run_dir / "per_step_psnr.png",
+                          f"Validation PSNR per frame, epoch {epoch}"),
+            diagnostics_plot(ev, run_dir / "diagnostics.png", f"Diagnostics, epoch {epoch}")]
 
 
 # the loop
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    """Raise Diverged when an iteration of this epoch had a non-finite loss (one host sync, at logging points)."""
+    bad = int(first_bad)
+    if bad >= 0:
+        raise Diverged(f"diverged at epoch {epoch}, iteration {bad + 1}")
 
 
 def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tracker: Tracker | None = None,
@@ -236,31 +215,36 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
         tracker.set_tags({"device": str(device), "params": str(count_parameters(model))})
         for epoch in range(start_epoch, t.niter + 1):
             tfr = teacher_forcing_ratio(epoch, cfg.tf, t.niter)
-            sums = torch.zeros(3, dtype=torch.float64)
+            # the epoch's draws up front: the sampler's state at the epoch's end is what a resume needs,
+            # whatever the prefetcher has read ahead
+            idx = torch.randint(len(train_split), (t.epoch_size, t.batch_size), generator=gen).numpy()
+            use_tf = (torch.rand(t.epoch_size, generator=gen) < tfr).tolist()
+            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, mse, kld: read at logging points
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
             start = time.perf_counter()
-            bar = tqdm(range(t.epoch_size), desc=f"epoch {epoch}/{t.niter}", leave=False,
+            bar = tqdm(total=t.epoch_size, desc=f"epoch {epoch}/{t.niter}", leave=False,
                        disable=None if t.progress else True)
-            for i in bar:
-                it = (epoch - 1) * t.epoch_size + i
-                beta = kl_beta(it, cfg.total_iters, cfg.kl)
-                idx = torch.randint(len(train_split), (t.batch_size,), generator=gen).numpy()
-                use_tf = torch.rand((), generator=gen).item() < tfr
-                x, c = to_tensors(train_split, idx, n_frames)
-                x, c = x.to(device, non_blocking=True), c.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    terms = model(x, c, t.n_past, use_tf)
-                loss = terms.mse + beta * terms.kld
-                if not torch.isfinite(loss):
-                    raise Diverged(f"diverged at epoch {epoch}, iteration {i + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                sums += torch.stack([loss.detach(), terms.mse.detach(), terms.kld.detach()]).double().cpu()
-                if i % 10 == 0:
-                    done = (i + 1) * t.batch_size / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", seq_s=f"{done:.1f}")
+            with Batches(train_split, idx, n_frames, device) as batches:
+                for i, (x, c) in enumerate(batches):
+                    beta = kl_beta((epoch - 1) * t.epoch_size + i, cfg.total_iters, cfg.kl)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        terms = model(x, c, t.n_past, use_tf[i])
+                    loss = terms.mse + beta * terms.kld
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    opt.step()
+                    step = torch.stack([loss.detach(), terms.mse.detach(), terms.kld.detach()]).double()
+                    sums += step
+                    # no host sync in the loop: the first non-finite iteration is remembered on the device
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step[0]), i, first_bad)
+                    if (i + 1) % LOG_EVERY == 0 or i + 1 == t.epoch_size:
+                        _check_finite(first_bad, epoch)
+                        bar.update((i + 1) - bar.n)
+                        bar.set_postfix(loss=f"{float(sums[0]) / (i + 1) / (n_frames - 1):.5f}",
+                                        seq_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - start):.1f}")
+            bar.close()
             seconds = time.perf_counter() - start
             mean = (sums / (t.epoch_size * (n_frames - 1))).tolist()  # logged per predicted step, as SVG does
             row: dict[str, float] = {"epoch": epoch, "train/loss": mean[0], "train/mse": mean[1], "train/kld": mean[2],
@@ -269,12 +253,10 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                                      "perf/epoch_seconds": seconds}
             evaluated = epoch % e.every == 0 or epoch == t.niter
             if evaluated:
-                metrics, per_step, (gt, pred) = evaluator(model)
-                row.update(metrics)
-                gif, strip = _write_samples(run_dir, epoch, gt, pred)
-                _append_per_step(run_dir / "per_step_psnr.csv", epoch, per_step)
-                step_plot = per_step_plot(per_step["frame"], per_step["psnr"], per_step["psnr_copy_last"],
-                                          run_dir / "per_step_psnr.png", f"Validation PSNR per frame, epoch {epoch}")
+                ev = evaluator(model)
+                row.update(ev.metrics)
+                gif, strip = _write_samples(run_dir, epoch, *ev.gif)
+                eval_plots = _write_diagnostics(run_dir, epoch, ev, e.n_past)
             history.append(row)
             state = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "epoch": epoch, "config": cfg.to_dict(), "history": history, "run_id": tracker.run_id,
@@ -302,8 +284,10 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 for p in (gif, strip):
                     tracker.log_artifact(p, "samples")
                 tracker.log_image(strip, "samples/strip", step=epoch)
-                tracker.log_artifact(run_dir / "per_step_psnr.csv")
-                tracker.log_artifact(step_plot, "plots")
+                for name in ("per_step.csv", "kl_per_dim.csv"):
+                    tracker.log_artifact(run_dir / name)
+                for p in eval_plots:
+                    tracker.log_artifact(p, "plots")
                 for p in plots:
                     tracker.log_artifact(p, "plots")
                 tracker.log_artifact(run_dir / "metrics.csv")
@@ -320,5 +304,5 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
         tracker.finish(exit_status(exc))
         raise
     return Result(run_dir=run_dir, best_psnr=best_psnr, best_epoch=best_epoch,
-                  copy_last_psnr=evaluator.copy_psnr.mean().item(), epochs_run=epoch, history=history,
+                  copy_last_psnr=float(evaluator.copy_psnr.mean()), epochs_run=epoch, history=history,
                   run_id=tracker.run_id)

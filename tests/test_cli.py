@@ -25,7 +25,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUMMARY = re.compile(r"^best val/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB\) at epoch \d+ -> (.+)$")
 DOCUMENTED_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
                       "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
-                      "val/ssim_best", "perf/seq_per_s", "perf/epoch_seconds"]
+                      "val/ssim_best", "val/psnr_moving", "val/psnr_moving_copy_last", "val/cond_gain", "val/kld",
+                      "val/active_dims", "perf/seq_per_s", "perf/epoch_seconds"]
 
 # helpers
 
@@ -126,7 +127,8 @@ def test_train_writes_a_complete_run_folder(tiny_args: list[str], tiny_cfg: conf
         rows = list(reader)
     assert reader.fieldnames == DOCUMENTED_COLUMNS == METRIC_COLUMNS
     assert [int(r["epoch"]) for r in rows] == list(range(1, tiny_cfg.train.niter + 1))
-    for name in ("loss.png", "psnr.png", "kl_weight.png", "tfr.png", "per_step_psnr.png"):
+    for name in ("loss.png", "psnr.png", "kl_weight.png", "tfr.png", "per_step_psnr.png", "psnr_moving.png",
+                 "cond_gain.png", "diagnostics.png"):
         assert _is_png(run / name), name
     gifs = sorted((run / "samples").glob("*.gif"))
     assert len(gifs) == tiny_cfg.train.niter  # eval.every=1
@@ -137,10 +139,16 @@ def test_train_writes_a_complete_run_folder(tiny_args: list[str], tiny_cfg: conf
     assert config_mod.from_dict(yaml.safe_load((run / "config.yaml").read_text())) == tiny_cfg
     assert load_checkpoint(run / "last.pt")["epoch"] == tiny_cfg.train.niter
     assert load_checkpoint(run / "best.pt")["epoch"] == int(re.search(r"at epoch (\d+)", proc.stdout).group(1))
-    with (run / "per_step_psnr.csv").open() as f:
+    e = tiny_cfg.eval
+    with (run / "per_step.csv").open() as f:
         steps = list(csv.DictReader(f))
-    assert len(steps) == tiny_cfg.train.niter * tiny_cfg.eval.n_future
-    assert {int(r["frame"]) for r in steps} == set(range(2, 2 + tiny_cfg.eval.n_future))
+    assert len(steps) == tiny_cfg.train.niter * (e.n_past + e.n_future - 1)  # KL from frame 1, PSNR predicted only
+    assert {int(r["frame"]) for r in steps} == set(range(1, e.n_past + e.n_future))
+    predicted = [r for r in steps if int(r["frame"]) >= e.n_past]
+    assert all(r["psnr"] and r["cond_gain"] and r["kld"] for r in predicted)
+    with (run / "kl_per_dim.csv").open() as f:
+        dims = list(csv.DictReader(f))
+    assert len(dims) == tiny_cfg.train.niter * tiny_cfg.model.z_dim
 
 
 def test_train_resume(tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
@@ -165,11 +173,12 @@ def test_diverged_run_exits_nonzero_with_one_line(tiny_args: list[str], tiny_cfg
                                                   tmp_path: Path) -> None:
     # NaN loss from the first iteration of epoch 2, in the child process
     prelude = (
-        "from cvae.model import CVAE, StepLoss\n"
+        "import dataclasses\n"
+        "from cvae.model import CVAE\n"
         "_fwd, _n = CVAE.forward, [0]\n"
         "def _nan(self, *a, **k):\n"
-        "    t = _fwd(self, *a, **k); _n[0] += 1\n"
-        f"    return StepLoss(t.mse * float('nan'), t.kld) if _n[0] > {tiny_cfg.train.epoch_size} else t\n"
+        "    t = _fwd(self, *a, **k); _n[0] += self.training\n"
+        f"    return dataclasses.replace(t, mse=t.mse * float('nan')) if _n[0] > {tiny_cfg.train.epoch_size} else t\n"
         "CVAE.forward = _nan"
     )
     proc = cvae("train", *tiny_args, cwd=tmp_path, prelude=prelude)

@@ -162,25 +162,45 @@ def test_write_rejects_bad_arrays(tmp_path: Path) -> None:
         course.write_split(tmp_path, "val", frames, cond)
 
 
-# lenient image reading
+# strict image reading, hidden names, numeric frame order
 
 
-@pytest.mark.parametrize("kind", ["rgba", "gray", "gray_alpha"])
-def test_reads_rgba_and_gray_frames(written: tuple[Path, np.ndarray, np.ndarray], kind: str) -> None:
+@pytest.mark.parametrize("kind", ["rgba", "gray", "gray_alpha", "palette"])
+def test_refuses_anything_but_rgb_frames(written: tuple[Path, np.ndarray, np.ndarray], kind: str) -> None:
+    root, frames, _ = written
+    png = root / "train/traj_0_to_255.tfrecords/0/3.png"
+    rgb = frames[0, 3]
+    if kind == "palette":
+        from PIL import Image
+
+        Image.fromarray(rgb).quantize(16).save(png)
+    else:
+        gray = rgb[:, :, :1]
+        image = {"rgba": np.dstack([rgb, np.full((64, 64), 7, np.uint8)]), "gray": gray[:, :, 0],
+                 "gray_alpha": np.dstack([gray, np.full((64, 64, 1), 9, np.uint8)])}[kind]
+        iio.imwrite(png, image)
+    with pytest.raises(DataError, match="expected 8-bit RGB") as exc:
+        course.read_sequence(png.parent)
+    assert_one_line_naming(exc, png)
+
+
+def test_hidden_names_are_ignored(written: tuple[Path, np.ndarray, np.ndarray]) -> None:
     root, frames, _ = written
     seq = root / "train/traj_0_to_255.tfrecords/0"
-    rgb = frames[0, 3]
-    if kind == "rgba":
-        iio.imwrite(seq / "3.png", np.dstack([rgb, np.full((64, 64), 7, np.uint8)]))
-        expected = rgb
-    else:
-        gray = rgb[:, :, 0]
-        image = gray if kind == "gray" else np.dstack([gray, np.full((64, 64), 9, np.uint8)])
-        iio.imwrite(seq / "3.png", image)
-        expected = np.dstack([gray] * 3)
-    got = course.read_sequence(seq)[0]
-    assert got.shape == (30, 64, 64, 3)
-    np.testing.assert_array_equal(got[3], expected)
+    (seq / ".DS_Store").write_bytes(b"\0")
+    (seq / "._3.png").write_bytes(b"AppleDouble")  # macOS resource forks look like frames
+    (root / "train/.traj_256_to_511.tfrecords/0").mkdir(parents=True)
+    (root / "train/traj_0_to_255.tfrecords/.2").mkdir()
+    assert [p.name for p in course.list_sequences(root, "train")] == ["0", "1"]
+    np.testing.assert_array_equal(course.read_sequence(seq)[0], frames[0])
+
+
+def test_frames_are_read_in_numeric_order(tmp_path: Path) -> None:
+    # frame t is filled with the value t: 10.png must come after 9.png, not after 1.png
+    frames = np.broadcast_to(np.arange(12, dtype=np.uint8)[None, :, None, None, None], (1, 12, 64, 64, 3))
+    course.write_split(tmp_path, "train", frames, np.zeros((1, 12, 7), np.float32))
+    got, _ = course.read_sequence(course.list_sequences(tmp_path, "train")[0], seq_len=12)
+    assert got[:, 0, 0, 0].tolist() == list(range(12))
 
 
 # bad inputs: one-line DataError naming the path

@@ -7,7 +7,8 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from cvae.metrics import psnr, ssim
+from cvae.metrics import (MOVING_THRESHOLD, active_units, masked_psnr, moving_mask, psnr, shuffled_index,
+                          ssim)
 
 # helpers
 
@@ -153,3 +154,55 @@ def test_four_dim_input_gives_per_image_scores(fn, pair):
 def test_shape_mismatch_raises(fn):
     with pytest.raises(ValueError, match="shapes differ"):
         fn(torch.rand(1, 2, 3, 16, 16), torch.rand(1, 3, 3, 16, 16))
+
+
+# diagnostics
+
+
+def test_moving_mask_marks_pixels_that_differ_from_the_last_input_frame() -> None:
+    last = torch.zeros(1, 1, 3, 2, 2, dtype=torch.float64)
+    target = torch.zeros(1, 2, 3, 2, 2, dtype=torch.float64)
+    target[0, 0, 1, 0, 0] = 0.06  # one channel over the threshold is enough
+    target[0, 0, 2, 1, 1] = MOVING_THRESHOLD  # exactly at the threshold: not moving
+    target[0, 1, 0, 0, 1] = -0.2  # darker counts too
+    mask = moving_mask(target, last)
+    assert mask.shape == (1, 2, 1, 2, 2) and mask.dtype == torch.bool
+    assert mask[0, 0, 0].tolist() == [[True, False], [False, False]]
+    assert mask[0, 1, 0].tolist() == [[False, True], [False, False]]
+
+
+def test_masked_psnr_scores_only_the_masked_pixels() -> None:
+    target = torch.zeros(1, 2, 3, 2, 2, dtype=torch.float64)
+    pred = target.clone()
+    pred[0, 0, :, 0, 0] = 0.1  # masked pixel: mse 0.01 per channel -> 20 dB
+    pred[0, 0, :, 1, 1] = 0.9  # unmasked pixel: ignored
+    pred[0, 0, 0, 0, 1] = 0.1  # second masked pixel, first channel only: channel 0 mse (0.01 + 0.01) / 2
+    mask = torch.zeros(1, 2, 1, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0, 0, :] = True  # frame 0: two pixels; frame 1: none
+    got = masked_psnr(pred, target, mask)
+    # channel 0: mse 0.01 -> 20 dB; channels 1, 2: (0.01 + 0) / 2 = 0.005 -> 23.0103 dB
+    want = (20.0 + 2 * -10 * np.log10(0.005)) / 3
+    assert got.shape == (1, 2)
+    assert got[0, 0].item() == pytest.approx(want, abs=1e-9)
+    assert torch.isnan(got[0, 1])  # no moving pixel in frame 1
+
+
+def test_masked_psnr_with_a_full_mask_is_psnr(pair) -> None:
+    gt, pred = pair
+    full = torch.ones(*gt.shape[:2], 1, *gt.shape[-2:], dtype=torch.bool)
+    assert torch.allclose(masked_psnr(pred, gt, full), psnr(pred, gt), rtol=1e-12)
+
+
+def test_shuffled_index_is_a_fixed_derangement() -> None:
+    assert shuffled_index(4).tolist() == [1, 2, 3, 0]
+    assert shuffled_index(1).tolist() == [0]
+    idx = shuffled_index(7)
+    assert sorted(idx.tolist()) == list(range(7)) and all(i != j for i, j in enumerate(idx.tolist()))
+
+
+def test_active_units_counts_dimensions_whose_posterior_mean_varies() -> None:
+    mu = torch.tensor([[0.0, 1.0, 5.0], [0.0, -1.0, 5.1], [0.0, 1.0, 4.9], [0.0, -1.0, 5.0]], dtype=torch.float64)
+    var, n = active_units(mu)
+    # dim 0 constant; dim 1 +-1 -> population variance 1; dim 2 values 5, 5.1, 4.9, 5 -> variance 0.005
+    assert var.tolist() == pytest.approx([0.0, 1.0, 0.005])
+    assert n == 1

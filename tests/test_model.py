@@ -220,3 +220,48 @@ def test_full_size_vgg64_builds() -> None:
     model.eval()  # BatchNorm in train mode needs more than one value per channel at 1x1
     h, skips = model.encoder(torch.rand(1, 3, 64, 64))
     assert h.shape == (1, 128) and [s.shape[1] for s in skips] == [64, 128, 256, 512]
+
+
+# the fast step against the course-order reference step
+
+
+@pytest.mark.parametrize("arch", ["vgg", "dcgan"])
+@pytest.mark.parametrize("learned_prior", [False, True])
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+@pytest.mark.parametrize("last_frame_skip", [False, True])
+def test_forward_equals_the_reference_step_loss_and_gradients(arch: str, learned_prior: bool, teacher_forcing: bool,
+                                                              last_frame_skip: bool) -> None:
+    """Batched encoder/decoder and sequence LSTMs compute the same loss and gradients as the per-step order.
+
+    BatchNorm in eval mode (batch statistics differ by construction when frames are batched) and the
+    same posterior noise for both.
+    """
+    from benchmarks.reference import reference_forward
+
+    model = _model(arch, learned_prior=learned_prior, last_frame_skip=last_frame_skip).double().eval()
+    x, c = _batch(b=3, t=6)
+    x, c = x.double(), c.double()
+    eps = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def loss_and_grads(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        mse, kld = fn()
+        loss = mse + 0.5 * kld
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ours, g_ours = loss_and_grads(lambda: (lambda s: (s.mse, s.kld))(model(x, c, N_PAST, teacher_forcing, eps=eps)))
+    ref, g_ref = loss_and_grads(lambda: reference_forward(model, x, c, N_PAST, teacher_forcing, eps=eps))
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=0)
+    assert len(g_ours) == len(g_ref)
+    for a, b in zip(g_ours, g_ref):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_forward_per_step_terms_add_up() -> None:
+    model = _model().train()
+    x, c = _batch(b=3, t=6)
+    terms = model(x, c, N_PAST, True)
+    assert terms.mse_t.shape == (5,) and terms.kld_td.shape == (5, 4) and terms.mu.shape == (3, 5, 4)
+    assert torch.allclose(terms.mse, terms.mse_t.sum()) and torch.allclose(terms.kld, terms.kld_td.sum())
+    assert (terms.kld_td >= 0).all()

@@ -69,12 +69,12 @@ def write_raw(path: Path, *data: dict) -> None:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
-    """softmotion30_44k/ with three small train files and one test file (4 frames each)."""
+    """softmotion30_44k/ with three small train files and one test file (4 frames each), named as in the download."""
     base = tmp_path / "softmotion30_44k"
-    # traj_2560 sorts before traj_256 as text; the reader must order them as numbers
+    # traj_2560 sorts before traj_256 and traj_512 as text; the reader must order them as numbers
     layout = {
-        "train/traj_0_to_255.tfrecords": random_batch(2, 4, seed=1),
-        "train/traj_256_to_511.tfrecords": random_batch(3, 4, seed=2),
+        "train/traj_256_to_511.tfrecords": random_batch(2, 4, seed=1),
+        "train/traj_512_to_767.tfrecords": random_batch(3, 4, seed=2),
         "train/traj_2560_to_2815.tfrecords": random_batch(1, 4, seed=3),
         "test/traj_0_to_255.tfrecords": random_batch(2, 4, seed=4),
     }
@@ -143,17 +143,29 @@ def test_real_sample_round_trip(tmp_path: Path) -> None:
 def test_split_rule_and_numeric_order(dataset) -> None:
     root, layout = dataset
     base = root / "softmotion30_44k"
-    assert tfrecords.list_files(root, "validate") == [base / "train/traj_0_to_255.tfrecords"]
+    assert tfrecords.list_files(root, "validate") == [base / "train/traj_256_to_511.tfrecords"]
     assert tfrecords.list_files(root, "train") == [
-        base / "train/traj_256_to_511.tfrecords",
+        base / "train/traj_512_to_767.tfrecords",
         base / "train/traj_2560_to_2815.tfrecords",
     ]
     assert tfrecords.list_files(root, "test") == [base / "test/traj_0_to_255.tfrecords"]
     for split in tfrecords.SPLITS:  # root may also be softmotion30_44k/ itself
         assert tfrecords.list_files(base, split) == tfrecords.list_files(root, split)
     frames, _ = read_all(tfrecords.list_files(root, "train"), seq_len=4)
-    expected = [layout["train/traj_256_to_511.tfrecords"], layout["train/traj_2560_to_2815.tfrecords"]]
+    expected = [layout["train/traj_512_to_767.tfrecords"], layout["train/traj_2560_to_2815.tfrecords"]]
     np.testing.assert_array_equal(frames, np.concatenate([b["aux_frames"] for b in expected]))
+
+
+def test_validate_file_can_be_named(dataset) -> None:
+    root, _ = dataset
+    base = root / "softmotion30_44k/train"
+    for name in ("traj_2560_to_2815", "traj_2560_to_2815.tfrecords"):
+        assert tfrecords.list_files(root, "validate", validate=name) == [base / "traj_2560_to_2815.tfrecords"]
+    assert tfrecords.list_files(root, "train", validate="traj_2560_to_2815") == [
+        base / "traj_256_to_511.tfrecords", base / "traj_512_to_767.tfrecords"]
+    with pytest.raises(DataError, match="no file traj_9_to_9") as exc:
+        tfrecords.list_files(root, "train", validate="traj_9_to_9")
+    assert_one_line_naming(exc, base)
 
 
 def test_count_sequences(dataset) -> None:
@@ -284,3 +296,40 @@ def test_write_rejects_bad_arrays(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="aux_frames"):
         tfrecords.write_file(path, **{**batch, "aux_frames": batch["aux_frames"][:, :1]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_payload_is_one_damaged_record_the_next_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "traj_0_to_255.tfrecords"
+    write_raw(path, example(1), example(1), example(1))
+    data = bytearray(path.read_bytes())
+    record_size = len(data) // 3
+    data[record_size + 100] ^= 0x01  # one bit of record 1's payload
+    path.write_bytes(bytes(data))
+    items = list(tfrecords.read_file(path, seq_len=1))
+    assert [r for r, _ in items] == [0, 1, 2]
+    assert isinstance(items[1][1], DataError) and "record 1 is corrupt" in str(items[1][1])
+    assert not isinstance(items[2][1], DataError)
+    with pytest.raises(DataError, match="record 1 is corrupt") as exc:
+        list(tfrecords.iter_sequences([path], seq_len=1))
+    assert_one_line_naming(exc, path)
+
+
+def test_corrupt_length_is_caught_before_allocating(tmp_path: Path) -> None:
+    path = tmp_path / "traj_0_to_255.tfrecords"
+    write_raw(path, example(1))
+    data = bytearray(path.read_bytes())
+    data[7] = 0x7F  # the length now claims about 9 exabytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="corrupt at record 0") as exc:
+        list(tfrecords.iter_sequences([path], seq_len=1))
+    assert_one_line_naming(exc, path)
+
+
+def test_non_finite_values_are_damage(tmp_path: Path) -> None:
+    path = tmp_path / "traj_0_to_255.tfrecords"
+    datum = example(2)
+    datum["1/endeffector_pos"] = ([0.0, float("inf"), 0.0], "float")
+    write_raw(path, datum)
+    with pytest.raises(DataError, match="record 0 frame 1 has a non-finite") as exc:
+        list(tfrecords.iter_sequences([path], seq_len=2))
+    assert_one_line_naming(exc, path)

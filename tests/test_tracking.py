@@ -38,7 +38,8 @@ TINY: dict[str, str] = {
     "tracking.enabled": "true", "tracking.system_metrics": "false", "run.threads": "1",
 }
 EPOCH_METRICS = ["train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr", "perf/seq_per_s"]
-EVAL_METRICS = ["val/psnr", "val/ssim", "val/psnr_copy_last"]
+EVAL_METRICS = ["val/psnr", "val/ssim", "val/psnr_copy_last", "val/psnr_moving", "val/psnr_moving_copy_last",
+                "val/cond_gain", "val/kld", "val/active_dims"]
 BEST_METRICS = ["best/val_psnr", "best/epoch"]
 REQUIRED_TAGS = ["dataset", "device", "torch", "mlflow", "command"]
 CVAE = [str(Path(sys.executable).with_name("cvae"))] if Path(sys.executable).with_name("cvae").exists() \
@@ -161,10 +162,11 @@ def test_run_lands_complete_in_the_store(overrides: dict[str, str]) -> None:
 
     arts = artifact_paths(client, result.run_id)
     plots = [a for a in arts if a.startswith("plots/") and a.endswith(".png")]
-    assert sorted(plots) == [f"plots/{n}.png" for n in ("kl_weight", "loss", "per_step_psnr", "psnr", "tfr")]
+    assert sorted(plots) == [f"plots/{n}.png" for n in ("cond_gain", "diagnostics", "kl_weight", "loss", "per_step_psnr",
+                                                         "psnr", "psnr_moving", "tfr")]
     for epoch in (2, 3):
         assert f"samples/epoch_{epoch:04d}.gif" in arts and f"samples/epoch_{epoch:04d}_strip.png" in arts
-    for name in ("per_step_psnr.csv", "config.yaml", "metrics.csv", "checkpoints/best.pt"):
+    for name in ("per_step.csv", "kl_per_dim.csv", "config.yaml", "metrics.csv", "checkpoints/best.pt"):
         assert name in arts, name
     assert "model/MLmodel" not in arts  # tracking.log_model is off by default
     # log_image: one image per evaluation, keyed and stepped (MLflow encodes both in the file name)

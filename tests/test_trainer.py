@@ -16,9 +16,9 @@ from cvae import config as config_mod
 from cvae.config import Config
 from cvae.data import load_split, to_tensors
 from cvae.metrics import psnr, ssim
-from cvae.model import CVAE, StepLoss
-from cvae.trainer import (EVAL_SEED_OFFSET, FORMAT_VERSION, METRIC_COLUMNS, Diverged, Evaluator, load_checkpoint,
-                          load_model, train)
+from cvae.model import CVAE
+from cvae.evaluate import EVAL_SEED_OFFSET, Evaluator
+from cvae.trainer import FORMAT_VERSION, METRIC_COLUMNS, Diverged, load_checkpoint, load_model, train
 
 # helpers
 
@@ -131,15 +131,15 @@ def test_resume_is_bit_for_bit(tiny_cfg: Config, tmp_path: Path) -> None:
 
 
 def _nan_from_call(monkeypatch: pytest.MonkeyPatch, first_bad_call: int) -> None:
-    """Make CVAE.forward return a NaN mse from its `first_bad_call`-th call (1-based) on."""
+    """Make CVAE.forward return a NaN mse from its `first_bad_call`-th training call (1-based) on."""
     forward = CVAE.forward
     calls = [0]
 
     def patched(self: CVAE, *args: object, **kwargs: object) -> StepLoss:
         terms = forward(self, *args, **kwargs)
-        calls[0] += 1
+        calls[0] += self.training  # evaluation's posterior statistics run in eval mode
         if calls[0] >= first_bad_call:
-            return StepLoss(mse=terms.mse * float("nan"), kld=terms.kld)
+            return dataclasses.replace(terms, mse=terms.mse * float("nan"))
         return terms
 
     monkeypatch.setattr(CVAE, "forward", patched)
@@ -160,8 +160,8 @@ def test_nan_loss_raises_diverged_and_keeps_the_last_good_epoch(tiny_cfg: Config
 # evaluation
 
 
-class _CopyLast(nn.Module):
-    """A 'model' whose prediction repeats the last conditioning frame."""
+class _CopyLast(CVAE):
+    """A model whose prediction repeats the last conditioning frame."""
 
     def predict(self, x: torch.Tensor, cond: torch.Tensor, n_past: int, n_future: int) -> torch.Tensor:
         return torch.cat([x[:, :n_past], x[:, n_past - 1 : n_past].expand(-1, n_future, -1, -1, -1)], 1)
@@ -185,7 +185,8 @@ def test_copy_last_psnr_is_computed_by_hand(tiny_cfg: Config, tmp_path: Path) ->
 
 def test_a_copy_last_model_scores_the_copy_last_baseline(tiny_cfg: Config) -> None:
     split = load_split(tiny_cfg.data, "validate")
-    metrics, per_step, (gt, pred) = Evaluator(tiny_cfg, split, torch.device("cpu"))(_CopyLast())
+    ev = Evaluator(tiny_cfg, split, torch.device("cpu"))(_CopyLast(tiny_cfg.model))
+    metrics, per_step, (gt, pred) = ev.metrics, ev.per_step, ev.gif
     assert metrics["val/psnr"] == pytest.approx(metrics["val/psnr_copy_last"], rel=1e-6)
     assert metrics["val/ssim"] == pytest.approx(metrics["val/ssim_copy_last"], rel=1e-6)
     assert metrics["val/psnr"] == pytest.approx(_hand_copy_last_psnr(tiny_cfg), rel=1e-6)
@@ -199,8 +200,8 @@ def test_best_of_n_samples(tiny_cfg: Config) -> None:
     split = load_split(cfg.data, "validate")
     torch.manual_seed(0)
     model = CVAE(cfg.model)
-    one, _, _ = Evaluator(tiny_cfg, split, torch.device("cpu"))(model)
-    three, _, _ = Evaluator(cfg, split, torch.device("cpu"))(model)
+    one = Evaluator(tiny_cfg, split, torch.device("cpu"))(model).metrics
+    three = Evaluator(cfg, split, torch.device("cpu"))(model).metrics
     assert "val/psnr_best" not in one
     # the first sample is the plain course metric, whatever the number of samples
     assert three["val/psnr"] == one["val/psnr"] and three["val/ssim"] == one["val/ssim"]
@@ -235,3 +236,47 @@ def test_config_dataclass_is_unchanged_by_training(tiny_cfg: Config, tmp_path: P
     before = dataclasses.asdict(tiny_cfg)
     train(_with(tiny_cfg, train__niter=1), run_dir=tmp_path / "run")
     assert dataclasses.asdict(tiny_cfg) == before
+
+
+class _IgnoresCondition(CVAE):
+    """A model that never looks at its actions and positions: every sequence gets the same zero condition."""
+
+    def predict(self, x: torch.Tensor, cond: torch.Tensor, n_past: int, n_future: int) -> torch.Tensor:
+        return super().predict(x, torch.zeros_like(cond), n_past, n_future)
+
+
+class _ReadsCondition(_IgnoresCondition):
+    """The same, plus a brightness shift set by the first action value: its condition moves its pixels."""
+
+    def predict(self, x: torch.Tensor, cond: torch.Tensor, n_past: int, n_future: int) -> torch.Tensor:
+        shift = 0.1 * torch.tanh(cond[..., :1, None, None])  # (B, T, 1, 1, 1)
+        return (super().predict(x, cond, n_past, n_future) + shift).clamp(0, 1)
+
+
+def test_diagnostics_of_copy_last_and_of_a_model_that_ignores_its_condition(tiny_cfg: Config) -> None:
+    split = load_split(tiny_cfg.data, "validate")
+    ev = Evaluator(tiny_cfg, split, torch.device("cpu"))
+    copy = ev(_CopyLast(tiny_cfg.model)).metrics
+    assert copy["val/psnr_moving"] == pytest.approx(copy["val/psnr_moving_copy_last"], rel=1e-6)
+    assert copy["val/psnr_moving_copy_last"] < copy["val/psnr_copy_last"]  # moving pixels are the hard ones
+    assert copy["val/cond_gain"] == 0.0
+
+    torch.manual_seed(0)
+    blind = _IgnoresCondition(tiny_cfg.model)
+    res = ev(blind)
+    assert res.metrics["val/cond_gain"] == 0.0  # same noise, so exactly zero
+    assert np.all(res.per_step["cond_gain"] == 0.0)
+    seeing = _ReadsCondition(tiny_cfg.model)
+    seeing.load_state_dict(blind.state_dict())
+    assert ev(seeing).metrics["val/cond_gain"] != 0.0  # the same weights, reading their condition
+
+
+def test_kl_diagnostics_per_step_and_dimension(tiny_cfg: Config) -> None:
+    split = load_split(tiny_cfg.data, "validate")
+    torch.manual_seed(0)
+    res = Evaluator(tiny_cfg, split, torch.device("cpu"))(CVAE(tiny_cfg.model))
+    e, z = tiny_cfg.eval, tiny_cfg.model.z_dim
+    assert res.kld_step.shape == (e.n_past + e.n_future - 1,) and res.kld_dim.shape == res.mu_var.shape == (z,)
+    assert res.metrics["val/kld"] == pytest.approx(res.kld_step.mean(), rel=1e-9)
+    assert res.kld_dim.sum() == pytest.approx(res.kld_step.mean(), rel=1e-6)
+    assert res.metrics["val/active_dims"] == float((res.mu_var > 0.01).sum())

@@ -2,33 +2,49 @@
 
 A split is `Split(frames uint8 (N, T, 64, 64, 3), cond float32 (N, T, 7))`. Sources: the built-in
 procedural `pushing` scenes, the course's PNG+CSV layout (`bair`) and the original TFRecords (`tfrecord`).
+A cache folder (cvae/data/cache.py) holds a manifest with the source's fingerprint: when the source's
+files change, the next load rebuilds it (one line on stderr says why); when the source is gone, the
+cache is used as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from cvae.config import DataCfg
-from cvae.data.errors import DataError
+from cvae.data import cache
+from cvae.data.errors import DamagedData, DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the data commands start without it
+    import torch
 
 SPLITS = ("train", "validate", "test")
-CACHE_VERSION = 1  # bump when a generator or reader changes what it produces
+CACHE_VERSION = cache.FORMAT
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Split:
     frames: np.ndarray
     cond: np.ndarray
+    cond_mean: np.ndarray | None = None
+    """data.cond_norm: the training split's per-dimension mean of the 7 condition values (already
+    subtracted from `cond`), else None."""
+    cond_std: np.ndarray | None = None
+    """data.cond_norm: the training split's per-dimension standard deviation (`cond` is divided by it)."""
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -57,70 +73,121 @@ def cache_key(cfg: DataCfg, split: str) -> str:
     return f"{cfg.name}-v{CACHE_VERSION}-{split}-{digest}-T{cfg.seq_len}"
 
 
-def _source(cfg: DataCfg, split: str) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray]]]:
-    """(count, iterator of (frames (T,64,64,3) uint8, cond (T,7) float32)) for a file-backed split."""
-    if cfg.name == "bair":
-        from cvae.data import course
+def _source(cfg: DataCfg, split: str) -> tuple[dict[str, Any], list[Path]]:
+    """(the manifest's description of the source, the units to read) for one split."""
+    if cfg.name == "pushing":
+        from cvae.data import pushing
 
-        paths = course.list_sequences(cfg.root, split)
-        return len(paths), (course.read_sequence(p, cfg.seq_len) for p in paths)
-    from cvae.data import tfrecords
+        return {"kind": "pushing", "version": pushing.VERSION, "seed": cfg.seed, "n": _n_for(cfg, split)}, []
+    from cvae.data import sources
 
-    files = tfrecords.list_files(cfg.root, split)
-    return tfrecords.count_sequences(files), tfrecords.iter_sequences(files, cfg.seq_len)
+    units = sources.units(cfg.name, cfg.root, split)
+    return {"kind": cfg.name, "root": str(Path(cfg.root).resolve()), "split": split,
+            "fingerprint": sources.fingerprint(cfg.name, cfg.root, units)}, units
 
 
-def _build(cfg: DataCfg, split: str, tmp: Path) -> None:
-    """Write frames.npy and cond.npy for one split into `tmp`."""
+def _read(cfg: DataCfg, split: str, units: list[Path], skip_bad: bool,
+          skipped: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The split's sequences in order; damage raises, or with skip_bad is appended to `skipped`."""
     if cfg.name == "pushing":
         from cvae.data import pushing
 
         frames, cond = pushing.generate(_n_for(cfg, split), _split_seed(cfg.seed, split), seq_len=cfg.seq_len)
-        np.save(tmp / "frames.npy", frames)
-        np.save(tmp / "cond.npy", cond)
+        yield from zip(frames, cond)
         return
-    n, seqs = _source(cfg, split)
-    frames = np.lib.format.open_memmap(tmp / "frames.npy", "w+", np.uint8, (n, cfg.seq_len, 64, 64, 3))
-    cond = np.lib.format.open_memmap(tmp / "cond.npy", "w+", np.float32, (n, cfg.seq_len, 7))
-    for i, (f, c) in enumerate(tqdm(seqs, total=n, desc=f"caching {cfg.name}/{split}", disable=None)):
-        frames[i], cond[i] = f, c
-    frames.flush()
-    cond.flush()
-    del frames, cond
+    from cvae.data import sources
+
+    total = sum(sources.count(cfg.name, unit) for unit in units)
+    with tqdm(total=total, desc=f"caching {cfg.name}/{split}", unit="seq", disable=None) as bar:
+        for unit in units:
+            for _, item in sources.read_unit(cfg.name, unit, cfg.seq_len):
+                if isinstance(item, DamagedData):
+                    if not skip_bad:
+                        raise item
+                    skipped.append(str(item))
+                    continue
+                yield item
+                bar.update()
 
 
-def load_split(cfg: DataCfg, split: str) -> Split:
-    """Memory-mapped split, building the cache on first use (atomically: temp folder + rename)."""
+def _install(tmp: Path, folder: Path) -> None:
+    """Rename a finished temp folder to folder, replacing an older one without a half-written moment."""
+    try:
+        os.rename(tmp, folder)
+        return
+    except OSError:
+        if not folder.exists():
+            raise
+    # rename() cannot replace a non-empty folder: park the old one first, then drop it (a reader's
+    # memory maps of the old files stay valid until it closes them)
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.rename(folder, old / folder.name)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_cache(cfg: DataCfg, split: str, skip_bad: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Convert one split into its cache folder (temp folder + rename); returns (folder, manifest)."""
+    folder = Path(cfg.cache_dir) / cache_key(cfg, split)
+    source, units = _source(cfg, split)  # fingerprinted before reading: a change while reading shows next time
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp"
+    tmp.mkdir()
+    try:
+        skipped: list[str] = []
+        manifest = cache.write(tmp, _read(cfg, split, units, skip_bad, skipped), cfg.seq_len, source, skipped)
+        _install(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, manifest
+
+
+def ensure_cache(cfg: DataCfg, split: str, skip_bad: bool = False) -> tuple[Path, dict[str, Any], bool]:
+    """(folder, manifest, built now): the split's cache, built when missing or when its source changed."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     folder = Path(cfg.cache_dir) / cache_key(cfg, split)
-    if not (folder / "cond.npy").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp"
-        tmp.mkdir()
-        try:
-            _build(cfg, split, tmp)
-            try:
-                os.rename(tmp, folder)
-            except OSError:
-                if not (folder / "cond.npy").is_file():  # not a concurrent builder that won the race
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    frames = np.load(folder / "frames.npy", mmap_mode="r")
-    cond = np.load(folder / "cond.npy")
+    manifest = cache.read_manifest(folder)
+    if manifest is not None:
+        if cfg.name == "pushing":
+            return folder, manifest, False
+        if not Path(cfg.root).exists():
+            log.warning(f"cvae: {cfg.root} is gone; using its cache {folder} as built")
+            return folder, manifest, False
+        from cvae.data import sources
+
+        source, _ = _source(cfg, split)
+        if source == manifest["source"]:
+            return folder, manifest, False
+        change = sources.describe_change(manifest["source"].get("fingerprint", {}), source["fingerprint"])
+        log.warning(f"cvae: {cfg.root} changed since its {split} cache was built ({change}); rebuilding {folder}")
+    folder, manifest = build_cache(cfg, split, skip_bad)
+    return folder, manifest, True
+
+
+def load_split(cfg: DataCfg, split: str) -> Split:
+    """Memory-mapped split, building (or rebuilding a stale) cache on first use."""
+    folder, manifest, _ = ensure_cache(cfg, split)
+    frames, cond = cache.open_arrays(folder)
     if frames.shape[0] == 0:
-        raise DataError(f"{cfg.name} data: split {split!r} is empty")
-    return Split(frames=frames, cond=cond)
+        raise DamagedData(f"{cfg.name} data: split {split!r} is empty (cache {folder})")
+    if not cfg.cond_norm:
+        return Split(frames=frames, cond=cond)
+    # standardised here, once, with the training split's statistics: every reader of split.cond
+    # (training batches, evaluation, previews) sees the same values; 36 MB for the full train split
+    stats = manifest if split == "train" else ensure_cache(cfg, "train")[1]
+    mean, std = np.asarray(stats["cond_mean"], np.float32), np.asarray(stats["cond_std"], np.float32)
+    return Split(frames=frames, cond=(np.asarray(cond) - mean) / std, cond_mean=mean, cond_std=std)
 
 
 def to_tensors(split: Split, idx: np.ndarray, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequences `idx`, first n_frames: x (B, T, 3, 64, 64) float in [0, 1], cond (B, T, 7)."""
-    order = np.sort(idx)  # memmaps read faster in file order; batches are unordered sets anyway
-    frames = torch.from_numpy(np.ascontiguousarray(split.frames[order, :n_frames]))
-    x = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
-    cond = torch.from_numpy(np.ascontiguousarray(split.cond[order, :n_frames]))
-    return x, cond
+    """Sequences `idx`, first n_frames: x (B, T, 3, 64, 64) float in [0, 1], cond (B, T, 7), on the CPU."""
+    import torch
+
+    from cvae.data.batches import gather, to_model_input
+
+    return to_model_input(*gather(split, idx, n_frames), torch.device("cpu"))
 
 
-__all__ = ["Split", "DataError", "SPLITS", "load_split", "to_tensors", "cache_key"]
+__all__ = ["Split", "DataError", "DamagedData", "SPLITS", "load_split", "to_tensors", "cache_key",
+           "ensure_cache", "build_cache"]

@@ -1,15 +1,19 @@
 """The course's processed BAIR layout: one folder of PNG frames and two CSV files per sequence.
 
     <root>/{train,validate,test}/traj_<a>_to_<b>.tfrecords/<k>/
-        0.png .. 29.png              64x64 RGB frames
+        0.png .. 29.png              64x64 8-bit RGB frames
         actions.csv                  30 rows x 4, comma-separated, no header
         endeffector_positions.csv    30 rows x 3, comma-separated, no header
 
 The folder names keep the `.tfrecords` suffix of the files they were unpacked from; `traj_<a>_to_<b>`
 holds sequences a..b (b = a + per_file - 1) and `<k>` is the index inside that file, from 0.
 A sequence's condition is float32 (T, 7): the 4 action values, then the 3 end-effector positions.
-Reading takes the first seq_len frames and CSV rows; a sequence with fewer is an error, extras are
-ignored (so seq_len=12 reads the course's evaluation window).
+
+`read_sequence` holds the rules, for the loader, `cvae data convert` and `cvae data check` alike: frames
+are numbered 0..T-1 without gaps, both CSV files have T rows (one per frame) of finite numbers, every
+frame read is a 64x64 8-bit RGB PNG (grey, RGBA and palette images are refused, not converted).
+Reading takes the first seq_len frames (T may be longer: seq_len=12 reads the course's evaluation
+window). Names starting with a dot (temp folders, .DS_Store) are ignored everywhere.
 """
 
 from __future__ import annotations
@@ -19,31 +23,47 @@ import re
 import shutil
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image  # imageio's own PNG backend; direct use decodes 1.8x faster than iio.imread
 
-from cvae.data.errors import DataError
+from cvae.data.errors import DamagedData, DataError
 
 SPLITS = ("train", "validate", "test")
 IMAGE_SIZE = 64
 ACTIONS_CSV = "actions.csv"
 POSITIONS_CSV = "endeffector_positions.csv"
+# zlib level 1 writes twice as fast as the default 6 for 5% larger files; decoding is as fast
+PNG_COMPRESS_LEVEL = 1
 
 _TRAJ_DIR = re.compile(r"^traj_(\d+)_to_(\d+)\.tfrecords$")
+_SEQ_DIR = re.compile(r"^(\d+)$")
+_FRAME = re.compile(r"^(0|[1-9]\d*)\.png$")
 # '%.9g' prints any float32 with enough digits to parse back to the identical value
 _CSV_FMT = "%.9g"
+_MODES = {"L": "a grey image", "1": "a 1-bit image", "I": "a 32-bit grey image", "I;16": "a 16-bit grey image",
+          "LA": "a grey image with alpha", "RGBA": "an RGBA image (with alpha)", "P": "a palette image",
+          "PA": "a palette image with alpha", "CMYK": "a CMYK image"}
 
 
 # helpers
 
 
+def _one_line(problem: str) -> str:
+    """The message with line breaks folded (other whitespace may be part of a path)."""
+    return "course data: " + re.sub(r"\s*[\r\n]+\s*", " ", problem).strip()
+
+
 def _error(problem: str) -> DataError:
-    """A DataError whose message is a single line, whatever the underlying text holds."""
-    # only line breaks are folded: other whitespace may be part of a path
-    return DataError("course data: " + re.sub(r"\s*[\r\n]+\s*", " ", problem).strip())
+    """A usage problem (no such root folder)."""
+    return DataError(_one_line(problem))
+
+
+def _damaged(problem: str) -> DamagedData:
+    """A damaged item: a sequence, a file in it, a split folder."""
+    return DamagedData(_one_line(problem))
 
 
 def _check_split(split: str) -> None:
@@ -57,59 +77,104 @@ def _traj_name(a: int, per_file: int) -> str:
     return f"traj_{a}_to_{a + per_file - 1}.tfrecords"
 
 
-def _to_rgb(image: np.ndarray, path: Path) -> np.ndarray:
-    """Coerce a decoded PNG (gray, gray+alpha, RGB, RGBA; 1/8/16 bit) to uint8 (H, W, 3)."""
-    if image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    elif image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise _error(f"{path} has pixel type {image.dtype}, expected 8-bit")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
-        raise _error(f"{path} has image shape {image.shape}, expected 64x64 RGB")
-    channels = image.shape[2]
-    if channels in (1, 2):  # gray (+ alpha): replicate the gray channel, drop alpha
-        image = np.repeat(image[:, :, :1], 3, axis=2)
-    elif channels == 4:  # RGBA: drop alpha, as PIL's convert("RGB") does
-        image = image[:, :, :3]
-    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        h, w = image.shape[:2]
-        raise _error(f"{path} is {w}x{h} pixels, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
-    return np.ascontiguousarray(image)
-
-
-def _read_frame(path: Path, seq_len: int) -> np.ndarray:
-    """One PNG -> uint8 (64, 64, 3)."""
-    if not path.is_file():
-        raise _error(f"{path} is missing (a sequence needs frames 0..{seq_len - 1}.png)")
+def _read_frame(path: Path) -> np.ndarray:
+    """One PNG -> uint8 (64, 64, 3); anything but a 64x64 8-bit RGB PNG is damage."""
     try:
-        image = iio.imread(path, plugin="pillow")  # PNG only: skip probing other formats
-    except Exception as exc:  # imageio raises many types for a broken file
-        raise _error(f"{path} cannot be read as an image: {exc}") from exc
-    return _to_rgb(np.asarray(image), path)
+        with Image.open(path, formats=["PNG"]) as image:
+            image.load()  # decode now, so a truncated file fails here
+            mode, size = image.mode, image.size
+            pixels = np.asarray(image) if mode == "RGB" else None
+    except FileNotFoundError:
+        raise _damaged(f"{path} is missing") from None
+    except Exception as exc:  # PIL raises many types for a broken file
+        detail = str(exc).replace(f" '{path}'", "")  # PIL repeats the path
+        raise _damaged(f"{path} cannot be read as a PNG image: {detail}") from exc
+    if pixels is None:
+        kind = _MODES.get(mode, f"a mode {mode} image")
+        raise _damaged(f"{path} is {kind}, expected 8-bit RGB")
+    if size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise _damaged(f"{path} is {size[0]}x{size[1]} pixels, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return pixels
 
 
-def _read_csv(path: Path, seq_len: int, columns: int) -> np.ndarray:
-    """The first seq_len rows of a headerless comma-separated table with `columns` columns."""
-    if not path.is_file():
-        raise _error(f"{path} is missing")
+def _read_csv(path: Path, columns: int) -> np.ndarray:
+    """A headerless comma-separated table of finite numbers with `columns` columns -> float32 (rows, columns)."""
     try:
-        with warnings.catch_warnings():  # an empty file warns; its row count is reported below
-            warnings.simplefilter("ignore")
-            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise _error(f"{path} is not a comma-separated table of numbers: {exc}") from exc
-    rows, cols = table.shape
-    if cols != columns and rows > 0:
-        raise _error(f"{path} has {cols} columns, expected {columns}")
-    if rows < seq_len:
-        raise _error(f"{path} has {rows} rows, expected {seq_len}")
-    table = table[:seq_len].astype(np.float32)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _damaged(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(f"{path} cannot be read as text: {exc}") from exc
+    rows: list[list[float]] = []
+    numbers: list[int] = []  # line number of each row, for messages
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (a trailing one, say) carry no row, as for numpy.loadtxt
+        cells = line.split(",")
+        try:
+            row = [float(cell) for cell in cells]
+        except ValueError:
+            if not rows:
+                raise _damaged(f"{path} line {number} is a header or not numbers ({line.strip()[:40]!r}); "
+                               "the course's CSV files have no header") from None
+            bad = next(c for c in cells if not _is_number(c))
+            raise _damaged(f"{path} line {number} holds {bad.strip()[:20]!r}, not a number") from None
+        if len(row) != columns:
+            raise _damaged(f"{path} line {number} has {len(row)} columns, expected {columns}")
+        rows.append(row)
+        numbers.append(number)
+    table = np.array(rows, np.float64).reshape(-1, columns).astype(np.float32)
     if not np.isfinite(table).all():
-        raise _error(f"{path} holds non-finite values (nan or inf)")
+        row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
+        raise _damaged(f"{path} line {numbers[row]} holds a non-finite value (nan, inf or beyond float32)")
     return table
+
+
+def _is_number(cell: str) -> bool:
+    """Whether float() accepts the cell."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _frame_files(path: Path) -> dict[int, str]:
+    """{index: name} of the frame files of a sequence folder; an oddly named PNG is damage."""
+    frames: dict[int, str] = {}
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                match = _FRAME.match(name)
+                if match:
+                    frames[int(match.group(1))] = name
+                elif name.lower().endswith(".png"):
+                    raise _damaged(f"{path / name} is an extra frame (frames are named 0.png, 1.png, ...)")
+    except (FileNotFoundError, NotADirectoryError):
+        raise _damaged(f"{path} is not a sequence folder (it does not exist)") from None
+    return frames
+
+
+def _sequence_length(path: Path, frames: dict[int, str], rows: dict[str, int]) -> int:
+    """T, the number of frames, once frame files and CSV rows agree; else the damage, named."""
+    count = max(frames) + 1 if frames else 0
+    gap = next((i for i in range(count) if i not in frames), None)
+    if gap is not None:
+        raise _damaged(f"{path / f'{gap}.png'} is missing (the folder has frames up to {count - 1}.png)")
+    actions, positions = rows[ACTIONS_CSV], rows[POSITIONS_CSV]
+    if actions == positions != count:
+        if actions < count:
+            raise _damaged(f"{path / f'{actions}.png'} is an extra frame: {ACTIONS_CSV} and {POSITIONS_CSV} "
+                           f"have {actions} rows (one per frame)")
+        raise _damaged(f"{path / f'{count}.png'} is missing: {ACTIONS_CSV} and {POSITIONS_CSV} have {actions} rows "
+                       "(one per frame)")
+    for name, found in rows.items():
+        if found != count:
+            raise _damaged(f"{path / name} has {found} rows, expected {count} (one per frame)")
+    return count
 
 
 def _sorted_numeric_dirs(folder: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
@@ -123,15 +188,56 @@ def _sorted_numeric_dirs(folder: Path, pattern: re.Pattern[str]) -> list[tuple[i
     return sorted(found, key=lambda pair: pair[0])
 
 
-def _write_sequence(folder: Path, frames: np.ndarray, cond: np.ndarray) -> None:
-    """Write one sequence folder's files (frames (T,64,64,3) uint8, cond (T,7) float32)."""
+# public API
+
+
+def traj_folders(root: str | Path, split: str) -> list[Path]:
+    """<root>/<split>/traj_<a>_to_<b>.tfrecords/ folders sorted by a; a missing split folder is damage."""
+    _check_split(split)
+    root = Path(root)
+    if not root.is_dir():
+        raise _error(f"{root} does not exist or is not a folder")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise _damaged(f"{split_dir} is missing (expected folders {', '.join(SPLITS)} under {root})")
+    return [traj for _, traj in _sorted_numeric_dirs(split_dir, _TRAJ_DIR)]
+
+
+def sequence_folders(traj: Path) -> list[Path]:
+    """The <k>/ sequence folders of one traj folder, sorted by k numerically."""
+    return [seq for _, seq in _sorted_numeric_dirs(traj, _SEQ_DIR)]
+
+
+def list_sequences(root: str | Path, split: str) -> list[Path]:
+    """Sequence folders <root>/<split>/traj_<a>_to_<b>.tfrecords/<k>/, sorted by (a, k) numerically."""
+    sequences = [seq for traj in traj_folders(root, split) for seq in sequence_folders(traj)]
+    if not sequences:
+        raise _damaged(f"{Path(root) / split} is an empty split: no sequence folders traj_<a>_to_<b>.tfrecords/<k>/")
+    return sequences
+
+
+def read_sequence(path: Path, seq_len: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence folder -> (frames uint8 (seq_len,64,64,3), cond float32 (seq_len,7)), validated."""
+    path = Path(path)
+    frames = _frame_files(path)
+    tables = {name: _read_csv(path / name, cols) for name, cols in ((ACTIONS_CSV, 4), (POSITIONS_CSV, 3))}
+    count = _sequence_length(path, frames, {name: len(t) for name, t in tables.items()})
+    if count < seq_len:
+        raise _damaged(f"{path / f'{count}.png'} is missing (a sequence needs frames 0..{seq_len - 1}.png)")
+    pixels = np.stack([_read_frame(path / f"{t}.png") for t in range(seq_len)])
+    cond = np.concatenate([tables[ACTIONS_CSV][:seq_len], tables[POSITIONS_CSV][:seq_len]], axis=1)
+    return pixels, cond
+
+
+def write_sequence(folder: Path, frames: np.ndarray, cond: np.ndarray) -> None:
+    """Write one sequence folder's files (frames (T,64,64,3) uint8, cond (T,7) float32) into `folder`."""
     for t, frame in enumerate(frames):
-        iio.imwrite(folder / f"{t}.png", frame, extension=".png")
+        iio.imwrite(folder / f"{t}.png", frame, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
     np.savetxt(folder / ACTIONS_CSV, cond[:, :4], fmt=_CSV_FMT, delimiter=",")
     np.savetxt(folder / POSITIONS_CSV, cond[:, 4:], fmt=_CSV_FMT, delimiter=",")
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
+def replace_dir(tmp: Path, dest: Path) -> None:
     """Move a finished temp folder to dest, replacing an older dest without a half-written moment."""
     if not dest.exists():
         os.rename(tmp, dest)
@@ -141,39 +247,6 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
     os.rename(dest, old / dest.name)
     os.rename(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
-
-
-# public API
-
-
-def list_sequences(root: str | Path, split: str) -> list[Path]:
-    """Sequence folders <root>/<split>/traj_<a>_to_<b>.tfrecords/<k>/, sorted by (a, k) numerically."""
-    _check_split(split)
-    root = Path(root)
-    if not root.is_dir():
-        raise _error(f"{root} does not exist or is not a folder")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise _error(f"{split_dir} is missing (expected folders {', '.join(SPLITS)} under {root})")
-    sequences = [
-        seq
-        for _, traj in _sorted_numeric_dirs(split_dir, _TRAJ_DIR)
-        for _, seq in _sorted_numeric_dirs(traj, re.compile(r"^(\d+)$"))
-    ]
-    if not sequences:
-        raise _error(f"{split_dir} holds no sequence folders traj_<a>_to_<b>.tfrecords/<k>/")
-    return sequences
-
-
-def read_sequence(path: Path, seq_len: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """One sequence folder -> (frames uint8 (seq_len,64,64,3), cond float32 (seq_len,7))."""
-    path = Path(path)
-    if not path.is_dir():
-        raise _error(f"{path} is not a sequence folder (it does not exist)")
-    frames = np.stack([_read_frame(path / f"{t}.png", seq_len) for t in range(seq_len)])
-    actions = _read_csv(path / ACTIONS_CSV, seq_len, 4)
-    positions = _read_csv(path / POSITIONS_CSV, seq_len, 3)
-    return frames, np.concatenate([actions, positions], axis=1)
 
 
 def write_split(
@@ -211,8 +284,8 @@ def write_split(
         tmp = traj_dir / f".{k}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir()
         try:
-            _write_sequence(tmp, frames[i], cond[i])
-            _replace_dir(tmp, traj_dir / str(k))
+            write_sequence(tmp, frames[i], cond[i])
+            replace_dir(tmp, traj_dir / str(k))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -40,6 +40,9 @@ MAX_OBJECTS = 3
 GRIP_RADIUS = 4.5  # collision radius of the gripper at size 64, pixels
 RIM = 3.0  # tray rim width at size 64, pixels; objects and gripper stay inside it
 ARM_BASE_Y = -70.0  # the arm's base sits this far above the top edge (size 64): a gentle lean
+TEXTURE_NOISE = 0.02  # per-pixel noise of the table's texture (relative brightness std)
+ARM_HALF_WIDTH = 1.8  # arm half-width at z = 0 (size 64), pixels; ARM_HALF_WIDTH_Z more at z = 1
+ARM_HALF_WIDTH_Z = 1.0
 
 
 # helpers
@@ -128,7 +131,7 @@ def _background(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     cy = np.floor((xy + oy) / cell).astype(np.int32)
     checker = ((cx[:, None, :] + cy[:, :, None]) % 2).astype(f32) * 2 - 1
     tex += checker * (rng.uniform(0.03, 0.1, n) * (rng.random(n) < 0.5)).astype(f32)[:, None, None]
-    tex += rng.standard_normal((n, size, size), dtype=f32) * f32(0.02)
+    tex += rng.standard_normal((n, size, size), dtype=f32) * f32(TEXTURE_NOISE)
     tex += 1
     # the tray rim is a darker, plainer band around the table
     rim = RIM * s
@@ -393,9 +396,9 @@ def _draw_arm(
     f32 = np.float32
     base_y = ARM_BASE_Y * s
     slope = (gx - scene.arm_base_x[rows]) / (gy - base_y)  # x change per image row
-    hw = _col((1.8 + 1.0 * z) * s)  # wider when closer to the camera
+    hw = _col((ARM_HALF_WIDTH + ARM_HALF_WIDTH_Z * z) * s)  # wider when closer to the camera
     max_slope = (0.65 * size) / (-base_y)
-    p = min(2 * (int(np.ceil((2.8 * s + 0.5) * np.sqrt(1 + max_slope**2))) + 1), size)
+    p = min(2 * (int(np.ceil(((ARM_HALF_WIDTH + ARM_HALF_WIDTH_Z) * s + 0.5) * np.sqrt(1 + max_slope**2))) + 1), size)
     ys = np.arange(min(size, int(np.floor(gy.max())) + 1))
     xc = gx[:, None] + (ys[None] - gy[:, None]) * slope[:, None]  # (m, rows)
     x0 = np.clip(np.floor(xc).astype(np.int64) - p // 2 + 1, 0, size - p)
