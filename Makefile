@@ -15,7 +15,7 @@ DASH_PORT ?= 8080
 OUT ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test sweep worker ui dashboard report bench schedules preview clean
+.PHONY: help install train eval test sweep worker ui dashboard report bench schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ install: $(STAMP) ## create .venv and install (quick when already done)
 
 train: $(STAMP) ## train one model: make train [EXP=demo] [ARGS="train.lr=0.001 ..."]
 	$(BIN)/cvae train $(EXP) $(ARGS)
+
+eval: $(STAMP) ## test-split score of a run: make eval RUN=runs/lab/<run> [ARGS="--samples 100 --horizon 28"]
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=runs/<experiment>/<run> (a run folder or a .pt file) [ARGS=...]" >&2; exit 2; }
+	$(BIN)/cvae eval $(RUN) $(ARGS)
 
 schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make schedules [EXP=demo]
 	$(BIN)/cvae schedules $(EXP) $(ARGS)

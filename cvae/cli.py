@@ -1,4 +1,4 @@
-"""`cvae` command line: train, schedules, data preview/export/convert/check/bench.
+"""`cvae` command line: train, eval, schedules, data preview/export/convert/check/bench.
 
 Every user mistake ends as one line on stderr and exit code 2; nothing is written before the
 config and data have been checked. `data check/convert/bench` exit 1 for damaged data instead.
@@ -122,6 +122,18 @@ def cmd_data_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from cvae import eval_cmd
+
+    plan = eval_cmd.plan(ns.target, split=ns.split, samples=ns.samples, horizon=ns.horizon, overrides=ns.overrides)
+    outcome = eval_cmd.run(plan, note=lambda message: print(f"cvae: note: {message}", file=sys.stderr))
+    print(outcome.summary())
+    if outcome.log_error:
+        print(f"cvae: error: {outcome.log_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _at_least(low: int) -> Callable[[str], int]:
     """argparse type: an integer >= low."""
 
@@ -231,6 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("eval", help="the course's score of a checkpoint on a whole split: cvae eval RUN_DIR|CHECKPOINT")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its best.pt) or a checkpoint file")
+    p.add_argument("overrides", nargs="*", default=[],
+                   help="section.key=value of run/data/eval/tracking (e.g. data.root=...)")
+    # checked by the command, not argparse: a bad value is one line, like every other mistake
+    p.add_argument("--split", default="test", help="train, validate or test (default test)")
+    p.add_argument("--samples", metavar="N", help="also score the best of N samples per sequence by SSIM (SVG)")
+    p.add_argument("--horizon", metavar="N", help="frames to predict (default the checkpoint's eval.n_future, "
+                                                  "e.g. 28 for SVG's protocol)")
+    p.set_defaults(fn=cmd_eval)
+
     p = sub.add_parser("schedules", help="plot KL weight and teacher-forcing ratio before training")
     p.add_argument("args", nargs="*")
     p.add_argument("--out", help="PNG path (default runs/<name>/schedules.png)")
@@ -276,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=_at_least(1), default=1, help="torch threads while batching")
     p.set_defaults(fn=cmd_data_bench)
 
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.command == "eval":
+        ns.overrides = [*ns.overrides, *extra]  # overrides after an option (`cvae eval RUN --split test k=v`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter per run
     signal.signal(signal.SIGTERM, _on_sigterm)
     fn: Callable[[argparse.Namespace], int] = ns.fn

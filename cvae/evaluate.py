@@ -32,7 +32,8 @@ class Evaluation:
     metrics: dict[str, float]
     """Scalars: val/psnr, val/ssim, copy-last, val/psnr_moving(+copy-last), val/cond_gain, val/kld, val/active_dims."""
     per_step: dict[str, np.ndarray]
-    """Per predicted frame: frame, psnr, psnr_copy_last, psnr_moving, psnr_moving_copy_last, cond_gain."""
+    """Per predicted frame: frame, psnr, psnr_copy_last, psnr_moving, psnr_moving_copy_last, cond_gain, ssim,
+    ssim_copy_last, and with eval.samples > 1 psnr_best, ssim_best."""
     kld_step: np.ndarray
     """(n_past + n_future - 1,) KL per step (frames 1..), summed over latent dimensions."""
     kld_dim: np.ndarray
@@ -132,7 +133,10 @@ class Evaluator:
         col = lambda t: torch.nanmean(t.double(), dim=0).numpy()  # noqa: E731 - mean over sequences per frame
         per_step = {"frame": np.arange(e.n_past, e.n_past + e.n_future), "psnr": col(p0),
                     "psnr_copy_last": col(self.copy_psnr), "psnr_moving": col(moving),
-                    "psnr_moving_copy_last": col(self.copy_psnr_moving), "cond_gain": col(p0) - col(p_shuffled)}
+                    "psnr_moving_copy_last": col(self.copy_psnr_moving), "cond_gain": col(p0) - col(p_shuffled),
+                    "ssim": col(ss[0]), "ssim_copy_last": col(self.copy_ssim)}
+        if e.samples > 1:
+            per_step |= {"psnr_best": col(ps[best, idx]), "ssim_best": col(ss[best, idx])}
         n_gif = e.gif_sequences
         gif_pred = torch.cat([self.x[:n_gif, : e.n_past], runs[0]["gif"]], 1)
         return Evaluation(metrics=metrics, per_step=per_step, kld_step=kl_td.sum(1).numpy(),

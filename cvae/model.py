@@ -66,7 +66,7 @@ class CVAE(nn.Module):
             # nothing the decoder produces is fed back: recurrent part first, then ONE decoder call for all frames
             h_in = h_all[:, :-1]
             g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
-            x_hat = self.decoder(g.flatten(0, 1), [s.flatten(0, 1) for s in self._decoder_skips(skips_all, n_past)])
+            x_hat = self.decoder.decode(g.flatten(0, 1), self._skip_terms(skips_all, n_past))
             x_hat = x_hat.view(b, T - 1, *x_hat.shape[1:])
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)
@@ -79,14 +79,22 @@ class CVAE(nn.Module):
         kld_td = _full(kl).mean(0)
         return StepLoss(mse=mse_t.sum(), kld=kld_td.sum(), mse_t=mse_t, kld_td=kld_td, mu=mu.detach())
 
-    def _decoder_skips(self, skips_all: list[Tensor], n_past: int) -> list[Tensor]:
-        """The skips that decode frames 1..T-1, [(B, T-1, C, h, w)], by slicing and broadcasting (a gather's
-        backward is a slow scatter): x[t-1] for the conditioning frames, then x[n_past-1] repeated."""
+    def _skip_terms(self, skips_all: list[Tensor], n_past: int) -> list[Tensor]:
+        """The decoder's skip terms for frames 1..T-1, flattened to (B * (T-1), C, h, w).
+
+        Only distinct skip frames go through the skip convolutions: x[t-1] while conditioning, then
+        x[n_past-1] for every later frame (its terms are broadcast), unless last_frame_skip.
+        """
+        b, T = skips_all[0].shape[:2]
         if self.cfg.last_frame_skip:
-            return [s[:, :-1] for s in skips_all]
-        rest = skips_all[0].shape[1] - 1 - n_past
-        return [torch.cat([s[:, :n_past], s[:, n_past - 1 : n_past].expand(-1, rest, *s.shape[2:])], 1)
-                for s in skips_all]
+            return self.decoder.skip_terms([s[:, :-1].flatten(0, 1) for s in skips_all])
+        terms = self.decoder.skip_terms([s[:, :n_past].flatten(0, 1) for s in skips_all])
+        out = []
+        for term in terms:
+            term = term.view(b, n_past, *term.shape[1:])
+            rest = term[:, -1:].expand(-1, T - 1 - n_past, *term.shape[2:])
+            out.append(torch.cat([term, rest], 1).flatten(0, 1))
+        return out
 
     def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,
                   n_past: int) -> tuple[Tensor, Tensor]:
@@ -94,16 +102,16 @@ class CVAE(nn.Module):
         b, T = h_all.shape[:2]
         state = self.predictor.init_state(b, h_all)
         frames, h_ins = [], []
-        x_hat, skip = h_all.new_zeros(()), [s[:, 0] for s in skips_all]
+        x_hat, terms = h_all.new_zeros(()), []
         for t in range(1, T):
             if t - 1 < n_past:
                 h_in, sk = h_all[:, t - 1], [s[:, t - 1] for s in skips_all]
             else:
                 h_in, sk = self.encoder(x_hat)
             if self.skip_source(t, n_past) == t - 1:
-                skip = sk  # frozen at x[n_past-1] from here on unless last_frame_skip
+                terms = self.decoder.skip_terms(sk)  # frozen at x[n_past-1] from here on unless last_frame_skip
             g, state = self.predictor(torch.cat([h_in, z[:, t - 1], cond[:, t]], 1), state)
-            x_hat = self.decoder(g, skip)
+            x_hat = self.decoder.decode(g, terms)
             frames.append(x_hat)
             h_ins.append(h_in)
         return torch.stack(frames, 1), torch.stack(h_ins, 1)
@@ -117,15 +125,15 @@ class CVAE(nn.Module):
         pred = self.predictor.init_state(b, h_past)
         prior = self.prior.init_state(b, h_past) if self.prior is not None else None
         frames = [x[:, 0]]
-        skip = [s[:, 0] for s in skips_past]
+        terms: list[Tensor] = []
         x_hat = x[:, 0]
         for t in range(1, n_past + n_future):
             if t - 1 < n_past:
                 h_in, sk = h_past[:, t - 1], [s[:, t - 1] for s in skips_past]
             else:
                 h_in, sk = self.encoder(x_hat)
-            if self.cfg.last_frame_skip or t <= n_past:
-                skip = sk
+            if self.skip_source(t, n_past) == t - 1 and t >= n_past:
+                terms = self.decoder.skip_terms(sk)  # only frames from n_past on are decoded
             if prior is not None:
                 z_p, _, _, prior = self.prior(h_in, prior)
             if t < n_past:
@@ -136,7 +144,7 @@ class CVAE(nn.Module):
             else:
                 z = z_p if prior is not None else torch.randn(b, self.cfg.z_dim, device=x.device, dtype=h_in.dtype)
                 h_pred, pred = self.predictor(torch.cat([h_in, z, cond[:, t]], 1), pred)
-                x_hat = self.decoder(h_pred, skip)
+                x_hat = self.decoder.decode(h_pred, terms)
             frames.append(x_hat)
         return torch.stack(frames, 1)
 

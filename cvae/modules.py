@@ -27,11 +27,6 @@ def dcgan_down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
 
-def dcgan_up(cin: int, cout: int) -> nn.Sequential:
-    """4x4 stride-2 transposed conv: doubles the resolution."""
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
-
-
 def init_weights(m: nn.Module) -> None:
     """SVG init: conv/linear N(0, 0.02), BatchNorm N(1, 0.02), biases 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -66,24 +61,64 @@ class VGGEncoder(nn.Module):
         return h5.flatten(1), [h1, h2, h3, h4]
 
 
-class VGGDecoder(nn.Module):
+class SkipStage(nn.Module):
+    """One decoder stage on [d, skip]: conv(cat(d, skip)) computed as conv_d(d) + conv_s(skip), then `rest`.
+
+    The same math as the concatenation (the weights are the two halves of the concatenated conv's),
+    but the skip half can be computed once per skip frame: every frame predicted after the conditioning
+    frames decodes with the skips of x[n_past-1], so their skip terms are one computation, not ten.
+    """
+
+    def __init__(self, conv: type[nn.Module], c_in: int, c_skip: int, c_out: int, rest: nn.Module, **kw: int):
+        super().__init__()
+        self.conv_d = conv(c_in, c_out, **kw)
+        self.conv_s = conv(c_skip, c_out, bias=False, **kw)
+        self.rest = rest
+
+    def forward(self, d: Tensor, skip_term: Tensor) -> Tensor:
+        return self.rest(self.conv_d(d) + skip_term)
+
+
+class SkipDecoder(nn.Module):
+    """A decoder whose stages take skips: decoder(h, skips), or decode(h, skip_terms(skips)) to share skip work."""
+
+    stages: nn.ModuleList
+
+    def skip_terms(self, skips: list[Tensor]) -> list[Tensor]:
+        """Each stage's skip half, from the encoder's skips [64/32/16/8 px or 32/16/8/4 px] (finest first)."""
+        return [stage.conv_s(s) for stage, s in zip(self.stages, reversed(skips))]
+
+    def forward(self, h: Tensor, skips: list[Tensor]) -> Tensor:
+        return self.decode(h, self.skip_terms(skips))
+
+    def decode(self, h: Tensor, terms: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class VGGDecoder(SkipDecoder):
     def __init__(self, g_dim: int, width: float = 1.0):
         super().__init__()
         c64, c128, c256, c512 = (_ch(c, width) for c in (64, 128, 256, 512))
+        conv = dict(kernel_size=3, stride=1, padding=1)
+        act = lambda c: [nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]  # noqa: E731
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c512, 4, 1, 0), nn.BatchNorm2d(c512),
                                   nn.LeakyReLU(0.2, inplace=True))                                         # 1 -> 4
-        self.upc2 = nn.Sequential(vgg_block(2 * c512, c512), vgg_block(c512, c512), vgg_block(c512, c256))  # 8
-        self.upc3 = nn.Sequential(vgg_block(2 * c256, c256), vgg_block(c256, c256), vgg_block(c256, c128))  # 16
-        self.upc4 = nn.Sequential(vgg_block(2 * c128, c128), vgg_block(c128, c64))                          # 32
-        self.upc5 = nn.Sequential(vgg_block(2 * c64, c64), nn.ConvTranspose2d(c64, 3, 3, 1, 1), nn.Sigmoid())  # 64
+        self.stages = nn.ModuleList([
+            SkipStage(nn.Conv2d, c512, c512, c512, nn.Sequential(*act(c512), vgg_block(c512, c512),
+                                                                 vgg_block(c512, c256)), **conv),          # 8
+            SkipStage(nn.Conv2d, c256, c256, c256, nn.Sequential(*act(c256), vgg_block(c256, c256),
+                                                                 vgg_block(c256, c128)), **conv),          # 16
+            SkipStage(nn.Conv2d, c128, c128, c128, nn.Sequential(*act(c128), vgg_block(c128, c64)), **conv),  # 32
+            SkipStage(nn.Conv2d, c64, c64, c64, nn.Sequential(*act(c64), nn.ConvTranspose2d(c64, 3, 3, 1, 1),
+                                                              nn.Sigmoid()), **conv),                      # 64
+        ])
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, h: Tensor, skips: list[Tensor]) -> Tensor:
-        d1 = self.upc1(h[:, :, None, None])
-        d2 = self.upc2(torch.cat([self.up(d1), skips[3]], 1))
-        d3 = self.upc3(torch.cat([self.up(d2), skips[2]], 1))
-        d4 = self.upc4(torch.cat([self.up(d3), skips[1]], 1))
-        return self.upc5(torch.cat([self.up(d4), skips[0]], 1))
+    def decode(self, h: Tensor, terms: list[Tensor]) -> Tensor:
+        d = self.upc1(h[:, :, None, None])
+        for stage, term in zip(self.stages, terms):
+            d = stage(self.up(d), term)
+        return d
 
 
 # DCGAN64
@@ -107,23 +142,26 @@ class DCGANEncoder(nn.Module):
         return self.c5(h4).flatten(1), [h1, h2, h3, h4]
 
 
-class DCGANDecoder(nn.Module):
+class DCGANDecoder(SkipDecoder):
     def __init__(self, g_dim: int, width: float = 1.0):
         super().__init__()
         nf = _ch(64, width)
+        up = dict(kernel_size=4, stride=2, padding=1)
+        act = lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True))  # noqa: E731
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, nf * 8, 4, 1, 0), nn.BatchNorm2d(nf * 8),
-                                  nn.LeakyReLU(0.2, inplace=True))   # 1 -> 4
-        self.upc2 = dcgan_up(nf * 8 * 2, nf * 4)                     # 4 -> 8
-        self.upc3 = dcgan_up(nf * 4 * 2, nf * 2)                     # 8 -> 16
-        self.upc4 = dcgan_up(nf * 2 * 2, nf)                         # 16 -> 32
-        self.upc5 = nn.Sequential(nn.ConvTranspose2d(nf * 2, 3, 4, 2, 1), nn.Sigmoid())  # 32 -> 64
+                                  nn.LeakyReLU(0.2, inplace=True))          # 1 -> 4
+        self.stages = nn.ModuleList([
+            SkipStage(nn.ConvTranspose2d, nf * 8, nf * 8, nf * 4, act(nf * 4), **up),   # 4 -> 8
+            SkipStage(nn.ConvTranspose2d, nf * 4, nf * 4, nf * 2, act(nf * 2), **up),   # 8 -> 16
+            SkipStage(nn.ConvTranspose2d, nf * 2, nf * 2, nf, act(nf), **up),           # 16 -> 32
+            SkipStage(nn.ConvTranspose2d, nf, nf, 3, nn.Sigmoid(), **up),               # 32 -> 64
+        ])
 
-    def forward(self, h: Tensor, skips: list[Tensor]) -> Tensor:
-        d1 = self.upc1(h[:, :, None, None])
-        d2 = self.upc2(torch.cat([d1, skips[3]], 1))
-        d3 = self.upc3(torch.cat([d2, skips[2]], 1))
-        d4 = self.upc4(torch.cat([d3, skips[1]], 1))
-        return self.upc5(torch.cat([d4, skips[0]], 1))
+    def decode(self, h: Tensor, terms: list[Tensor]) -> Tensor:
+        d = self.upc1(h[:, :, None, None])
+        for stage, term in zip(self.stages, terms):
+            d = stage(d, term)
+        return d
 
 
 ARCHS = {"vgg": (VGGEncoder, VGGDecoder), "dcgan": (DCGANEncoder, DCGANDecoder)}

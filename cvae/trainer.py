@@ -31,7 +31,7 @@ from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decoder stages hold their skip convolution apart (SkipStage)
 LOG_EVERY = 50  # iterations between looks at the device's running sums (progress bar, divergence check)
 METRIC_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
                   "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
@@ -271,7 +271,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 if cfg.tracking.log_model:
                     tracker.log_model(model)
             write_metrics_csv(history, run_dir / "metrics.csv")
-            plots = training_plots(history, run_dir)
+            plots = training_plots(history, run_dir) if evaluated else []  # redrawn when there is news to show
 
             scalars = {k: v for k, v in row.items() if k != "epoch"}
             if best_epoch:

@@ -1,147 +1,189 @@
-"""`cvae report [STUDY]`: which setting is best, by how much, and why, as Markdown + figures.
+"""`cvae report [STUDY] [--studies a,b]`: which setting is best, by how much, and whether that is real.
 
-Reads the Optuna study (params, states, values) and the trials' MLflow runs (per-epoch curves), and
-writes runs/reports/<study>/report.md with its PNGs beside it.
+Data first, then views: the study and its MLflow runs become tidy frames (collect.py), every number of
+the report is computed once into results.json (analysis.py), figures are drawn from those
+(figures.py), and report.md / index.html only render them (render.py). The HTML is one file with its
+figures inlined, logged to the study's parent run in MLflow so `make ui` shows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import optuna
-import pandas as pd
 
-from cvae.config import ConfigError
-from reports import collect, figures
+from cvae.config import Config, ConfigError, dump
+from reports import analysis, collect, figures, render
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+MIN_TRIALS_FOR_IMPORTANCE = 10  # below this, importances of a few runs mostly describe seed noise
 
 # helpers
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def effects(trials: pd.DataFrame, params: list[str]) -> list[str]:
-    """One sentence per setting: how the objective moves with it across complete trials."""
-    done = trials[trials.state == "COMPLETE"].dropna(subset=["value"])
-    out = []
-    for p in params:
-        col = f"param:{p}"
-        d = done.dropna(subset=[col])
-        if len(d) < 2 or d[col].nunique() < 2:
-            out.append(f"- `{p}`: not enough variation among complete trials to tell.")
-            continue
-        if pd.api.types.is_numeric_dtype(d[col]) and d[col].nunique() > 3:
-            rho = d[col].rank().corr(d["value"].rank())
-            top = d.nlargest(max(1, len(d) // 4), "value")[col]
-            trend = "higher is better" if rho > 0.3 else "lower is better" if rho < -0.3 else "no clear trend"
-            out.append(f"- `{p}`: rank correlation with the objective {rho:+.2f} ({trend}); the best quarter of "
-                       f"trials used {_fmt(top.min())} to {_fmt(top.max())}.")
-        else:
-            g = d.groupby(col)["value"].agg(["mean", "count"]).sort_values("mean", ascending=False)
-            parts = ", ".join(f"{_fmt(k)}: {m:.2f} dB (n={int(n)})" for k, (m, n) in g.iterrows())
-            gap = g["mean"].iloc[0] - g["mean"].iloc[-1]
-            out.append(f"- `{p}`: mean by choice {parts}; best choice `{_fmt(g.index[0])}` leads by {gap:.2f} dB.")
-    return out
-
-
-def build(study: optuna.Study, spec_name: str, description: str, metric: str, cfg_for_tracking, out: Path) -> Path:
-    """Write report.md and its figures; returns the Markdown path."""
-    out.mkdir(parents=True, exist_ok=True)
-    trials = collect.trials_frame(study)
-    if trials.empty:
-        raise ConfigError(f"study {spec_name} has no trials yet: run `make sweep STUDY={spec_name}` first")
-    params = collect.param_columns(trials)
-    curves = collect.curves_frame(cfg_for_tracking, [r for r in trials.run_id.dropna()])
-    copy_last = trials.copy_last.dropna().mean() if trials.copy_last.notna().any() else None
-    imp = collect.importances(study)
-    fig_curves = figures.curves(curves, trials, metric, copy_last, out / "curves.png")
-    fig_settings = figures.settings(trials, params, metric, out / "settings.png")
-    fig_imp = figures.importance(imp, out / "importance.png")
-
-    counts = trials.state.value_counts().to_dict()
-    done = trials[trials.state == "COMPLETE"].dropna(subset=["value"]).sort_values("value", ascending=False)
-    lines = [f"# Study `{spec_name}`", "", description, "",
-             f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-             + f". Objective: best `{metric}` on the validation split, the course's protocol "
-             "(2 frames in, predicted frames scored, z from the prior).", ""]
-    lines += ["## Answer", ""]
-    if done.empty:
-        lines += ["No trial has completed yet.", ""]
-    else:
-        b = done.iloc[0]
-        median = done.value.median()
-        lines.append(f"**Best: trial {int(b.trial)}, {metric} = {b.value:.2f} dB** at epoch {_fmt(b.best_epoch)}"
-                     + (f", {b.value - b.copy_last:+.2f} dB over copying the last frame ({b.copy_last:.2f} dB)"
-                        if pd.notna(b.copy_last) else "")
-                     + f", {b.value - median:+.2f} dB over the median complete trial ({median:.2f} dB).")
-        if len(done) > 1:
-            lines.append(f"Runner-up: trial {int(done.iloc[1].trial)} at {done.iloc[1].value:.2f} dB "
-                         f"({done.iloc[1].value - b.value:+.2f} dB).")
-        lines += ["", "Settings of the best trial:", ""]
-        lines += [f"- `{p}` = {_fmt(b[f'param:{p}'])}" for p in params]
-        lines += ["", f"MLflow run `{b.run_id}`; prediction GIF: `{b.gif}`.", ""]
-    lines += ["## Which settings matter", ""]
-    if imp:
-        lines += ["fANOVA importance (share of the objective's variance explained):", ""]
-        lines += [f"- `{k}`: {v:.2f}" for k, v in imp.items()]
-        lines.append("")
-    lines += effects(trials, params)
-    lines += ["", f"![settings]({fig_settings.name})", f"![importance]({fig_imp.name})", ""]
-    lines += ["## Why: the learning curves", "",
-              "Validation curves of every trial; pruned trials stop where the pruner judged them hopeless. "
-              "A curve that flattens or drops after the teacher-forcing decay starts shows the model failing "
-              "to use its own predictions; one that keeps rising shows the schedule working.", "",
-              f"![curves]({fig_curves.name})", ""]
-    pruned = trials[trials.state == "PRUNED"]
-    if not pruned.empty:
-        lines.append(f"Pruned: trials {', '.join(str(int(t)) for t in pruned.trial)} "
-                     f"(after {', '.join(_fmt(e) for e in pruned.epochs)} epochs).")
-    failed = trials[trials.state == "FAIL"]
-    for _, f in failed.iterrows():
-        lines.append(f"Failed: trial {int(f.trial)}: {f.fail_reason or 'see the worker log'}.")
-    lines += ["", "## All trials", ""]
-    table = trials[["trial", "state", "value", "epochs", "best_epoch"] + [f"param:{p}" for p in params] + ["run_id"]]
-    table = table.rename(columns={f"param:{p}": p for p in params}).sort_values("value", ascending=False)
-    lines.append(table.to_markdown(index=False, floatfmt=".4g"))
-    path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+def _atomic_text(path: Path, text: str) -> Path:
+    """Write text to a temp sibling, then rename: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`cvae report [STUDY] [--storage URL] [--out DIR] [overrides]`."""
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Config, str, optuna.Study]:
+    """(spec, base config, storage url, study) of a study that exists."""
     from sweeps.run import storage_url
     from sweeps.spec import load_spec
 
+    spec = load_spec(name, overrides)
+    cfg = spec.base_config(overrides)
+    url = storage_url(cfg, storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no study storage at {url}: run `make sweep STUDY={name}` first")
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=url)
+    except KeyError:
+        raise ConfigError(f"no study {spec.name} in {url}: run `make sweep STUDY={name}` first") from None
+    return spec, cfg, url, study
+
+
+def _appendix(study: optuna.Study, runs: Any) -> dict[str, Any]:
+    """Importances with the evaluator named, the run count and a warning when there are too few runs."""
+    n = int((runs.state == "COMPLETE").sum())
+    imp = collect.importances(study)
+    warning = "" if n >= MIN_TRIALS_FOR_IMPORTANCE else (
+        f"Only {n} complete runs: importances this few mostly describe seed noise; read the verdicts above instead.")
+    return {"importances": imp, "evaluator": "Optuna's fANOVA (random forest)", "n_complete": n, "warning": warning}
+
+
+def _sample_media(cfg: Config, results: dict[str, Any], runs: Any, out: Path) -> dict[str, Path]:
+    """Prediction strips and GIFs of the best and the worst setting (their best seed), copied next to the report."""
+    ranked = [s for s in results["settings"] if s["n"]]
+    picks = [("best", ranked[0])] + ([("worst", ranked[-1])] if len(ranked) > 1 else []) if ranked else []
+    media: dict[str, Path] = {}
+    for name, s in picks:
+        rows = runs[runs.run_id.isin(s["run_ids"])].sort_values("value", ascending=False)
+        if rows.empty:
+            continue
+        r = rows.iloc[0]
+        for suffix, key in (("_strip.png", "prediction strip"), (".gif", "prediction GIF")):
+            src = Path(str(r.run_dir)) / "samples" / f"epoch_{int(r.best_epoch):04d}{suffix}"
+            if not src.is_file() and cfg.tracking.enabled and isinstance(r.run_id, str):
+                got = collect._download(cfg, r.run_id, f"samples/{src.name}")
+                src = got if got is not None else src
+            if src.is_file():
+                dest = out / f"{name}_{src.name.split('_', 2)[-1] if suffix == '_strip.png' else 'prediction.gif'}"
+                shutil.copyfile(src, dest)
+                media[f"{name} setting ({s['label']}), seed {int(r.seed)}: {key}"] = dest
+    return media
+
+
+def _log_to_parent(cfg: Config, study: optuna.Study, paths: list[Path]) -> None:
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent or not cfg.tracking.enabled:
+        return
+    from cvae.mlflow_tracker import make_client
+
+    client = make_client(cfg)
+    for p in paths:
+        client.log_artifact(parent, str(p), artifact_path="report")
+
+
+# the report
+
+
+def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results, context for figures) of one study."""
+    spec, cfg, url, study = _load(name, storage, overrides)
+    runs = collect.runs_frame(study)
+    if runs.empty:
+        raise ConfigError(f"study {spec.name} has no runs yet: run `make sweep STUDY={name}` first")
+    info = {"name": spec.name, "description": spec.description, "metric": spec.metric, "direction": spec.direction,
+            "seeds": spec.seeds, "niter": cfg.train.niter, "sampler": spec.sampler, "pruner": spec.pruner,
+            "storage": url, "degenerate_below": spec.degenerate_below}
+    results = analysis.analyse(runs, info)
+    results["appendix"] = {k: v for k, v in _appendix(study, runs).items()}
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    results["provenance"] = {"git commit": _git_commit(), "study": spec.name, "optuna storage": url,
+                             "mlflow tracking": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+                             or f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'mlflow.db'}",
+                             "mlflow parent run": parent or "-", "built": datetime.now(timezone.utc).isoformat(),
+                             "base config": dump(cfg), "run ids": runs.run_id.dropna().tolist(),
+                             "seeds": sorted(runs.seed.dropna().astype(int).unique().tolist())}
+    ctx = {"cfg": cfg, "study": study, "runs": runs, "base": cfg.flat()}
+    return results, ctx
+
+
+def write(results: dict[str, Any], ctx: dict[str, Any], out: Path) -> Path:
+    """Figures, report.md, index.html and results.json into `out`; returns index.html."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, runs = ctx["cfg"], ctx["runs"]
+    curves = collect.curves_frame(cfg, runs.run_id.dropna().tolist())
+    per_step = collect.per_step_frame(cfg, analysis.usable(runs))
+    params = analysis.param_columns(runs)
+    metric = results["study"]["metric"]
+    app = results["appendix"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # matplotlib's tight_layout chatter on long labels
+        figs = {"strip": figures.strip(results, runs, out / "settings.png"),
+                "curves": figures.learning_curves(results, curves, ctx["base"], out / "curves.png"),
+                "origin": figures.origin_grid(results, curves, out / "four_plots.png"),
+                "per_frame": figures.per_frame(results, per_step, out / "per_frame.png"),
+                "history": figures.history(runs, metric, out / "history.png"),
+                "slices": figures.slices(runs, params, metric, out / "slices.png"),
+                "importance": figures.importance(app["importances"], app["evaluator"], app["n_complete"],
+                                                 out / "importance.png")}
+    media = _sample_media(cfg, results, runs, out)
+    results["figures"] = {k: p.name for k, p in figs.items()} | {k: p.name for k, p in media.items()}
+    _atomic_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
+    _atomic_text(out / "report.md", render.markdown(results, figs, media))
+    index = _atomic_text(out / "index.html", render.page(results, figs, media))
+    _log_to_parent(cfg, ctx["study"], [index, out / "report.md", out / "results.json"])
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`cvae report [STUDY] [--studies a,b] [--storage URL] [--out DIR] [overrides]`."""
     p = argparse.ArgumentParser(prog="cvae report")
     p.add_argument("study", nargs="?", default="demo")
+    p.add_argument("--studies", default=None, help="a,b: also compare the best settings of these studies")
     p.add_argument("--storage", default=None)
     p.add_argument("--out", default=None, help="folder (default <run.out_dir>/reports/<study>)")
     p.add_argument("overrides", nargs="*", help="the same overrides the sweep was run with (out_dir, tracking)")
     ns = p.parse_intermixed_args(argv)
+    names = [s for s in (ns.studies or "").split(",") if s] or [ns.study]
     try:
-        spec = load_spec(ns.study, ns.overrides)
-        cfg = spec.base_config(ns.overrides)
-        url = storage_url(cfg, ns.storage)
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-            raise ConfigError(f"no study storage at {url}: run `make sweep STUDY={ns.study}` first")
-        try:
-            study = optuna.load_study(study_name=spec.name, storage=url)
-        except KeyError:
-            raise ConfigError(f"no study {spec.name} in {url}: run `make sweep STUDY={ns.study}` first") from None
-        out = Path(ns.out) if ns.out else Path(cfg.run.out_dir) / "reports" / spec.name
-        path = build(study, spec.name, spec.description, spec.metric, cfg, out)
+        done = {n: study_results(n, ns.storage, ns.overrides) for n in dict.fromkeys(names)}
+        results, ctx = done[names[0]]
+        if len(done) > 1:
+            results["cross_study"] = analysis.cross_study({n: r for n, (r, _) in done.items()})
+            results["answer"] = results["answer"] + [analysis.verdict_line(c, results["study"]["metric"])
+                                                     for c in results["cross_study"]]
+        folder = "+".join(r["study"]["name"] for r, _ in done.values())
+        out = Path(ns.out) if ns.out else Path(ctx["cfg"].run.out_dir) / "reports" / folder
+        index = write(results, ctx, out)
     except ConfigError as e:
         print(f"cvae: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    print(f"wrote {index} (+ report.md, results.json)")
+    for line in results["answer"]:
+        print(f"  {line}")
     return 0
 
 

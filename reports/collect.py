@@ -1,7 +1,8 @@
-"""Optuna study + MLflow runs -> tidy DataFrames: one row per trial, one row per (trial, epoch)."""
+"""Optuna study + MLflow runs -> tidy DataFrames: one row per run, one row per (run, epoch), per (run, frame)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -10,20 +11,33 @@ import pandas as pd
 from cvae.config import Config
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """number, state, value, params (by config path), user attrs of every trial."""
+def runs_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial (= one configuration seed): state, value, configuration, seed, phase, diagnostics, params."""
     rows = []
     for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
         rows.append({"trial": t.number, "state": t.state.name, "value": t.value,
+                     "config_id": a.get("config_id"), "seed": a.get("seed"), "seed_index": a.get("seed_index"),
+                     "phase": a.get("phase", "search"), "search_value": a.get("search_value"),
+                     "degenerate": a.get("degenerate"), "cond_gain": a.get("cond_gain"),
+                     "psnr_moving": a.get("psnr_moving"), "psnr_moving_copy_last": a.get("psnr_moving_copy_last"),
+                     "copy_last": a.get("copy_last_psnr"), "epochs": a.get("epochs_run"),
+                     "best_epoch": a.get("best_epoch"),
                      "duration_s": t.duration.total_seconds() if t.duration else None,
-                     "run_id": t.user_attrs.get("mlflow_run_id"), "epochs": t.user_attrs.get("epochs_run"),
-                     "best_epoch": t.user_attrs.get("best_epoch"), "copy_last": t.user_attrs.get("copy_last_psnr"),
-                     "gif": t.user_attrs.get("gif"), "fail_reason": t.user_attrs.get("fail_reason"),
-                     **{f"param:{k}": v for k, v in t.params.items()}})
-    return pd.DataFrame(rows)
+                     "run_id": a.get("mlflow_run_id"), "run_dir": a.get("run_dir"), "gif": a.get("gif"),
+                     "fail_reason": a.get("fail_reason"), **{f"param:{k}": v for k, v in t.params.items()}})
+    cols = ["trial", "state", "value", "config_id", "seed", "seed_index", "phase", "search_value", "degenerate",
+            "cond_gain", "psnr_moving", "psnr_moving_copy_last", "copy_last", "epochs", "best_epoch", "duration_s",
+            "run_id", "run_dir", "gif", "fail_reason"]
+    df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r if k.startswith("param:")}))
+    return df.astype({"value": float, "cond_gain": float, "psnr_moving": float, "psnr_moving_copy_last": float,
+                      "copy_last": float, "search_value": float, "duration_s": float})
 
 
-def curves_frame(cfg: Config, run_ids: list[str], metrics: tuple[str, ...] = ("val/psnr", "train/loss")) -> pd.DataFrame:
+CURVES = ("val/psnr", "train/loss", "sched/beta", "sched/tfr", "val/cond_gain")
+
+
+def curves_frame(cfg: Config, run_ids: list[str], metrics: tuple[str, ...] = CURVES) -> pd.DataFrame:
     """Per-epoch history of each run from MLflow: columns run_id, metric, epoch, value."""
     if not cfg.tracking.enabled or not run_ids:
         return pd.DataFrame(columns=["run_id", "metric", "epoch", "value"])
@@ -38,9 +52,34 @@ def curves_frame(cfg: Config, run_ids: list[str], metrics: tuple[str, ...] = ("v
     return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
 
 
-def param_columns(trials: pd.DataFrame) -> list[str]:
-    """The searched config paths present in the study."""
-    return [c.removeprefix("param:") for c in trials.columns if c.startswith("param:")]
+def per_step_frame(cfg: Config, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per predicted frame PSNR (and copy-last) at each run's best epoch: columns run_id, frame, psnr, psnr_copy_last.
+
+    Read from the run folder when it is on this machine, else from the run's MLflow artifact.
+    """
+    rows = []
+    for r in runs.dropna(subset=["best_epoch"]).itertuples():
+        path = Path(r.run_dir) / "per_step.csv" if isinstance(r.run_dir, str) else None
+        if (path is None or not path.is_file()) and cfg.tracking.enabled and isinstance(r.run_id, str):
+            path = _download(cfg, r.run_id, "per_step.csv")
+        if path is None or not path.is_file():
+            continue
+        df = pd.read_csv(path)
+        df = df[(df.epoch == int(r.best_epoch)) & df.psnr.notna()]
+        rows += [{"run_id": r.run_id, "frame": int(f.frame), "psnr": f.psnr, "psnr_copy_last": f.psnr_copy_last}
+                 for f in df.itertuples()]
+    return pd.DataFrame(rows, columns=["run_id", "frame", "psnr", "psnr_copy_last"])
+
+
+def _download(cfg: Config, run_id: str, artifact: str) -> Path | None:
+    import tempfile
+
+    from cvae.mlflow_tracker import make_client
+
+    try:
+        return Path(make_client(cfg).download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="cvae-report-")))
+    except Exception:  # noqa: BLE001 - a run without the artifact (pruned early) simply has no per-step curve
+        return None
 
 
 def importances(study: optuna.Study) -> dict[str, float]:

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
+from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, missing_runs, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
 from sweeps.space import make_pruner, make_sampler
@@ -82,6 +83,32 @@ def _counts(study: optuna.Study) -> dict[TrialState, int]:
     return out
 
 
+def runs_of(study: optuna.Study) -> list[Run]:
+    """Every trial as a design Run (configuration, seed, phase, state, value)."""
+    return [Run(number=t.number, state=t.state.name, config_id=t.user_attrs.get("config_id"),
+                seed_index=t.user_attrs.get("seed_index"), phase=t.user_attrs.get("phase", SEARCH),
+                value=t.value, params=t.params) for t in study.get_trials(deepcopy=False)]
+
+
+def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
+    """Queue every (grid point, seed) of the design that has no trial yet; returns how many were queued."""
+    todo = missing_runs(spec.design, spec.seeds, runs_of(study))
+    for params, k in todo:
+        study.enqueue_trial(params, user_attrs={"config_id": config_id(params), "seed_index": k, "phase": SEARCH})
+    return len(todo)
+
+
+def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) -> list[tuple[str, float]]:
+    """Queue `seeds` fresh seeds for each of the top-k configurations; returns (config_id, search mean)."""
+    todo = confirm_runs(runs_of(study), k, seeds, maximize=spec.direction == "maximize")
+    if not todo:
+        raise SpecError(f"study {spec.name} has no complete configuration to confirm yet: run `make sweep` first")
+    for params, cid, idx, mean in todo:
+        study.enqueue_trial(params, user_attrs={"config_id": cid, "seed_index": idx, "phase": CONFIRM,
+                                                "search_value": mean})
+    return list(dict.fromkeys((cid, mean) for _, cid, _, mean in todo))
+
+
 def _spec_args(spec_name: str, extra: list[str], trials: int | None) -> tuple[StudySpec, Config]:
     spec = load_spec(spec_name, extra, trials)
     return spec, spec.base_config(extra)
@@ -104,6 +131,14 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str) -> optuna.
                         f"(experiment/overrides/space); delete it or give the study another name")
     study.set_user_attr("fingerprint", fp)
     study.set_user_attr("n_trials", spec.trials)
+    study.set_user_attr("seeds", spec.seeds)
+    if spec.sampler == "grid":
+        lock = AskLock(url, spec.name)
+        lock.acquire()
+        try:
+            enqueue_grid(study, spec)
+        finally:
+            lock.release()
     if cfg.tracking.enabled:
         from cvae.mlflow_tracker import artifact_root, ensure_experiment, make_client
 
@@ -138,29 +173,53 @@ def run_workers(spec_name: str, extra: list[str], url: str, workers: int, thread
     return max(codes)
 
 
+def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
+    """Whether the study still lacks runs: queued or running ones, or configurations not yet started."""
+    c = _counts(study)
+    runs = runs_of(study)
+    short = bool(missing_runs(spec.design, spec.seeds, runs)) if spec.grid else \
+        len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
+    return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short
+
+
 def summary(study: optuna.Study, spec: StudySpec) -> str:
-    """Table of trials and the best one, then where to look next."""
+    """One row per configuration (its seeds' mean and spread), the best one, then where to look next."""
     import pandas as pd
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"trial": t.number, "state": t.state.name,
+        rows.append({"config": t.user_attrs.get("config_id", "-"), "phase": t.user_attrs.get("phase", SEARCH),
                      **{k.split(".", 1)[1] if "." in k else k: v for k, v in t.params.items()},
-                     spec.metric: None if t.value is None else round(t.value, 2),
-                     "copy_last": round(t.user_attrs["copy_last_psnr"], 2) if "copy_last_psnr" in t.user_attrs else None,
-                     "epochs": t.user_attrs.get("epochs_run"),
-                     "run_id": t.user_attrs.get("mlflow_run_id", "")[:8],
+                     "state": t.state.name, "value": t.value, "degenerate": t.user_attrs.get("degenerate"),
+                     "cond_gain": t.user_attrs.get("cond_gain"), "copy_last": t.user_attrs.get("copy_last_psnr"),
                      "note": t.user_attrs.get("fail_reason", "")})
-    lines = [f"study {spec.name}: " + ", ".join(f"{n} {s.name.lower()}" for s, n in _counts(study).items() if n)]
+    lines = [f"study {spec.name}: " + ", ".join(f"{n} {s.name.lower()}" for s, n in _counts(study).items() if n)
+             + f" run(s), {spec.seeds} seed(s) per configuration"]
     if rows:
+        df = pd.DataFrame(rows)
+        keys = ["config", "phase"] + [c for c in df.columns if c not in ("config", "phase", "state", "value", "degenerate",
+                                                                         "cond_gain", "copy_last", "note")]
+        done = df[df.state == "COMPLETE"]
+        agg = df.groupby(keys, dropna=False, sort=False).agg(runs=("state", "size")).join(
+            done.groupby(keys, dropna=False, sort=False).agg(
+                done=("value", "size"), mean=("value", "mean"), std=("value", "std"), min=("value", "min"),
+                max=("value", "max"), cond_gain=("cond_gain", "mean"),
+                degenerate=("degenerate", lambda d: int(sum(bool(x) for x in d)))), how="left").reset_index()
+        agg = agg.sort_values("mean", ascending=spec.direction == "minimize", na_position="last")
         with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-            lines.append(pd.DataFrame(rows).to_string(index=False))
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if complete:
-        b = study.best_trial
-        lines.append(f"best trial {b.number}: {spec.metric}={b.value:.2f} (copy-last "
-                     f"{b.user_attrs.get('copy_last_psnr', float('nan')):.2f}) params {b.params}")
-        lines.append(f"  mlflow run {b.user_attrs.get('mlflow_run_id', '-')}  gif {b.user_attrs.get('gif', '-')}")
+            lines.append(agg.to_string(index=False))
+        search = agg[(agg.phase == SEARCH) & agg["mean"].notna()]
+        if not search.empty:
+            b = search.iloc[0]
+            params = {k: b[k] for k in keys[2:]}
+            lines.append(f"best configuration {b.config}: {spec.metric} mean {b['mean']:.2f} over {int(b.done)} seed(s) "
+                         f"(copy-last {done.copy_last.mean():.2f}) params {params}")
+            if spec.seeds < 2:
+                lines.append("one seed per configuration: the ranking cannot be told apart from seed noise; "
+                             f"`cvae sweep {spec.name} --confirm 3 --seeds 3` re-runs the top 3 with fresh seeds")
+        failed = df[df.note.astype(bool)]
+        for _, f in failed.iterrows():
+            lines.append(f"  failed run of {f.config}: {f.note}")
     lines.append("next: `make ui` to browse the runs, `make report` for the comparison report")
     return "\n".join(lines)
 
@@ -176,11 +235,13 @@ def finish_parent(study: optuna.Study, cfg: Config, status: str) -> None:
     client.log_metric(parent, "trials/complete", counts[TrialState.COMPLETE])
     client.log_metric(parent, "trials/pruned", counts[TrialState.PRUNED])
     client.log_metric(parent, "trials/failed", counts[TrialState.FAIL])
-    if counts[TrialState.COMPLETE]:
-        b = study.best_trial
-        client.log_metric(parent, "best/value", b.value)
-        client.set_tag(parent, "best.trial", str(b.number))
-        client.set_tag(parent, "best.run_id", b.user_attrs.get("mlflow_run_id", ""))
+    from sweeps.design import top_configs
+
+    best = top_configs(runs_of(study), 1, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    if best:
+        cid, mean = best[0]
+        client.log_metric(parent, "best/value", mean)
+        client.set_tag(parent, "best.config_id", cid)
     client.set_terminated(parent, status=status)
 
 
@@ -188,9 +249,15 @@ def finish_parent(study: optuna.Study, cfg: Config, status: str) -> None:
 
 
 def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index: int, threads: int) -> int:
-    """Run trials until the study has its target of complete + pruned trials; returns trials run here."""
+    """Run queued runs and new configurations until the study has its target; returns runs done here.
+
+    Queued (WAITING) runs go first: the other seeds of a configuration, a grid's design, confirmation
+    seeds, retries of lost runs. A sampled study then starts new configurations until `trials` of them
+    exist. A worker with nothing to take stays while others run, to retry their runs if they die.
+    """
     storage = make_storage(url, spec, cfg)
-    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, index),
+    start = len(optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False))
+    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, index, start),
                               pruner=make_pruner(spec, cfg.train.niter))
     lock = AskLock(url, spec.name)
     ctx = Context(spec=spec, extra=extra, parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
@@ -203,18 +270,23 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
         try:
             optuna.storages.fail_stale_trials(study)
             c = _counts(study)
-            taken = c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING]
-            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target:  # failed trials do not count: never-ending
-                print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed trials", flush=True)
+            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target * spec.seeds:  # failed runs do not count: never-ending
+                print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed runs", flush=True)
                 return ran
-            if c[TrialState.WAITING] == 0 and taken >= target:
-                if c[TrialState.RUNNING] == 0:
-                    return ran
-                wait = True  # someone else is running the last trials: stay to retry them if their worker dies
-            else:
+            runs = runs_of(study)
+            new_config = spec.sampler != "grid" and len(search_configs(runs)) < target
+            if new_config and sum(r.phase == SEARCH for r in runs) >= 3 * target * spec.seeds:
+                print(f"worker {index}: the space gave the same configurations again and again; stopping at "
+                      f"{len(search_configs(runs))} of {target} configurations", flush=True)
+                return ran
+            if c[TrialState.WAITING] or new_config:
                 wait = False
                 study.optimize(objective, n_trials=1, catch=(Diverged,))
                 ran += 1
+            elif c[TrialState.RUNNING]:
+                wait = True  # someone else is running the last runs: stay to retry them if their worker dies
+            else:
+                return ran
         finally:
             lock.release()
         if wait:
@@ -234,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=None, help="target of complete + pruned trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite under run.out_dir)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = cores / workers)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help="re-run the top K configurations of the study with fresh seeds (with --seeds N)")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration for --confirm (default 3)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, section.key=value")
     ns = p.parse_intermixed_args(argv)
@@ -243,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.workers < 1 or (ns.trials is not None and ns.trials < 1):
             raise SpecError("--workers and --trials must be positive")
+        if ns.confirm is not None and (ns.confirm < 1 or ns.seeds < 2):
+            raise SpecError("--confirm K needs K >= 1 and --seeds N >= 2 (one seed cannot confirm anything)")
         spec, cfg = _spec_args(ns.study, ns.overrides, ns.trials)
         url = storage_url(cfg, ns.storage)
         threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
@@ -251,15 +328,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
             return 0
         study = prepare(spec, cfg, ns.overrides, url)
-        print(f"study {spec.name}: target {spec.trials} trials, {ns.workers} worker(s) x {threads} thread(s), "
+        if ns.confirm is not None:
+            chosen = enqueue_confirm(study, spec, ns.confirm, ns.seeds)
+            print(f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
+                  + ", ".join(f"{cid} (search mean {m:.2f})" for cid, m in chosen), flush=True)
+        what = f"{len(spec.design)} configurations" if spec.grid else f"{spec.trials} configurations"
+        print(f"study {spec.name}: {what} x {spec.seeds} seed(s), {ns.workers} worker(s) x {threads} thread(s), "
               f"storage {url}", flush=True)
         status = "FINISHED"
         try:
             code = run_workers(ns.study, ns.overrides, url, ns.workers, threads)
         except (KeyboardInterrupt, SystemExit):
             status, code = "KILLED", 130
-        c = _counts(study)
-        if status == "FINISHED" and (code or c[TrialState.COMPLETE] + c[TrialState.PRUNED] < spec.trials):
+        if status == "FINISHED" and (code or unfinished(study, spec)):
             status = "FAILED"
         finish_parent(study, cfg, status)
         print(summary(study, spec))

@@ -6,6 +6,7 @@ from typing import Any
 
 import optuna
 
+from sweeps.pruning import ConfigMedianPruner
 from sweeps.spec import Dist, StudySpec
 
 
@@ -32,13 +33,14 @@ def trial_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     return grid_params(trial, spec.grid) if spec.sampler == "grid" else suggest(trial, spec.space)
 
 
-def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded sampler; each worker gets its own stream so parallel workers do not propose twins."""
-    seed = spec.sampler_seed + worker
-    if spec.sampler == "grid":
-        # one seed for all: trial k runs the k-th point of the seeded shuffle, so workers must shuffle alike
-        return optuna.samplers.GridSampler({k: list(v) for k, v in spec.grid.items()}, seed=spec.sampler_seed)
-    if spec.sampler == "random":
+def make_sampler(spec: StudySpec, worker: int = 0, start: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded sampler; each worker gets its own stream so parallel workers do not propose twins, and a worker
+    joining a study that has `start` trials gets a stream of its own too (a restarted worker would otherwise
+    replay its first proposals)."""
+    seed = spec.sampler_seed + worker + 7919 * start
+    if spec.sampler == "random" or spec.sampler == "grid":
+        # a grid's runs are all queued with fixed parameters before the workers start (sweeps.run.prepare):
+        # the sampler never draws for them
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.startup_trials, constant_liar=True)
 
@@ -46,8 +48,8 @@ def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSample
 def make_pruner(spec: StudySpec, niter: int) -> optuna.pruners.BasePruner:
     """Pruner that judges no trial before `warmup_epochs` (e.g. before its teacher-forcing decay starts)."""
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup_trials,
-                                           n_warmup_steps=spec.warmup_epochs)
+        # configurations, not seeds: a configuration's mean against the median of the others'
+        return ConfigMedianPruner(n_startup_configs=spec.pruner_startup_trials, n_warmup_steps=spec.warmup_epochs)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs), max_resource=niter)
     return optuna.pruners.NopPruner()

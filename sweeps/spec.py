@@ -22,7 +22,10 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
 DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
-            "space", "grid", "heartbeat_seconds"}
+            "space", "grid", "heartbeat_seconds", "degenerate_below"}
+# A run whose val/cond_gain (true minus shuffled actions and positions, at its best epoch) is below this
+# ignores its condition: it is tagged degenerate and the report ranks it apart.
+DEGENERATE_BELOW_DB = 0.25
 
 
 class SpecError(ConfigError):
@@ -60,6 +63,14 @@ class StudySpec:
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     heartbeat_seconds: int = 10
     description: str = ""
+    degenerate_below: float = DEGENERATE_BELOW_DB
+
+    @property
+    def design(self) -> list[dict[str, Any]]:
+        """The grid's configurations in run order (empty for sampled studies); `trials` may cut it short."""
+        from sweeps.design import grid_points
+
+        return grid_points(self.grid)[: self.trials] if self.grid else []
 
     def base_config(self, extra: list[str] | None = None, params: dict[str, Any] | None = None) -> Config:
         """Experiment <- spec overrides <- command-line overrides <- trial params, validated."""
@@ -207,9 +218,16 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
         n_grid *= len(v)
 
     n_trials = trials if trials is not None else raw.get("trials", n_grid if grid else 10)
+    if grid:
+        n_trials = min(n_trials, n_grid) if isinstance(n_trials, int) and not isinstance(n_trials, bool) else n_trials
     for key, v in (("trials", n_trials), ("seeds", raw.get("seeds", 1)),
                    ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
         _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
+    degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
+    _req(isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
+         f"degenerate_below: expected a number of dB, got {degenerate_below!r}")
+    _req(not (p_type == "hyperband" and raw.get("seeds", 1) > 1),
+         "pruner.type: hyperband judges single runs; with seeds > 1 use median (it judges configurations) or none")
     ints = {"sampler.seed": sampler.get("seed", 1), "sampler.startup_trials": sampler.get("startup_trials", 4),
             "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
             "pruner.startup_trials": pruner.get("startup_trials", 2)}
@@ -222,6 +240,6 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
         sampler_seed=ints["sampler.seed"], startup_trials=ints["sampler.startup_trials"], pruner=p_type,
         warmup_epochs=ints["pruner.warmup_epochs"], pruner_startup_trials=ints["pruner.startup_trials"],
         space=space, grid=grid, heartbeat_seconds=raw.get("heartbeat_seconds", 10),
-        description=str(raw.get("description", "")))
+        description=str(raw.get("description", "")), degenerate_below=float(degenerate_below))
     _check_paths(spec, extra)
     return spec

@@ -74,7 +74,8 @@ def test_exact_actions_without_slip_give_exact_moves():
     exact = dataclasses.replace(scene, arm_gain=np.ones(16), slip=np.zeros(16))
     _, traj = _replay(exact, actions, 0)
     step = np.diff(traj.ee, axis=1)
-    inside = (traj.ee[:, 1:, :2] > 8).all(-1) & (traj.ee[:, 1:, :2] < 55).all(-1)  # away from clipping
+    lo, hi = pushing._bounds(64, pushing.GRIP_RADIUS)
+    inside = (traj.ee[:, 1:, :2] > lo + 0.5).all(-1) & (traj.ee[:, 1:, :2] < hi - 0.5).all(-1)  # not clipped
     expect = actions[:, :-1, :2] * pushing.ACTION_PX
     assert np.allclose(step[..., :2][inside], expect[inside], atol=1e-4)
     assert np.allclose(step[..., 2], actions[:, :-1, 2] * pushing.ACTION_Z, atol=1e-4)

@@ -1,96 +1,190 @@
-"""`cvae report`: a study with known trials and MLflow curves -> the right answer, figures, and errors."""
+"""`cvae report`: verdicts from hand-made runs, and a report built from a tiny real study (real Optuna storage,
+real MLflow store, no mocks) whose every number is checked against what the stores hold."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
+import os
+import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from reports import analysis, stats
 from reports import build as build_mod
-from reports import collect
+from sweeps import run as run_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-# trial -> (kl.mode, train.lr, best val/psnr, val/psnr per epoch)
-TRIALS = {0: ("cyclical", 0.002, 24.5, [22.0, 23.5, 24.5]),
-          1: ("monotonic", 0.002, 23.0, [21.0, 22.5, 23.0]),
-          2: ("cyclical", 0.001, 24.0, [22.5, 23.0, 24.0]),
-          3: ("monotonic", 0.0005, 22.0, [20.0, 21.0, 22.0])}
-COPY_LAST = 22.5
+TINY: dict[str, Any] = {
+    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
+    "train.batch_size": 4, "train.niter": 2, "train.epoch_size": 2, "train.n_future": 3, "train.progress": False,
+    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
+    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+}
+INFO = {"name": "hand", "description": "", "metric": "val/psnr", "direction": "maximize", "seeds": 6, "niter": 4,
+        "degenerate_below": 0.25}
+
+# helpers
 
 
-def write_study(tmp_path: Path) -> Path:
-    """A spec, a study with four complete trials and one pruned, and their MLflow runs."""
-    out = tmp_path / "runs"
+def hand_runs(design: dict[tuple[str, int], list[float]], degenerate: set[tuple[tuple[str, int], int]] = frozenset(),
+              pruned: dict[tuple[str, int], int] | None = None) -> pd.DataFrame:
+    """A runs frame like collect.runs_frame's, for (kl.mode, tf.start_decay_epoch) -> values by seed."""
+    rows, trial = [], 0
+    for (mode, start), values in design.items():
+        cid = f"{mode[:3]}{start}"
+        for k, v in enumerate(values):
+            bad = ((mode, start), k) in degenerate
+            rows.append({"trial": trial, "state": "COMPLETE", "value": v, "config_id": cid, "seed": 1 + k,
+                         "seed_index": k, "phase": "search", "search_value": np.nan, "degenerate": bad,
+                         "cond_gain": 0.1 if bad else 1.0, "psnr_moving": 17.0, "psnr_moving_copy_last": 13.0,
+                         "copy_last": 20.0, "epochs": 4, "best_epoch": 4, "duration_s": 60.0,
+                         "run_id": f"r{trial}", "run_dir": None, "gif": None, "fail_reason": None,
+                         "param:kl.mode": mode, "param:tf.start_decay_epoch": start})
+            trial += 1
+    for (mode, start), epochs in (pruned or {}).items():
+        rows.append({**rows[0], "trial": trial, "state": "PRUNED", "value": np.nan, "config_id": f"{mode[:3]}{start}p",
+                     "epochs": epochs, "run_id": f"r{trial}", "param:kl.mode": mode, "param:tf.start_decay_epoch": start})
+        trial += 1
+    return pd.DataFrame(rows)
+
+
+# the analysis on hand-made runs: exact answers
+
+
+def test_main_effects_and_pairs_with_their_verdicts() -> None:
+    late = [25.0, 25.2, 25.1]  # start 4: clearly better whatever the KL mode
+    early = [24.0, 24.1, 24.2]
+    runs = hand_runs({("monotonic", 1): early, ("cyclical", 1): [v + 0.05 for v in early],
+                      ("monotonic", 4): late, ("cyclical", 4): [v + 0.05 for v in late]},
+                     degenerate={(("cyclical", 4), 2)})
+    res = analysis.analyse(runs, INFO, reps=2000)
+    by_name = {c["name"]: c for c in res["comparisons"]}
+    tf = by_name["tf.start_decay_epoch: 1 vs 4"]
+    # level 1: early + early+0.05 (6 runs), level 4: late + the two usable late+0.05 runs (degenerate seed dropped)
+    a = np.array(early + [v + 0.05 for v in early])
+    b = np.array(late + [25.05, 25.25])
+    assert (tf["n_a"], tf["n_b"]) == (6, 5)
+    assert tf["diff"] == pytest.approx(a.mean() - b.mean())
+    assert tf["p_improve"] == 0.0 and tf["verdict"] == stats.WORSE
+    # exact test over C(11, 6) = 462 relabelings: only the observed one reaches |diff| (groups of 6 and 5
+    # are not mirror images, so the opposite split is less extreme)
+    assert tf["p_value"] == pytest.approx(1 / 462)
+    kl = by_name["kl.mode: cyclical vs monotonic"]
+    assert kl["verdict"] == stats.CANNOT_TELL and (kl["n_a"], kl["n_b"]) == (5, 6)
+    # Holm over every comparison listed (2 main effects + best vs 3 others)
+    raw = [c["p_value"] for c in res["comparisons"]]
+    assert [c["p_adjusted"] for c in res["comparisons"]] == pytest.approx(stats.holm(raw).tolist())
+    # the best setting is ranked on its usable seeds; the degenerate run is listed apart
+    best = res["settings"][0]
+    assert best["label"] == "kl.mode=cyclical, tf.start_decay_epoch=4" and best["n"] == 2
+    assert best["values"] == pytest.approx([25.05, 25.25]) and best["degenerate"] == 1
+    assert [d["seed"] for d in res["degenerate"]] == [3]
+    assert res["noise_floor"] == pytest.approx(stats.noise_floor([early, early, late, [25.05, 25.25]]))
+    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse** by") for line in res["answer"])
+    json.dumps(res)  # results.json-ready
+
+
+def test_single_seed_studies_never_give_a_verdict() -> None:
+    runs = hand_runs({("monotonic", 1): [24.0], ("cyclical", 1): [26.0], ("monotonic", 4): [22.0]})
+    res = analysis.analyse(runs, {**INFO, "seeds": 1}, reps=500)
+    assert "cannot separate settings from seed noise" in res["answer"][0] and "--confirm" in res["answer"][0]
+    pair = [c for c in res["comparisons"] if c["kind"] == "setting pair"][0]
+    assert pair["verdict"] == stats.CANNOT_TELL and "fewer than 2 seeds" in pair["reason"]
+
+
+def test_compute_counts_what_pruning_saved() -> None:
+    runs = hand_runs({("monotonic", 1): [24.0, 24.1]}, pruned={("cyclical", 1): 1})
+    comp = analysis.analyse(runs, INFO, reps=200)["compute"]
+    # 3 runs x 4 epochs planned; the pruned run stopped after 1 epoch -> 3 saved
+    assert (comp["runs"], comp["pruned"], comp["epochs_trained"], comp["epochs_planned"]) == (3, 1, 9.0, 12.0)
+    assert comp["epochs_saved_by_pruning"] == 3.0 and comp["saved_fraction"] == pytest.approx(0.25)
+
+
+def test_confirmation_runs_sit_next_to_their_search_mean() -> None:
+    runs = hand_runs({("monotonic", 4): [25.0, 25.4]})
+    extra = runs.iloc[:2].copy()
+    extra["phase"], extra["trial"], extra["value"], extra["run_id"] = "confirm", [9, 10], [24.6, 24.8], ["c1", "c2"]
+    res = analysis.analyse(pd.concat([runs, extra]), INFO, reps=300)
+    (c,) = res["confirm"]
+    assert (c["search_mean"], c["n"], c["mean"]) == (pytest.approx(25.2), 2, pytest.approx(24.7))
+    assert c["shrinkage"] == pytest.approx(-0.5)
+    assert res["settings"][0]["values"] == [25.0, 25.4]  # confirmation seeds never enter the search ranking
+
+
+# a tiny real study, end to end
+
+
+def _spec(tmp_path: Path, data_cache: Path) -> Path:
     spec = tmp_path / "rep.yaml"
     spec.write_text(yaml.safe_dump({
-        "name": "rep", "experiment": "demo", "overrides": {"run.out_dir": str(out)}, "trials": 5,
-        "sampler": {"type": "random"}, "pruner": {"type": "median"},
-        "space": {"kl.mode": {"type": "categorical", "choices": ["monotonic", "cyclical"]},
-                  "train.lr": {"type": "float", "low": 0.0001, "high": 0.005, "log": True}}}))
-    out.mkdir()
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.create_experiment("rep", artifact_location=(out / "mlartifacts").as_uri())
-    study = optuna.create_study(study_name="rep", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize")
-    dists = {"kl.mode": CategoricalDistribution(["monotonic", "cyclical"]),
-             "train.lr": FloatDistribution(0.0001, 0.005, log=True)}
-    for n, (mode, lr, best, curve) in TRIALS.items():
-        run = client.create_run(exp).info.run_id
-        for epoch, v in enumerate(curve, start=1):
-            client.log_metric(run, "val/psnr", v, step=epoch)
-        study.add_trial(optuna.trial.create_trial(
-            params={"kl.mode": mode, "train.lr": lr}, distributions=dists, value=best,
-            user_attrs={"mlflow_run_id": run, "copy_last_psnr": COPY_LAST, "epochs_run": 3,
-                        "best_epoch": 3, "gif": f"runs/rep/trial-{n:04d}/x.gif"}))
-    study.add_trial(optuna.trial.create_trial(params={"kl.mode": "monotonic", "train.lr": 0.0001}, distributions=dists,
-                                              state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 18.0},
-                                              user_attrs={"epochs_run": 1}))
+        "name": "rep", "description": "tiny replicated grid", "experiment": "demo", "seeds": 2,
+        "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
+        "sampler": {"type": "grid"}, "pruner": {"type": "none"}, "heartbeat_seconds": 5,
+        "grid": {"kl.mode": ["monotonic", "cyclical"]}}))
     return spec
 
 
-def test_report_answers_which_setting_is_best_and_by_how_much(tmp_path: Path) -> None:
-    spec = write_study(tmp_path)
+@pytest.mark.slow
+def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path: Path, data_cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    spec = _spec(tmp_path, data_cache)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     assert build_mod.main([str(spec)]) == 0
-    folder = tmp_path / "runs" / "reports" / "rep"
-    text = (folder / "report.md").read_text()
-    # best 24.5 dB; copy-last 22.5 -> +2.00; median of complete trials (22, 23, 24, 24.5) = 23.5 -> +1.00
-    assert "**Best: trial 0, val/psnr = 24.50 dB** at epoch 3, +2.00 dB over copying the last frame (22.50 dB)" in text
-    assert "+1.00 dB over the median complete trial (23.50 dB)" in text
-    assert "Runner-up: trial 2 at 24.00 dB (-0.50 dB)" in text
-    # cyclical mean (24.5 + 24) / 2 = 24.25 vs monotonic (23 + 22) / 2 = 22.5 -> leads by 1.75
-    assert "`kl.mode`: mean by choice cyclical: 24.25 dB (n=2), monotonic: 22.50 dB (n=2); best choice `cyclical` leads by 1.75 dB" in text
-    assert "Pruned: trials 4 (after 1 epochs)." in text
-    for fig in ("curves.png", "settings.png", "importance.png"):
-        assert (folder / fig).stat().st_size > 1000
+    out = tmp_path / "runs" / "reports" / "rep"
+    results = json.loads((out / "results.json").read_text())
 
-
-def test_collect_reads_curves_from_mlflow(tmp_path: Path) -> None:
-    spec = write_study(tmp_path)
-    from sweeps.spec import load_spec
-
-    cfg = load_spec(str(spec)).base_config()
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
-    trials = collect.trials_frame(study)
-    curves = collect.curves_frame(cfg, list(trials.run_id.dropna()), metrics=("val/psnr",))
-    assert len(curves) == 4 * 3
-    assert sorted(curves[curves.run_id == trials.run_id[0]].value) == TRIALS[0][3]
-    assert collect.param_columns(trials) == ["kl.mode", "train.lr"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(results["settings"]) == 2
+    for s in results["settings"]:
+        mine = sorted((t for t in trials if t.user_attrs["config_id"] == s["config_id"] and not t.user_attrs["degenerate"]),
+                      key=lambda t: t.user_attrs["seed"])
+        assert s["values"] == [t.value for t in mine] and s["seeds"] == [t.user_attrs["seed"] for t in mine]
+        assert s["run_ids"] == [t.user_attrs["mlflow_run_id"] for t in mine]
+        assert s["params"]["kl.mode"] == mine[0].params["kl.mode"] if mine else True
+        if mine:
+            assert s["mean"] == pytest.approx(float(np.mean(s["values"])), abs=0) or s["mean"] == np.mean(s["values"])
+        for t in mine:  # the trial's value is the best val/psnr MLflow holds for its run
+            history = client.get_metric_history(t.user_attrs["mlflow_run_id"], "val/psnr")
+            assert t.value == max(m.value for m in history)
+            run = client.get_run(t.user_attrs["mlflow_run_id"])
+            assert run.data.tags["config_id"] == s["config_id"] and run.data.tags["seed"] == str(t.user_attrs["seed"])
+            assert run.data.tags["degenerate"] in ("true", "false")
+    assert results["copy_last"] == pytest.approx(np.mean([t.user_attrs["copy_last_psnr"] for t in trials]))
+    assert results["compute"]["runs"] == 4 and results["compute"]["epochs_trained"] == 8
+    for c in results["comparisons"]:
+        assert c["verdict"] in (stats.BETTER, stats.WORSE, stats.CANNOT_TELL)
+
+    # one self-contained page: no file or URL outside itself; everything also in MLflow
+    page = (out / "index.html").read_text()
+    assert not re.findall(r"""(?:src|href)\s*=\s*["'](?!data:|#)""", page)
+    assert "url(" not in page and "<script" not in page
+    for line in results["answer"]:
+        assert line.split(":")[0].replace("**", "") in page.replace("<strong>", "").replace("</strong>", "")
+    for name in ("settings.png", "curves.png", "four_plots.png", "per_frame.png", "report.md"):
+        assert (out / name).stat().st_size > 1000, name
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert logged == {"report/index.html", "report/report.md", "report/results.json"}
 
 
-def test_report_without_a_study_is_one_line_exit_2(tmp_path: Path) -> None:
-    spec = tmp_path / "none.yaml"
-    spec.write_text(yaml.safe_dump({"name": "none", "experiment": "demo",
-                                    "overrides": {"run.out_dir": str(tmp_path / "runs")},
-                                    "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.01}}}))
-    out = subprocess.run([sys.executable, "-m", "cvae.cli", "report", str(spec)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cvae: error: no study storage") and "make sweep" in lines[0]
-    assert not (tmp_path / "runs").exists()
+def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, data_cache)
+    assert build_mod.main([str(spec)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no study storage" in err[0] and "make sweep" in err[0]
+    assert not (tmp_path / "runs" / "reports").exists()

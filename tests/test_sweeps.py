@@ -190,7 +190,7 @@ def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, lab_grid, lab_tpe"),
+    (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, demo_tpe, lab_grid, lab_tpe"),
     (["sweep", "missing.yaml"], "study not found: missing.yaml"),
     (["sweep", "SPEC", "--trials", "0"], "--workers and --trials must be positive"),
     (["sweep", "SPEC", "--workers", "0"], "--workers and --trials must be positive"),
@@ -265,14 +265,15 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["role"] == "study"
     assert parent.data.metrics["trials/complete"] == 1 and parent.data.metrics["trials/failed"] == 1
-    assert parent.data.tags["best.run_id"] == complete.user_attrs["mlflow_run_id"]
+    assert parent.data.tags["best.config_id"] == complete.user_attrs["config_id"]
+    assert parent.data.metrics["best/value"] == pytest.approx(complete.value)
 
 
 def test_a_sweep_where_every_trial_diverges_gives_up_and_fails(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1, space={"kl.ratio": SMALL_SPACE["kl.ratio"]})
     assert run_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 1
-    assert "worker 0: giving up after 3 failed trials" in capsys.readouterr().out
+    assert "worker 0: giving up after 3 failed runs" in capsys.readouterr().out
     study = load_study(tmp_path)
     assert states(study) == ["FAIL"] * 3
     assert all(t.user_attrs["fail_reason"].startswith("diverged at epoch 1") for t in study.get_trials())
@@ -367,7 +368,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
     with log.open("w") as f:
         coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
-        last = tmp_path / "runs" / "tiny" / "trial-0000" / "seed-1" / "last.pt"
+        last = tmp_path / "runs" / "tiny" / "trial-0000" / "last.pt"
         wait_until(last.is_file, coordinator, log, timeout=120)
 
         def reported() -> bool:
@@ -436,4 +437,4 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
     assert (p["model.arch"], p["model.width"], p["model.g_dim"], p["model.z_dim"], p["model.rnn_size"]) == \
         ("vgg", "1.0", "128", "64", "256")
     assert (p["train.batch_size"], p["train.n_future"], p["train.lr"]) == ("12", "10", "0.002")
-    assert (tmp_path / "runs" / "lab_grid" / "trial-0000" / "seed-1" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "lab_grid" / "trial-0000" / "best.pt").is_file()

@@ -2,9 +2,11 @@
 
 Each sequence is a top-down view of a table (per-sequence colour, wood-grain and optional checker
 texture, a darker tray rim) with 1-3 objects (discs or rotated squares, random colours, soft
-shadows) and a robot gripper: a grey body with two dark jaws (apart when open, together when
-closed), a metallic arm reaching in from the top edge, and a shadow whose offset grows with height;
-the body and arm also look bigger when the gripper is high. The arm follows smooth waypoint
+shadows) and a robot gripper: a dark body with two darker jaws (apart when open, together when
+closed), a thick dark arm reaching in from the top edge, and a shadow whose offset grows with height;
+the body and arm also look bigger when the gripper is high. As in BAIR, the arm is most of what moves,
+so the actions and positions decide a large share of the pixels (version 2; version 1's thin, light
+arm on a noisy table left the condition too few pixels to learn from in a CPU budget). The arm follows smooth waypoint
 trajectories that often aim through an object; when the gripper is low (z < Z_CONTACT) and overlaps
 an object, the object is pushed out along the separation direction, may keep sliding, and stops at
 the tray rim. The background never changes over time.
@@ -32,17 +34,18 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-VERSION = 1  # bump when the generated data changes: it is part of the data cache key
+VERSION = 2  # bump when the generated data changes: it is part of the data cache key
 ACTION_PX = 4.0  # pixels (at size 64) per unit of dx, dy: keeps actions O(1)
 ACTION_Z = 0.1  # height per unit of dz
 Z_CONTACT = 0.3  # below this height the gripper touches objects
 MAX_OBJECTS = 3
-GRIP_RADIUS = 4.5  # collision radius of the gripper at size 64, pixels
+GRIP_RADIUS = 6.0  # collision radius of the gripper at size 64, pixels
 RIM = 3.0  # tray rim width at size 64, pixels; objects and gripper stay inside it
 ARM_BASE_Y = -70.0  # the arm's base sits this far above the top edge (size 64): a gentle lean
-TEXTURE_NOISE = 0.02  # per-pixel noise of the table's texture (relative brightness std)
-ARM_HALF_WIDTH = 1.8  # arm half-width at z = 0 (size 64), pixels; ARM_HALF_WIDTH_Z more at z = 1
-ARM_HALF_WIDTH_Z = 1.0
+TEXTURE_NOISE = 0.0  # per-pixel noise of the table's texture (relative brightness std); v1 had 0.02
+ARM_GREY_LOW, ARM_GREY_HIGH = 0.15, 0.35  # a dark arm on a light table, as in BAIR (v1: 0.6-0.85)
+ARM_HALF_WIDTH = 3.5  # arm half-width at z = 0 (size 64), pixels; ARM_HALF_WIDTH_Z more at z = 1 (v1: 1.8 + 1.0 z)
+ARM_HALF_WIDTH_Z = 1.5
 
 
 # helpers
@@ -163,7 +166,7 @@ def _sample_scene(rng: np.random.Generator, n: int, size: int) -> _Scene:
         obj_pos[:, j] = cand[np.arange(n), np.argmax(clear, axis=1)]
     hue = rng.random((n, k))
     obj_color = _hsv_to_rgb(hue, rng.uniform(0.6, 1.0, (n, k)), rng.uniform(0.55, 1.0, (n, k)))
-    grey = rng.uniform(0.6, 0.85, n)
+    grey = rng.uniform(ARM_GREY_LOW, ARM_GREY_HIGH, n)
     tint = rng.uniform(-0.05, 0.05, (n, 3))
     return _Scene(
         size=size,

@@ -1,0 +1,184 @@
+"""results.json + figures -> report.md and one self-contained index.html (figures inlined, no network).
+
+Both pages only render numbers that results.json already holds; nothing is computed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+# helpers
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci(pair: Any, digits: int = 2) -> str:
+    return "-" if not pair or pair[0] is None else f"[{_f(pair[0], digits)}, {_f(pair[1], digits)}]"
+
+
+def _data_uri(path: Path) -> str:
+    mime = {".png": "image/png", ".gif": "image/gif"}[path.suffix.lower()]
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-setting table."""
+    head = ["setting", "config", "n", "mean", "std", "IQM", f"{results['thresholds']['level']:.0%} interval",
+            "seeds: values", "cond gain", "degenerate"]
+    rows = [[s["label"], s["config_id"], str(s["n"]), _f(s.get("mean")), _f(s.get("std"), 3), _f(s.get("iqm")),
+             _ci(s.get("ci")), ", ".join(f"{sd}: {_f(v)}" for sd, v in zip(s["seeds"], s["values"])),
+             _f(s.get("cond_gain")), str(s["degenerate"])] for s in results["settings"]]
+    return head, rows
+
+
+def comparisons_table(cmps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["comparison", "verdict", "A - B", "interval", "P(A>B)", "interval", "p (Holm)", "n", "runs to resolve"]
+    rows = [[c["name"], c["verdict"], _f(c["diff"], 3), _ci(c["diff_ci"], 3), _f(c["p_improve"]),
+             _ci(c["p_improve_ci"]), _f(c["p_adjusted"], 3), f"{c['n_a']} vs {c['n_b']}",
+             _f(c.get("seeds_needed"), 0)] for c in cmps]
+    return head, rows
+
+
+def confirm_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["setting", "search mean (n)", "confirmed mean (n)", "interval", "confirmed - search"]
+    rows = [[c["label"], f"{_f(c['search_mean'])} ({c['search_n']})", f"{_f(c['mean'])} ({c['n']})", _ci(c["ci"]),
+             _f(c["shrinkage"])] for c in results["confirm"]]
+    return head, rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_inline(text: str) -> str:
+    """**bold** and `code` of a verdict line as HTML."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str, Path]) -> list[tuple[str, list[Any]]]:
+    """The report as (title, blocks); a block is text, ('table', head, rows), ('figure', key) or ('media', key)."""
+    st, th = results["study"], results["thresholds"]
+    comp = results["compute"]
+    out: list[tuple[str, list[Any]]] = []
+    intro = [f"{st.get('description') or ''}",
+             f"Objective: best `{st['metric']}` on the validation split per run (the course's protocol: 2 frames in, "
+             f"predicted frames scored, z from the prior); {st.get('seeds')} seed(s) per configuration; "
+             f"{comp['runs']} runs ({comp['complete']} complete, {comp['pruned']} pruned, {comp['failed']} failed)."]
+    out.append(("", intro))
+    answer = [f"- {line}" for line in results["answer"]] or ["No comparison is possible yet (fewer than two settings "
+                                                            "with a complete run)."]
+    answer.append(f"Verdict rule: {th['verdict']}. Intervals: {th['bootstrap']['method']}, "
+                  f"{th['bootstrap']['reps']} resamples, seed {th['bootstrap']['seed']}. Test: {th['test']}. "
+                  f"Seed-noise floor (pooled within-setting std): {_f(results['noise_floor'], 3)}.")
+    out.append(("The answer", answer))
+    out.append(("Every seed, per setting", [("table", *settings_table(results)), ("figure", "strip")]))
+    out.append(("Comparisons", [("table", *comparisons_table(results["comparisons"]))]))
+    if results["confirm"]:
+        out.append(("Confirmation runs (fresh seeds)", [
+            "Search-time means are chosen as the best, so they are biased upwards (the winner's curse); the "
+            "confirmed mean comes from seeds the search never saw.", ("table", *confirm_table(results))]))
+    out.append(("Learning curves", [("figure", "curves"), ("figure", "origin")]))
+    out.append(("Per-frame PSNR and predictions", [("figure", "per_frame")] + [("media", k) for k in media]))
+    degen = results["degenerate"]
+    out.append(("Degenerate runs (ranked apart)", [
+        f"Runs whose condition gain at their best epoch is below {th['degenerate_below']} dB ignore their actions "
+        f"and positions; they are not ranked. {len(degen)} such run(s)" + (":" if degen else "."),
+        *[f"- trial {d['trial']} (configuration {d['config_id']}, seed {d['seed']}): {_f(d['value'])} dB, "
+          f"condition gain {_f(d['cond_gain'])} dB" for d in degen]]))
+    failed = [f"- trial {f['trial']} ({f['config_id']}): {f['reason'] or 'worker lost'}" for f in results["failed"]]
+    out.append(("Pruning and compute", [
+        f"{_f(comp['epochs_trained'], 0)} epochs trained of {_f(comp['epochs_planned'], 0)} planned; pruning saved "
+        f"{_f(comp['epochs_saved_by_pruning'], 0)} epochs ({_f(100 * (comp['saved_fraction'] or 0), 0)}%); "
+        f"{_f(comp['worker_hours'], 2)} worker-hours.", *failed]))
+    app = results.get("appendix", {})
+    note = app.get("warning", "")
+    out.append(("Appendix: exploration", [
+        f"Importances: {app.get('evaluator', '-')} over {app.get('n_complete', 0)} complete runs. {note}",
+        ("figure", "history"), ("figure", "slices"), ("figure", "importance")]))
+    if results.get("cross_study"):
+        out.append(("Across studies", [("table", *comparisons_table(results["cross_study"]))]))
+    prov = results.get("provenance", {})
+    out.append(("Provenance", [f"- {k}: `{v}`" for k, v in prov.items() if not isinstance(v, (dict, list))]))
+    return out
+
+
+# pages
+
+
+def markdown(results: dict[str, Any], figures: dict[str, Path], media: dict[str, Path]) -> str:
+    """report.md: the same sections, figures as relative links."""
+    lines = [f"# Study `{results['study']['name']}`", ""]
+    for title, blocks in _sections(results, figures, media):
+        if title:
+            lines += [f"## {title}", ""]
+        for b in blocks:
+            if isinstance(b, str):
+                lines += [b, ""] if not b.startswith("- ") else [b]
+            elif b[0] == "table":
+                lines += ["", _md_table(b[1], b[2]), ""]
+            elif b[0] == "figure" and b[1] in figures:
+                lines += ["", f"![{b[1]}]({figures[b[1]].name})", ""]
+            elif b[0] == "media" and b[1] in media:
+                lines += ["", f"{b[1]}: ![{b[1]}]({media[b[1]].name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.8em}table{border-collapse:collapse;font-size:.82em;margin:.8em 0}th,td{border:1px solid #ccc;
+padding:3px 6px;text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+code{background:#f5f5f5;padding:0 3px}.media{display:flex;gap:1em;flex-wrap:wrap}.media figure{margin:0}
+figcaption{font-size:.8em;color:#555}"""
+
+
+def page(results: dict[str, Any], figures: dict[str, Path], media: dict[str, Path]) -> str:
+    """index.html: one file, every figure and GIF inlined as a data: URI, no script, no external reference."""
+    body = [f"<h1>Study <code>{html.escape(results['study']['name'])}</code></h1>"]
+    for title, blocks in _sections(results, figures, media):
+        if title:
+            body.append(f"<h2>{html.escape(title)}</h2>")
+        items: list[str] = []
+        for b in blocks:
+            if isinstance(b, str):
+                if b.startswith("- "):
+                    items.append(f"<li>{_md_inline(b[2:])}</li>")
+                    continue
+                if items:
+                    body.append("<ul>" + "".join(items) + "</ul>")
+                    items = []
+                if b:
+                    body.append(f"<p>{_md_inline(b)}</p>")
+            elif b[0] == "table":
+                body.append(_html_table(b[1], b[2]))
+            elif b[0] == "figure" and b[1] in figures:
+                body.append(f'<img alt="{b[1]}" src="{_data_uri(figures[b[1]])}">')
+            elif b[0] == "media" and b[1] in media:
+                body.append(f'<div class="media"><figure><img alt="{html.escape(b[1])}" '
+                            f'src="{_data_uri(media[b[1]])}"><figcaption>{html.escape(b[1])}</figcaption></figure></div>')
+        if items:
+            body.append("<ul>" + "".join(items) + "</ul>")
+    title = html.escape(f"cvae-sweep report: {results['study']['name']}")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,126 @@
+"""Replicates as a first-class idea: configurations, their seeds, and what a study still has to run (pure).
+
+One Optuna trial is one (configuration, seed) run. Trials of one configuration share a `config_id`
+(a hash of its parameters) and differ in `seed_index`; the configuration's value is the mean over its
+seeds, computed by whoever reads the study (the report, the pruner, `--confirm`). This keeps every
+seed a separate unit of work, so the seeds of one configuration run on different workers at the same
+time, and a lost worker costs one seed, not the whole configuration.
+
+Seeds: search-phase seed k runs with `run.seed = base + k`; confirmation seeds start at
+`base + CONFIRM_SEED_OFFSET`, so they are never a seed the search already used. The data never
+depends on run.seed (data.seed is separate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+SEARCH, CONFIRM = "search", "confirm"
+CONFIRM_SEED_OFFSET = 1000
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a trial's user attributes say about it (None where a trial has not set them yet)."""
+
+    number: int
+    state: str  # Optuna's TrialState name
+    config_id: str | None
+    seed_index: int | None
+    phase: str
+    value: float | None
+    params: Mapping[str, Any]
+
+
+def config_id(params: Mapping[str, Any]) -> str:
+    """Stable 10-hex id of a configuration: the same parameters give the same id in every process."""
+    blob = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def run_seed(base_seed: int, phase: str, seed_index: int) -> int:
+    """run.seed of seed `seed_index` of a configuration in a phase."""
+    return base_seed + seed_index + (CONFIRM_SEED_OFFSET if phase == CONFIRM else 0)
+
+
+def grid_points(grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid, in a fixed order (the first key varies slowest)."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
+
+
+def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable[Run]) -> list[tuple[dict[str, Any], int]]:
+    """(params, seed_index) of a design's search runs (every point x every seed) that have no trial yet.
+
+    A trial of any state counts as present: WAITING/RUNNING ones will run, COMPLETE/PRUNED ones ran,
+    and a FAIL is either a result (a diverged run: it would diverge again) or already re-queued by the
+    stale-trial callback (a lost worker), so nothing is ever queued twice.
+    """
+    have = {(r.config_id, r.seed_index) for r in runs if r.phase == SEARCH}
+    # seed by seed: the whole design with one seed first, so a stopped study is still balanced
+    return [(dict(p), k) for k in range(seeds) for p in points if (config_id(p), k) not in have]
+
+
+def sibling_seeds(seeds: int, present: Iterable[int]) -> list[int]:
+    """Seed indices of a configuration still to queue, given the ones it has."""
+    have = set(present)
+    return [k for k in range(seeds) if k not in have]
+
+
+def search_configs(runs: Iterable[Run]) -> set[str]:
+    """Configurations the search has started and not lost: a configuration whose every run failed (diverged)
+    does not count, so a sampled study draws another in its place."""
+    return {r.config_id for r in runs if r.phase == SEARCH and r.config_id is not None and r.state != "FAIL"}
+
+
+def config_values(runs: Iterable[Run], phase: str = SEARCH) -> dict[str, list[float]]:
+    """config_id -> values of its COMPLETE runs of one phase, in trial order."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: r.number):
+        if r.phase == phase and r.state == "COMPLETE" and r.value is not None and r.config_id is not None:
+            if not math.isnan(r.value):
+                out[r.config_id].append(r.value)
+    return dict(out)
+
+
+def top_configs(runs: Iterable[Run], k: int, maximize: bool = True) -> list[tuple[str, float]]:
+    """The k configurations with the best search-time mean (config_id, mean), best first; ties by id."""
+    means = [(cid, sum(v) / len(v)) for cid, v in config_values(runs).items() if v]
+    means.sort(key=lambda cv: (-cv[1] if maximize else cv[1], cv[0]))
+    return means[:k]
+
+
+def confirm_runs(runs: list[Run], k: int, seeds: int, maximize: bool = True) -> list[tuple[dict[str, Any], str, int, float]]:
+    """(params, config_id, seed_index, search mean) of N fresh confirmation seeds for each of the top k.
+
+    Seed indices continue after the configuration's earlier confirmation seeds, so a second `--confirm`
+    adds new seeds instead of repeating old ones.
+    """
+    params = {r.config_id: r.params for r in runs if r.config_id is not None}
+    out = []
+    for cid, mean in top_configs(runs, k, maximize):
+        used = [r.seed_index for r in runs if r.config_id == cid and r.phase == CONFIRM and r.seed_index is not None]
+        start = max(used, default=-1) + 1
+        out += [(dict(params[cid]), cid, start + j, mean) for j in range(seeds)]
+    return out
+
+
+# pruning a configuration, not a lucky seed
+
+
+def prune_config(mine: list[float], others: Mapping[str, list[float]], n_startup: int, maximize: bool = True) -> bool:
+    """Median rule over configurations at one epoch: this configuration's mean against the median of the
+    other configurations' means (their completed seeds), once `n_startup` other configurations have one."""
+    means = sorted(sum(v) / len(v) for v in others.values() if v)
+    if not mine or len(means) < max(1, n_startup):
+        return False
+    mid = len(means) // 2
+    median = means[mid] if len(means) % 2 else (means[mid - 1] + means[mid]) / 2
+    own = sum(mine) / len(mine)
+    return own < median if maximize else own > median

@@ -1,0 +1,138 @@
+"""Replicated designs (sweeps/design.py) and configuration-level pruning, on hand-made trial lists."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweeps.design import (CONFIRM, CONFIRM_SEED_OFFSET, SEARCH, Run, config_id, config_values, confirm_runs,
+                           grid_points, missing_runs, prune_config, run_seed, search_configs, top_configs)
+from sweeps.pruning import ConfigMedianPruner
+
+A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cyclical", "tf.start_decay_epoch": 1}, \
+    {"kl.mode": "monotonic", "tf.start_decay_epoch": 4}
+
+# helpers
+
+
+def run(number: int, params: dict, k: int, state: str = "COMPLETE", value: float | None = None,
+        phase: str = SEARCH) -> Run:
+    return Run(number=number, state=state, config_id=config_id(params), seed_index=k, phase=phase, value=value,
+               params=params)
+
+
+# identities and seeds
+
+
+def test_config_id_is_stable_and_ignores_key_order() -> None:
+    assert config_id({"a": 1, "b": "x"}) == config_id({"b": "x", "a": 1})
+    assert config_id(A) != config_id(B) and len(config_id(A)) == 10
+    assert all(ch in "0123456789abcdef" for ch in config_id(A))  # a hex digest, not a counter
+
+
+def test_run_seed_keeps_confirmation_seeds_apart_from_search_seeds() -> None:
+    assert [run_seed(1, SEARCH, k) for k in range(3)] == [1, 2, 3]
+    assert [run_seed(1, CONFIRM, k) for k in range(3)] == [1 + CONFIRM_SEED_OFFSET + k for k in range(3)]
+
+
+def test_grid_points_in_order_first_key_slowest() -> None:
+    assert grid_points({"x": [1, 2], "y": ["a", "b"]}) == [{"x": 1, "y": "a"}, {"x": 1, "y": "b"},
+                                                            {"x": 2, "y": "a"}, {"x": 2, "y": "b"}]
+
+
+# what a study still has to run
+
+
+def test_missing_runs_go_seed_by_seed_and_skip_every_present_trial() -> None:
+    runs = [run(0, A, 0, "COMPLETE", 24.0), run(1, B, 0, "FAIL"), run(2, A, 1, "WAITING"),
+            run(3, C, 0, "RUNNING"), run(4, C, 1, "COMPLETE", 1.0, phase=CONFIRM)]
+    todo = missing_runs([A, B, C], seeds=2, runs=runs)
+    # seed 0 of all three exists (a FAIL is a result or already re-queued); seed 1 of A is queued;
+    # C's confirmation seed 1 is not its search seed 1
+    assert todo == [(B, 1), (C, 1)]
+    assert missing_runs([A, B, C], seeds=1, runs=[]) == [(A, 0), (B, 0), (C, 0)]
+    assert missing_runs([A, B], seeds=2, runs=[]) == [(A, 0), (B, 0), (A, 1), (B, 1)]
+
+
+def test_search_configs_drop_configurations_whose_every_run_failed() -> None:
+    runs = [run(0, A, 0, "FAIL"), run(1, A, 0, "WAITING"), run(2, B, 0, "FAIL"), run(3, C, 0, "PRUNED"),
+            run(4, B, 0, "COMPLETE", 1.0, phase=CONFIRM)]
+    assert search_configs(runs) == {config_id(A), config_id(C)}
+
+
+def test_config_values_and_top_configs() -> None:
+    runs = [run(0, A, 0, value=24.0), run(1, A, 1, value=25.0), run(2, B, 0, value=24.6),
+            run(3, C, 0, value=23.0), run(4, C, 1, "PRUNED", 30.0), run(5, B, 1, "RUNNING"),
+            run(6, C, 2, value=99.0, phase=CONFIRM)]
+    assert config_values(runs) == {config_id(A): [24.0, 25.0], config_id(B): [24.6], config_id(C): [23.0]}
+    assert top_configs(runs, 2) == [(config_id(B), 24.6), (config_id(A), 24.5)]
+    assert top_configs(runs, 1, maximize=False) == [(config_id(C), 23.0)]
+    tie = [run(0, A, 0, value=1.0), run(1, B, 0, value=1.0)]
+    assert [c for c, _ in top_configs(tie, 2)] == sorted([config_id(A), config_id(B)])
+
+
+def test_confirm_runs_give_fresh_seed_indices() -> None:
+    runs = [run(0, A, 0, value=25.0), run(1, B, 0, value=24.0), run(2, C, 0, value=23.0)]
+    first = confirm_runs(runs, k=2, seeds=2)
+    assert [(cid, k, m) for _, cid, k, m in first] == [(config_id(A), 0, 25.0), (config_id(A), 1, 25.0),
+                                                         (config_id(B), 0, 24.0), (config_id(B), 1, 24.0)]
+    assert first[0][0] == A
+    done = runs + [run(3 + i, A, k, value=24.0, phase=CONFIRM) for i, k in enumerate((0, 1))]
+    again = confirm_runs(done, k=1, seeds=2)  # search means decide; confirmation seeds continue at 2
+    assert [(cid, k) for _, cid, k, _ in again] == [(config_id(A), 2), (config_id(A), 3)]
+
+
+# pruning configurations
+
+
+@pytest.mark.parametrize("mine, others, startup, maximize, want", [
+    ([20.0], {"b": [21.0], "c": [22.0], "d": [19.0]}, 2, True, True),  # median of 19, 21, 22 is 21 -> 20 < 21
+    ([20.0, 23.0], {"b": [21.0], "c": [22.0], "d": [19.0]}, 2, True, False),  # mean 21.5 >= 21
+    ([20.0], {"b": [21.0], "c": [22.0]}, 2, True, True),  # median (21 + 22) / 2 = 21.5
+    ([20.0], {"b": [21.0]}, 2, True, False),  # one other configuration: still starting up
+    ([20.0], {"b": [21.0, 19.0], "c": [30.0], "d": [10.0]}, 2, True, False),  # b's mean is 20: median 20, not below
+    ([20.0], {"b": [21.0], "c": [22.0]}, 2, False, False),  # minimising: 20 is better than 21.5
+    ([25.0], {"b": [21.0], "c": [22.0]}, 2, False, True),
+    ([], {"b": [21.0], "c": [22.0]}, 2, True, False),
+])
+def test_prune_config(mine: list[float], others: dict, startup: int, maximize: bool, want: bool) -> None:
+    assert prune_config(mine, others, startup, maximize) is want
+
+
+def _study_with(others: dict[str, list[float]]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=ConfigMedianPruner(n_startup_configs=2, n_warmup_steps=2))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for cid, values in others.items():
+        for v in values:
+            study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=v,
+                                                      intermediate_values={3: v},
+                                                      user_attrs={"config_id": cid, "phase": SEARCH}))
+    return study
+
+
+def _running(study: optuna.Study, cid: str, value: float, step: int = 3, phase: str = SEARCH) -> optuna.Trial:
+    trial = study.ask()
+    trial.set_user_attr("config_id", cid)
+    trial.set_user_attr("phase", phase)
+    trial.report(value, step)
+    return trial
+
+
+def test_config_pruner_judges_the_configuration_mean_not_one_seed() -> None:
+    study = _study_with({"b": [21.0, 21.0], "c": [22.0]})  # configuration means 21 and 22 -> median 21.5
+    lucky = _running(study, "a", 23.0)
+    assert not lucky.should_prune()
+    unlucky = _running(study, "a", 19.0)  # a's seeds so far: 23 and 19 -> mean 21 < 21.5
+    assert unlucky.should_prune()
+    alone = _running(study, "e", 21.2)  # 21.2 < 21.5, its own
+    assert alone.should_prune()
+
+
+def test_config_pruner_warmup_confirmation_and_pruned_siblings() -> None:
+    study = _study_with({"b": [21.0], "c": [22.0]})
+    assert not _running(study, "a", 10.0, step=1).should_prune()  # before warmup_epochs
+    assert not _running(study, "a", 10.0, phase=CONFIRM).should_prune()  # confirmation runs are measured, not judged
+    first = _running(study, "f", 10.0)
+    assert first.should_prune()
+    study.tell(first, state=optuna.trial.TrialState.PRUNED)
+    assert _running(study, "f", 99.0).should_prune()  # a configuration stands or falls with all its seeds
