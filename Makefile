@@ -10,12 +10,15 @@ STUDY ?= demo
 WORKERS ?= 2
 TRIALS ?=
 STORAGE ?=
+STUDIES ?=
+K ?= 2
+SEEDS ?= 3
 PORT ?= 5000
 DASH_PORT ?= 8080
 OUT ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test sweep worker ui dashboard report bench schedules preview clean
+.PHONY: help install train eval test sweep worker ui dashboard report confirm bench schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,8 +65,11 @@ dashboard: $(STAMP) ## optuna-dashboard on the study storage: make dashboard [ST
 	@echo "Optuna dashboard: http://127.0.0.1:$(DASH_PORT)"
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)
 
-report: $(STAMP) ## comparison report of a study: make report [STUDY=demo] -> runs/reports/<study>/report.md
-	$(BIN)/cvae report $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+report: $(STAMP) ## comparison report: make report [STUDY=demo] [STUDIES=a,b] -> runs/reports/<study>/index.html
+	$(BIN)/cvae report $(STUDY) $(if $(STUDIES),--studies '$(STUDIES)') $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+
+confirm: $(STAMP) ## re-run the top K configurations with N fresh seeds: make confirm [STUDY=demo] [K=2] [SEEDS=3]
+	$(BIN)/cvae sweep $(STUDY) --confirm $(K) --seeds $(SEEDS) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
 bench: $(STAMP) ## speed/memory targets (generator, train step, predict, metrics)
 	$(BIN)/python -m benchmarks.run

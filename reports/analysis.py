@@ -20,6 +20,7 @@ from sweeps.design import CONFIRM, SEARCH
 
 MAX_LEVELS = 4  # a setting with more distinct values than this is a continuous dimension, not a factor
 MAX_PAIRS = 5  # the best setting is compared with at most this many runners-up
+MAX_RUNS_HINT = 1000  # a power hint above this says the difference is too small to chase
 
 
 # helpers
@@ -112,7 +113,8 @@ def comparisons(runs: pd.DataFrame, params: list[str], setting_list: list[dict[s
     """Main effect of every factor (each pair of its levels) and the best setting against its runners-up.
 
     Every run of a level counts for a main effect (the other factors averaged over, as in a factorial
-    design); Holm's correction runs over all the comparisons listed together.
+    design). Holm's correction runs within each family: the main effects are the design's questions,
+    the setting pairs a second look; mixing them would let the second dilute the first.
     """
     ok = usable(runs)
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -133,7 +135,12 @@ def comparisons(runs: pd.DataFrame, params: list[str], setting_list: list[dict[s
             pairs[name] = (np.asarray(best["values"], float), np.asarray(other["values"], float))
             meta[name] = {"kind": "setting pair", "factor": None, "a": best["label"], "b": other["label"],
                           "a_config": best["config_id"], "b_config": other["config_id"]}
-    rows = stats.compare_many(pairs, reps=reps, seed=seed, alpha=alpha, min_effect=min_effect) if pairs else []
+    # Holm within each family of questions: the design's main effects, then the pairs of settings
+    rows = []
+    for kind in ("main effect", "setting pair"):
+        family = {k: v for k, v in pairs.items() if meta[k]["kind"] == kind}
+        if family:
+            rows += stats.compare_many(family, reps=reps, seed=seed, alpha=alpha, min_effect=min_effect)
     out = []
     for r in rows:
         c = r.comparison
@@ -160,7 +167,10 @@ def verdict_line(c: dict[str, Any], metric: str) -> str:
     if c["verdict"] == stats.WORSE:
         return f"{head}: **{c['a']} is worse** by {nums}."
     need = c["seeds_needed"]
-    hint = f"; about {int(need)} runs per side would resolve a difference this size" if need and math.isfinite(need) else ""
+    if need is None or not math.isfinite(need) or need > MAX_RUNS_HINT:
+        hint = "; no difference worth resolving at this noise"
+    else:
+        hint = f"; about {int(need)} runs per side would resolve a difference this size"
     return f"{head}: cannot tell at this budget ({nums}{hint})."
 
 
@@ -224,7 +234,8 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
         "thresholds": {"alpha": alpha, "level": stats.LEVEL, "min_effect": min_effect,
                        "bootstrap": {"method": stats.METHOD, "reps": reps, "seed": seed},
                        "test": "two-sided permutation test of the difference of means (exact up to "
-                               f"{stats.EXACT_LIMIT} relabelings), Holm-adjusted over the comparisons listed",
+                               f"{stats.EXACT_LIMIT} relabelings), Holm-adjusted within each family (main effects; "
+                               "setting pairs)",
                        "verdict": f"better/worse when Holm p < {alpha}, the {stats.LEVEL:.0%} interval of the "
                                   f"difference excludes 0 and |difference| >= {min_effect}; else cannot tell",
                        "degenerate_below": info.get("degenerate_below")},

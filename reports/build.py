@@ -94,6 +94,23 @@ def _sample_media(cfg: Config, results: dict[str, Any], runs: Any, out: Path) ->
     return media
 
 
+def _schedules(cfg: Config, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each setting's KL weight (by fractional epoch) and teacher-forcing ratio (by epoch), from its config."""
+    import numpy as np
+
+    from cvae import config as config_mod
+    from cvae.schedules import kl_beta, teacher_forcing_ratio
+
+    out = {}
+    for s in results["settings"]:
+        c = config_mod.build({**cfg.flat(), **s["params"]})
+        its = np.unique(np.linspace(0, c.total_iters - 1, min(c.total_iters, 600)).astype(int))
+        epochs = list(range(1, c.train.niter + 1))
+        out[s["config_id"]] = {"beta": ((its / c.train.epoch_size).tolist(), [kl_beta(int(i), c.total_iters, c.kl) for i in its]),
+                               "tfr": (epochs, [teacher_forcing_ratio(e, c.tf, c.train.niter) for e in epochs])}
+    return out
+
+
 def _log_to_parent(cfg: Config, study: optuna.Study, paths: list[Path]) -> None:
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not parent or not cfg.tracking.enabled:
@@ -143,7 +160,7 @@ def write(results: dict[str, Any], ctx: dict[str, Any], out: Path) -> Path:
         warnings.simplefilter("ignore", UserWarning)  # matplotlib's tight_layout chatter on long labels
         figs = {"strip": figures.strip(results, runs, out / "settings.png"),
                 "curves": figures.learning_curves(results, curves, ctx["base"], out / "curves.png"),
-                "origin": figures.origin_grid(results, curves, out / "four_plots.png"),
+                "origin": figures.origin_grid(results, curves, _schedules(cfg, results), out / "four_plots.png"),
                 "per_frame": figures.per_frame(results, per_step, out / "per_frame.png"),
                 "history": figures.history(runs, metric, out / "history.png"),
                 "slices": figures.slices(runs, params, metric, out / "slices.png"),

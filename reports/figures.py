@@ -117,23 +117,34 @@ def learning_curves(results: dict[str, Any], curves: pd.DataFrame, base: dict[st
     return save_figure(fig, path)
 
 
-def origin_grid(results: dict[str, Any], curves: pd.DataFrame, path: Path) -> Path:
-    """The origin report's four plots (training loss, validation PSNR, KL weight, teacher-forcing ratio), one row per setting."""
+def origin_grid(results: dict[str, Any], curves: pd.DataFrame, schedules: dict[str, Any], path: Path) -> Path:
+    """The origin report's four plots (training loss, validation PSNR, KL weight, teacher-forcing ratio), one row
+    per setting; the two schedules are drawn from the setting's config (`schedules[config_id]`: epochs and values
+    of the KL weight by iteration and of the ratio by epoch), the two curves are means over its seeds."""
     settings = [s for s in results["settings"] if s["n"]][:MAX_SETTINGS] or results["settings"][:1]
-    panels = [("train/loss", "training loss"), ("val/psnr", "validation PSNR (dB)"), ("sched/beta", "KL weight"),
-              ("sched/tfr", "teacher-forcing ratio")]
+    panels = [("train/loss", "training loss"), ("val/psnr", "validation PSNR (dB)"), ("beta", "KL weight"),
+              ("tfr", "teacher-forcing ratio")]
     fig, axes = plt.subplots(max(1, len(settings)), 4, figsize=(13, 2.2 * max(1, len(settings))), squeeze=False)
     for row, s in zip(axes, settings):
         for ax, (metric, title) in zip(row, panels):
-            c = _setting_curves(curves, s, metric)
-            if c.empty:
-                _empty(ax, "no data")
-            else:
-                ax.plot(c.epoch, c["mean"], marker="o", ms=2)
-                ax.fill_between(c.epoch, c.lo, c.hi, alpha=0.2)
+            if metric in ("beta", "tfr"):
+                x, y = schedules.get(s["config_id"], {}).get(metric, ([], []))
+                if metric == "tfr":
+                    ax.step(x, y, where="post")
+                else:
+                    ax.plot(x, y)
+                ax.set_ylim(-0.05, 1.05 * max(1.0, max(y, default=1.0)))
                 ax.grid(alpha=0.3)
+            else:
+                c = _setting_curves(curves, s, metric)
+                if c.empty:
+                    _empty(ax, "no data")
+                else:
+                    ax.plot(c.epoch, c["mean"], marker="o", ms=2)
+                    ax.fill_between(c.epoch, c.lo, c.hi, alpha=0.2)
+                    ax.grid(alpha=0.3)
             ax.set_title(title, fontsize=8)
-        row[0].set_ylabel(s["label"], fontsize=7)
+        row[0].set_title(f"{s['label']}\n{panels[0][1]}", fontsize=8, loc="left")
     fig.suptitle("Per setting (mean over seeds): the four curves the origin report compared")
     return save_figure(fig, path)
 

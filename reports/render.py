@@ -41,11 +41,17 @@ def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return head, rows
 
 
+def _runs_hint(n: Any) -> str:
+    from reports.analysis import MAX_RUNS_HINT
+
+    return "-" if n is None or not math.isfinite(n) else (f"> {MAX_RUNS_HINT}" if n > MAX_RUNS_HINT else f"{n:.0f}")
+
+
 def comparisons_table(cmps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     head = ["comparison", "verdict", "A - B", "interval", "P(A>B)", "interval", "p (Holm)", "n", "runs to resolve"]
     rows = [[c["name"], c["verdict"], _f(c["diff"], 3), _ci(c["diff_ci"], 3), _f(c["p_improve"]),
              _ci(c["p_improve_ci"]), _f(c["p_adjusted"], 3), f"{c['n_a']} vs {c['n_b']}",
-             _f(c.get("seeds_needed"), 0)] for c in cmps]
+             _runs_hint(c.get("seeds_needed"))] for c in cmps]
     return head, rows
 
 

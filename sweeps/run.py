@@ -211,7 +211,7 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
         search = agg[(agg.phase == SEARCH) & agg["mean"].notna()]
         if not search.empty:
             b = search.iloc[0]
-            params = {k: b[k] for k in keys[2:]}
+            params = {k: b[k].item() if hasattr(b[k], "item") else b[k] for k in keys[2:]}
             lines.append(f"best configuration {b.config}: {spec.metric} mean {b['mean']:.2f} over {int(b.done)} seed(s) "
                          f"(copy-last {done.copy_last.mean():.2f}) params {params}")
             if spec.seeds < 2:

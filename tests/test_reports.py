@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from browser import chromium_path, ci, external_references, open_page
 from reports import analysis, stats
 from reports import build as build_mod
 from sweeps import run as run_mod
@@ -79,9 +80,11 @@ def test_main_effects_and_pairs_with_their_verdicts() -> None:
     assert tf["p_value"] == pytest.approx(1 / 462)
     kl = by_name["kl.mode: cyclical vs monotonic"]
     assert kl["verdict"] == stats.CANNOT_TELL and (kl["n_a"], kl["n_b"]) == (5, 6)
-    # Holm over every comparison listed (2 main effects + best vs 3 others)
-    raw = [c["p_value"] for c in res["comparisons"]]
-    assert [c["p_adjusted"] for c in res["comparisons"]] == pytest.approx(stats.holm(raw).tolist())
+    # Holm within each family: the 2 main effects, then the best setting against the 3 others
+    for kind, size in (("main effect", 2), ("setting pair", 3)):
+        family = [c for c in res["comparisons"] if c["kind"] == kind]
+        assert len(family) == size
+        assert [c["p_adjusted"] for c in family] == pytest.approx(stats.holm([c["p_value"] for c in family]).tolist())
     # the best setting is ranked on its usable seeds; the degenerate run is listed apart
     best = res["settings"][0]
     assert best["label"] == "kl.mode=cyclical, tf.start_decay_epoch=4" and best["n"] == 2
@@ -128,7 +131,8 @@ def _spec(tmp_path: Path, data_cache: Path) -> Path:
         "name": "rep", "description": "tiny replicated grid", "experiment": "demo", "seeds": 2,
         "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
         "sampler": {"type": "grid"}, "pruner": {"type": "none"}, "heartbeat_seconds": 5,
-        "grid": {"kl.mode": ["monotonic", "cyclical"]}}))
+        # seconds-long models ignore their condition; rank them anyway so every number is exercised
+        "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]}}))
     return spec
 
 
@@ -140,15 +144,28 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
         monkeypatch.delenv(var, raising=False)
     spec = _spec(tmp_path, data_cache)
     assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    # confirmation: the best configuration again, with 2 seeds the search never used
+    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--confirm", "1", "--seeds", "2"]) == 0
     assert build_mod.main([str(spec)]) == 0
     out = tmp_path / "runs" / "reports" / "rep"
     results = json.loads((out / "results.json").read_text())
 
     study = optuna.load_study(study_name="rep", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    trials = study.get_trials()
+    trials = [t for t in study.get_trials() if t.user_attrs["phase"] == "search"]
+    confirm = [t for t in study.get_trials() if t.user_attrs["phase"] == "confirm"]
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
-    assert len(results["settings"]) == 2
+    search_seeds = {t.user_attrs["seed"] for t in trials}
+    assert sorted(t.user_attrs["seed"] for t in confirm) == [1001, 1002] and not search_seeds & {1001, 1002}
+    assert len({t.user_attrs["config_id"] for t in confirm}) == 1 and all(t.state.name == "COMPLETE" for t in confirm)
+    (c,) = results["confirm"]
+    assert c["config_id"] == confirm[0].user_attrs["config_id"] == results["settings"][0]["config_id"]
+    assert c["values"] == [t.value for t in sorted(confirm, key=lambda t: t.user_attrs["seed"])]
+    assert c["search_mean"] == results["settings"][0]["mean"]
+    for t in confirm:
+        tags = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags
+        assert tags["phase"] == "confirm" and tags["seed"] == str(t.user_attrs["seed"])
+    assert len(results["settings"]) == 2 and all(s["n"] == 2 for s in results["settings"])
     for s in results["settings"]:
         mine = sorted((t for t in trials if t.user_attrs["config_id"] == s["config_id"] and not t.user_attrs["degenerate"]),
                       key=lambda t: t.user_attrs["seed"])
@@ -162,9 +179,10 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
             assert t.value == max(m.value for m in history)
             run = client.get_run(t.user_attrs["mlflow_run_id"])
             assert run.data.tags["config_id"] == s["config_id"] and run.data.tags["seed"] == str(t.user_attrs["seed"])
-            assert run.data.tags["degenerate"] in ("true", "false")
-    assert results["copy_last"] == pytest.approx(np.mean([t.user_attrs["copy_last_psnr"] for t in trials]))
-    assert results["compute"]["runs"] == 4 and results["compute"]["epochs_trained"] == 8
+            assert run.data.tags["degenerate"] == "false"
+    everything = study.get_trials()
+    assert results["copy_last"] == pytest.approx(np.mean([t.user_attrs["copy_last_psnr"] for t in everything]))
+    assert results["compute"]["runs"] == 6 and results["compute"]["epochs_trained"] == 12
     for c in results["comparisons"]:
         assert c["verdict"] in (stats.BETTER, stats.WORSE, stats.CANNOT_TELL)
 
@@ -179,6 +197,17 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
     parent = study.user_attrs["mlflow_parent_run_id"]
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert logged == {"report/index.html", "report/report.md", "report/results.json"}
+    assert external_references(page) == []
+
+    # the page in a real browser: something on it, no JavaScript error; the screenshot is kept
+    if chromium_path() is None and not ci():
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    shot = Path(os.environ.get("CVAE_TEST_ARTIFACTS", tmp_path)) / "report_index.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    browser = open_page(out / "index.html", shot)
+    assert not browser.is_empty and browser.console_errors == []
+    assert "The answer" in browser.text and "Every seed, per setting" in browser.text
+    assert shot.stat().st_size > 20_000
 
 
 def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,

@@ -438,3 +438,29 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
         ("vgg", "1.0", "128", "64", "256")
     assert (p["train.batch_size"], p["train.n_future"], p["train.lr"]) == ("12", "10", "0.002")
     assert (tmp_path / "runs" / "lab_grid" / "trial-0000" / "best.pt").is_file()
+
+
+# a model that ignores its condition
+
+
+def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apart(
+        tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
+    from cvae.model import CVAE
+    from reports import analysis, collect
+
+    predict = CVAE.predict
+
+    def blind(self: CVAE, x: Any, cond: Any, n_past: int, n_future: int) -> Any:
+        return predict(self, x, cond * 0, n_past, n_future)  # by construction: the condition never reaches it
+
+    monkeypatch.setattr(CVAE, "predict", blind)
+    spec = write_spec(tmp_path, data_cache, trials=1)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    study = load_study(tmp_path)
+    (trial,) = study.get_trials()
+    assert trial.user_attrs["cond_gain"] == 0.0 and trial.user_attrs["degenerate"] is True
+    run = check_trial_run(mlflow_client(tmp_path), study, trial, "FINISHED")
+    assert run.data.tags["degenerate"] == "true" and run.data.metrics["val/cond_gain"] == 0.0
+    results = analysis.analyse(collect.runs_frame(study), {"name": "tiny", "metric": "val/psnr", "niter": 2}, reps=100)
+    assert [d["trial"] for d in results["degenerate"]] == [0]
+    assert results["settings"][0]["n"] == 0 and results["settings"][0]["degenerate"] == 1  # listed, never ranked
