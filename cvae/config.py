@@ -31,6 +31,12 @@ class RunCfg:
     """auto = CUDA when present, else CPU."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    cuda_graphs: bool = True
+    """Capture each teacher-forcing branch's training step in a CUDA graph and replay it (ignored on CPU)."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Channels-last convolutions; auto = on CUDA only (measured slower on CPU)."""
+    prefetch: int = 3
+    """Training batches read ahead by a background thread (0 = read in the loop)."""
     threads: int = 0
     """torch CPU threads; 0 = torch's default."""
 
@@ -352,6 +358,7 @@ def validate(cfg: Config) -> None:
     _require(e.sequences >= 0, f"eval.sequences: must be >= 0, got {e.sequences}")
     _require(e.gif_sequences >= 0, f"eval.gif_sequences: must be >= 0, got {e.gif_sequences}")
     _require(cfg.run.threads >= 0, f"run.threads: must be >= 0, got {cfg.run.threads}")
+    _require(cfg.run.prefetch >= 0, f"run.prefetch: must be >= 0, got {cfg.run.prefetch}")
     if d.name in ("bair", "tfrecord"):
         _require(bool(d.root), f"data.root: required for data.name={d.name}")
 

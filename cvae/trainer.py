@@ -28,6 +28,7 @@ from cvae.evaluate import EVAL_SEED_OFFSET, Evaluation, Evaluator
 from cvae.model import CVAE, count_parameters
 from cvae.plots import diagnostics_plot, per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.step import make_optimizer, make_step
 from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
@@ -181,14 +182,18 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     amp = cfg.run.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
     train_split = load_split(cfg.data, "train")
     evaluator = Evaluator(cfg, load_split(cfg.data, "validate"), device)
 
     torch.manual_seed(cfg.run.seed)
     model = CVAE(cfg.model).to(device)
-    if device.type == "cuda":
+    if cfg.run.channels_last == "on" or (cfg.run.channels_last == "auto" and device.type == "cuda"):
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, 0.999))
+    graphs = cfg.run.cuda_graphs and device.type == "cuda"
+    opt = make_optimizer(model, t.lr, t.beta1, capturable=graphs)
+    step = make_step(model, opt, device, t.n_past, amp, t.grad_clip, graphs)
     gen = torch.Generator().manual_seed(cfg.run.seed)  # batch draws and teacher-forcing coin flips
 
     history: list[dict[str, float]] = []
@@ -224,21 +229,13 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
             start = time.perf_counter()
             bar = tqdm(total=t.epoch_size, desc=f"epoch {epoch}/{t.niter}", leave=False,
                        disable=None if t.progress else True)
-            with Batches(train_split, idx, n_frames, device) as batches:
+            with Batches(train_split, idx, n_frames, device, prefetch=cfg.run.prefetch) as batches:
                 for i, (x, c) in enumerate(batches):
                     beta = kl_beta((epoch - 1) * t.epoch_size + i, cfg.total_iters, cfg.kl)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        terms = model(x, c, t.n_past, use_tf[i])
-                    loss = terms.mse + beta * terms.kld
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    opt.step()
-                    step = torch.stack([loss.detach(), terms.mse.detach(), terms.kld.detach()]).double()
-                    sums += step
+                    terms = step(x, c, beta, use_tf[i])  # [loss, mse, kld] on the device
+                    sums += terms
                     # no host sync in the loop: the first non-finite iteration is remembered on the device
-                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step[0]), i, first_bad)
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms[0]), i, first_bad)
                     if (i + 1) % LOG_EVERY == 0 or i + 1 == t.epoch_size:
                         _check_finite(first_bad, epoch)
                         bar.update((i + 1) - bar.n)

@@ -280,3 +280,26 @@ def test_kl_diagnostics_per_step_and_dimension(tiny_cfg: Config) -> None:
     assert res.metrics["val/kld"] == pytest.approx(res.kld_step.mean(), rel=1e-9)
     assert res.kld_dim.sum() == pytest.approx(res.kld_step.mean(), rel=1e-6)
     assert res.metrics["val/active_dims"] == float((res.mu_var > 0.01).sum())
+
+
+# speed options: the same training wherever they apply on the CPU, a clean fallback where they do not
+
+
+def test_prefetching_changes_nothing(tiny_cfg: Config, tmp_path: Path) -> None:
+    a = train(_with(tiny_cfg, run__prefetch=0), run_dir=tmp_path / "a")
+    b = train(_with(tiny_cfg, run__prefetch=3), run_dir=tmp_path / "b")
+    assert [_comparable(r) for r in a.history] == [_comparable(r) for r in b.history]
+
+
+def test_cuda_only_options_fall_back_to_the_same_cpu_training(tiny_cfg: Config, tmp_path: Path) -> None:
+    off = train(_with(tiny_cfg, run__cuda_graphs=False, run__amp=False), run_dir=tmp_path / "off")
+    on = train(_with(tiny_cfg, run__cuda_graphs=True, run__amp=True), run_dir=tmp_path / "on")
+    assert [_comparable(r) for r in off.history] == [_comparable(r) for r in on.history]
+
+
+def test_channels_last_gives_the_same_losses_on_cpu(tiny_cfg: Config, tmp_path: Path) -> None:
+    cfg = _with(tiny_cfg, train__niter=1)
+    plain = train(_with(cfg, run__channels_last="off"), run_dir=tmp_path / "plain")
+    last = train(_with(cfg, run__channels_last="on"), run_dir=tmp_path / "last")
+    for key in ("train/loss", "train/mse", "val/psnr"):
+        assert last.history[0][key] == pytest.approx(plain.history[0][key], rel=1e-4), key

@@ -37,11 +37,12 @@ def to_model_input(frames: Tensor, cond: Tensor, device: torch.device) -> tuple[
 
 
 class Batches:
-    """`with Batches(split, idx (iters, B), n_frames, device) as b: for x, c in b: ...`, read ahead by a thread."""
+    """`with Batches(split, idx (iters, B), n_frames, device) as b: for x, c in b: ...`, read ahead by a thread
+    (`prefetch` batches; 0 = no thread, each batch read when asked for)."""
 
     def __init__(self, split: Split, idx: np.ndarray, n_frames: int, device: torch.device, prefetch: int = PREFETCH):
-        self.split, self.idx, self.n_frames, self.device = split, idx, n_frames, device
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.split, self.idx, self.n_frames, self.device, self.prefetch = split, idx, n_frames, device, prefetch
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="cvae-batches", daemon=True)
         self._pin = device.type == "cuda"
@@ -68,10 +69,15 @@ class Batches:
         return False
 
     def __enter__(self) -> Batches:
-        self._thread.start()
+        if self.prefetch:
+            self._thread.start()
         return self
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if not self.prefetch:  # read in the loop
+            for rows in self.idx:
+                yield to_model_input(*gather(self.split, rows, self.n_frames), self.device)
+            return
         while True:
             item = self._queue.get()
             if item is None:
@@ -83,4 +89,5 @@ class Batches:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
