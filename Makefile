@@ -18,7 +18,7 @@ DASH_PORT ?= 8080
 OUT ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test sweep worker ui dashboard report confirm bench schedules preview clean
+.PHONY: help install train eval test sweep worker ui dashboard report confirm bench bench-sweep schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -71,5 +71,8 @@ report: $(STAMP) ## comparison report: make report [STUDY=demo] [STUDIES=a,b] ->
 confirm: $(STAMP) ## re-run the top K configurations with N fresh seeds: make confirm [STUDY=demo] [K=2] [SEEDS=3]
 	$(BIN)/cvae sweep $(STUDY) --confirm $(K) --seeds $(SEEDS) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
-bench: $(STAMP) ## speed/memory targets (generator, train step, predict, metrics)
+bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step, FLOP/s, data, eval) -> bench/results.json
 	$(BIN)/python -m benchmarks.run
+
+bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study (about 15 minutes) -> bench/sweep.json
+	$(BIN)/python -m benchmarks.sweep

@@ -120,7 +120,7 @@ def graphed_trains_like_eager(device: torch.device, out: dict) -> None:
 def train_check(device: torch.device, out: dict) -> None:
     from cvae.trainer import train
 
-    epoch_size = 5 if SMALL else 150
+    epoch_size = 5 if SMALL else 400  # long enough that each branch's one-time graph capture is amortised
     extra = ["tracking.enabled=false", "train.progress=false", "train.niter=2", f"train.epoch_size={epoch_size}",
              "eval.every=2", "eval.sequences=256", "eval.batch_size=256", "data.n_train=1024", "data.n_val=256",
              "run.out_dir=/tmp/gpu_check_runs", "data.cache_dir=/tmp/gpu_check_cache", "tf.start_decay_epoch=1"]

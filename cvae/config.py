@@ -37,6 +37,8 @@ class RunCfg:
     """Channels-last convolutions; auto = on CUDA only (measured slower on CPU)."""
     prefetch: int = 3
     """Training batches read ahead by a background thread (0 = read in the loop)."""
+    frames_per_call: int = -1
+    """Most frames per batched encoder/decoder call; -1 = auto (all at once on CUDA, 64 on CPU), 0 = all."""
     threads: int = 0
     """torch CPU threads; 0 = torch's default."""
 
@@ -359,6 +361,7 @@ def validate(cfg: Config) -> None:
     _require(e.gif_sequences >= 0, f"eval.gif_sequences: must be >= 0, got {e.gif_sequences}")
     _require(cfg.run.threads >= 0, f"run.threads: must be >= 0, got {cfg.run.threads}")
     _require(cfg.run.prefetch >= 0, f"run.prefetch: must be >= 0, got {cfg.run.prefetch}")
+    _require(cfg.run.frames_per_call >= -1, f"run.frames_per_call: must be -1 (auto), 0 (all) or more, got {cfg.run.frames_per_call}")
     if d.name in ("bair", "tfrecord"):
         _require(bool(d.root), f"data.root: required for data.name={d.name}")
 

@@ -7,6 +7,7 @@ Shapes: x (B, T, 3, 64, 64) in [0, 1]; cond (B, T, cond_dim); frame t is predict
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,10 +43,24 @@ class CVAE(nn.Module):
         self.predictor = PredictorLSTM(m.g_dim + m.z_dim + m.cond_dim, m.g_dim, m.rnn_size, m.predictor_layers)
         self.apply(init_weights)
 
+    frames_per_call = 0
+    """Batched encoder/decoder calls take at most this many frames (0 = all in one call). On a CPU, calls of
+    a few dozen frames keep the activations in cache (the trainer sets it from run.frames_per_call)."""
+
+    def _batched(self, fn: Any, x: Tensor) -> Any:
+        """fn over the frames of x (N, ...) in one call, or in chunks of frames_per_call concatenated back."""
+        n = self.frames_per_call
+        if not n or x.shape[0] <= n:
+            return fn(x)
+        parts = [fn(x[i : i + n]) for i in range(0, x.shape[0], n)]
+        if isinstance(parts[0], Tensor):
+            return torch.cat(parts)
+        return torch.cat([p[0] for p in parts]), [torch.cat(s) for s in zip(*(p[1] for p in parts))]
+
     def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """All frames in ONE batched encoder call: (B, T, 3, H, W) -> h (B, T, g), skips [(B, T, C, h, w)]."""
         b, t = x.shape[:2]
-        h, skips = self.encoder(x.flatten(0, 1))
+        h, skips = self._batched(self.encoder, x.flatten(0, 1))
         return h.view(b, t, -1), [s.view(b, t, *s.shape[1:]) for s in skips]
 
     def skip_source(self, t: int, n_past: int) -> int:
@@ -66,7 +81,13 @@ class CVAE(nn.Module):
             # nothing the decoder produces is fed back: recurrent part first, then ONE decoder call for all frames
             h_in = h_all[:, :-1]
             g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
-            x_hat = self.decoder.decode(g.flatten(0, 1), self._skip_terms(skips_all, n_past))
+            terms = self._skip_terms(skips_all, n_past)
+            if self.frames_per_call and g.shape[0] * g.shape[1] > self.frames_per_call:
+                n, flat = self.frames_per_call, g.flatten(0, 1)
+                x_hat = torch.cat([self.decoder.decode(flat[i : i + n], [t[i : i + n] for t in terms])
+                                   for i in range(0, flat.shape[0], n)])
+            else:
+                x_hat = self.decoder.decode(g.flatten(0, 1), terms)
             x_hat = x_hat.view(b, T - 1, *x_hat.shape[1:])
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)

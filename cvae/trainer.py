@@ -76,6 +76,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPU_FRAMES_PER_CALL = 64  # measured: VGG64 width 0.25, 132 frames in one call is 1.8x slower than two of 66
+
+
+def frames_per_call(setting: int, device: torch.device) -> int:
+    """run.frames_per_call resolved: -1 = all frames in one call on CUDA, CPU_FRAMES_PER_CALL on a CPU."""
+    if setting >= 0:
+        return setting
+    return 0 if device.type == "cuda" else CPU_FRAMES_PER_CALL
+
+
 def new_run_dir(cfg: Config) -> Path:
     """runs/<experiment>/<timestamp>-<random>: unique, sortable, no hyper-parameters in the name."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -191,6 +201,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     model = CVAE(cfg.model).to(device)
     if cfg.run.channels_last == "on" or (cfg.run.channels_last == "auto" and device.type == "cuda"):
         model = model.to(memory_format=torch.channels_last)
+    model.frames_per_call = frames_per_call(cfg.run.frames_per_call, device)
     graphs = cfg.run.cuda_graphs and device.type == "cuda"
     opt = make_optimizer(model, t.lr, t.beta1, capturable=graphs)
     step = make_step(model, opt, device, t.n_past, amp, t.grad_clip, graphs)
