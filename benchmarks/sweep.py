@@ -24,6 +24,7 @@ TARGET_SAVED, TARGET_GAP_DB = 0.4, 0.3
 
 def run(spec: dict, folder: Path) -> dict:
     """Run one copy of the study (2 workers) in `folder`; epochs trained and the best configuration mean."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec['name']}.yaml"
     spec = {**spec, "overrides": {**spec.get("overrides", {}), "run.out_dir": str(folder / "runs"),
                                   "tracking.system_metrics": False}}

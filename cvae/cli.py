@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from cvae import config as config_mod
+from cvae.atomic import WriteError, ensure_writable
 from cvae.config import Config, ConfigError
 from cvae.data.errors import DamagedData, DataError
 
@@ -54,6 +55,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             raise ConfigError(f"--resume: {run_dir}/last.pt not found")
     else:
         cfg = load_config(ns.args)  # before torch is imported: a mistake is reported at once
+        ensure_writable(cfg.run.out_dir)  # a read-only or full folder is one line before any work
     from cvae.tracking import make_tracker
     from cvae.trainer import load_checkpoint, train
 
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("sweep", "worker"):
         from sweeps.run import main as sweep_main
 
+        if argv[0] == "sweep" and argv[1:2] == ["repair"]:  # `cvae sweep repair STUDY`
+            return sweep_main(["repair", *argv[2:]])
         return sweep_main(argv)
     if argv and argv[0] == "report":
         from reports.build import main as report_main
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="Optuna study over training settings: cvae sweep [STUDY] [--workers N] [--trials N]")
     sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
+    sub.add_parser("sweep repair", help="close MLflow runs whose trial is no longer alive: cvae sweep repair STUDY")
     sub.add_parser("report", help="comparison report of a study: cvae report [STUDY]")
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
@@ -312,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"cvae: error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # full disk, unwritable folder: the earlier files are intact
+        print(f"cvae: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cvae: interrupted", file=sys.stderr)
         return 130

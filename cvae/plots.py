@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+
+from cvae.atomic import atomic_path
 
 matplotlib.use("Agg")  # headless: runs on servers and in workers
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,12 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Atomic PNG write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

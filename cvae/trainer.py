@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cvae import config as config_mod
+from cvae.atomic import atomic_path, ensure_writable, write_text
 from cvae.config import Config
 from cvae.data import load_split
 from cvae.data.batches import Batches
@@ -94,33 +94,44 @@ def new_run_dir(cfg: Config) -> Path:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
     """Per-epoch metrics; columns are stable, empty where an epoch had no evaluation."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by this trainer (state dicts + config + version)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise config_mod.ConfigError(f"{path}: checkpoint format {ckpt.get('format_version')} is not {FORMAT_VERSION}")
+    """A checkpoint written by this trainer (state dicts + config + version), read without running any pickle
+    code (`weights_only=True`: tensors and plain data only, which is all this trainer stores)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise config_mod.ConfigError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - pickle and zip errors vary; one line says what the file is not
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint that loads safely ({first})") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
+        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint (no model state and format version)")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise config_mod.ConfigError(f"{path}: checkpoint format {ckpt['format_version']} is not {FORMAT_VERSION} "
+                                     "(written by another version of cvae-sweep)")
     return ckpt
+
+
+def load_state(model: CVAE, state: dict[str, Any], path: Path) -> None:
+    """Load weights into `model`, or one line saying the checkpoint is for another model size."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line]
+        raise config_mod.ConfigError(f"{path}: checkpoint is for another model "
+                                     f"({(shapes or [str(e).splitlines()[0]])[0][:160]})") from None
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CVAE, Config]:
@@ -128,7 +139,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CVAE, Co
     ckpt = load_checkpoint(Path(path))
     cfg = config_mod.from_dict(ckpt["config"])
     model = CVAE(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], Path(path))
     return model.to(device).eval(), cfg
 
 
@@ -212,7 +223,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     if resume:
         assert run_dir is not None, "resume needs the run folder"
         ckpt = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
+        load_state(model, ckpt["model"], run_dir / "last.pt")
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["sampler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -220,9 +231,8 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         history, run_id = ckpt["history"], ckpt.get("run_id")
         best_psnr, best_epoch, start_epoch = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["epoch"] + 1
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+    run_dir = ensure_writable(Path(run_dir) if run_dir is not None else new_run_dir(cfg))
+    write_text(run_dir / "config.yaml", config_mod.dump(cfg))
 
     tracker.start(cfg, run_dir, resume_run_id=run_id)
     n_frames = t.n_past + t.n_future

@@ -1,19 +1,19 @@
 """GIFs and frame strips for predictions and dataset previews (imageio).
 
 Videos come in as float (T, 3, H, W) in [0, 1] (torch or numpy) or uint8 (T, H, W, 3). Files are
-written atomically (temp file in the same folder, then ``os.replace``) so an interrupted run never
+written atomically (cvae.atomic: temp file in the same folder, then a rename) so an interrupted run never
 leaves a half-written image behind.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+
+from cvae.atomic import atomic_path
 import torch
 from torch import Tensor
 
@@ -68,15 +68,8 @@ def _vcat(images: list[np.ndarray], border: int) -> np.ndarray:
 def _write_atomic(path: str | Path, frames: np.ndarray, extension: str, **kwargs) -> Path:
     """Write with imageio to a temp file next to `path`, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name rather than mkstemp, whose 0600 mode would stick to the final file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         iio.imwrite(tmp, frames, extension=extension, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 
+from cvae.atomic import write_text as _atomic_text
 from cvae.config import Config, ConfigError, dump
 from reports import analysis, collect, figures, render
 
@@ -28,14 +29,6 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 MIN_TRIALS_FOR_IMPORTANCE = 10  # below this, importances of a few runs mostly describe seed noise
 
 # helpers
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    """Write text to a temp sibling, then rename: a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _git_commit() -> str:

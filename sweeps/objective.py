@@ -142,6 +142,9 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
         except Diverged as e:
             trial.set_user_attr("fail_reason", str(e))
             raise
+        except (KeyboardInterrupt, SystemExit):
+            trial.set_user_attr("interrupted", True)  # Ctrl-C / SIGTERM: run again when the study resumes
+            raise
         best, best_epoch = _best(result.history, spec.metric, spec.direction)
         at_best = next(r for r in result.history if int(r["epoch"]) == best_epoch) if best_epoch else {}
         diag = {k: at_best.get(f"val/{k}", math.nan) for k in ("cond_gain", "psnr_moving", "psnr_moving_copy_last")}

@@ -9,6 +9,7 @@ of its target. Running the same command again continues the study.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from cvae.atomic import WriteError, ensure_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
@@ -32,6 +34,8 @@ from sweeps.space import make_pruner, make_sampler
 from sweeps.spec import SpecError, StudySpec, load_spec
 
 MAX_RETRY = 2
+MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
+STOP_GRACE_S = 25  # after Ctrl-C / SIGTERM, workers get this long to close their runs before SIGKILL
 # heartbeats and stale-trial retries are "experimental" in Optuna 5; the warning repeats every trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -98,6 +102,19 @@ def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
     return len(todo)
 
 
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Queue again every run stopped by Ctrl-C / SIGTERM that has no retry yet; returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+            keep = {k: t.user_attrs[k] for k in ("config_id", "seed_index", "phase", "search_value") if k in t.user_attrs}
+            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number})
+            n += 1
+    return n
+
+
 def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) -> list[tuple[str, float]]:
     """Queue `seeds` fresh seeds for each of the top-k configurations; returns (config_id, search mean)."""
     todo = confirm_runs(runs_of(study), k, seeds, maximize=spec.direction == "maximize")
@@ -117,28 +134,53 @@ def _spec_args(spec_name: str, extra: list[str], trials: int | None) -> tuple[St
 # coordinator
 
 
-def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str) -> optuna.Study:
-    """Create (or reopen) the study, the MLflow parent run and the data cache, once, before workers."""
+def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """'train.lr 0.002 -> 0.001, seeds 3 -> 2': the first differences between two study identities."""
+    diffs = []
+    for key in ("objective", "seeds", "space", "grid"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    a, b = old.get("config", {}), new.get("config", {})
+    diffs += [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    return shown or "settings"
+
+
+def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new: bool = False) -> optuna.Study:
+    """Create (or reopen) the study, the MLflow parent run and the data cache, once, before workers.
+
+    A study is reopened only with the identity it was created with (spec.identity: the resolved config,
+    the experiment file's content included, the space, the objective, the seeds); `force_new` deletes the
+    old study (its MLflow runs stay) and starts again.
+    """
+    ensure_writable(cfg.run.out_dir)
     for split in ("train", "validate"):
         load_split(cfg.data, split)  # build the cache once, not in every worker; missing data creates no study
     storage = make_storage(url, spec, cfg)
+    identity = json.loads(json.dumps(spec.identity(extra), default=str))
+    if force_new:
+        try:
+            optuna.delete_study(study_name=spec.name, storage=storage)
+        except KeyError:
+            pass
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
                                 load_if_exists=True, sampler=make_sampler(spec), pruner=make_pruner(spec, cfg.train.niter))
-    fp = spec.fingerprint(extra)
-    old = study.user_attrs.get("fingerprint")
-    if old is not None and old != fp:
-        raise SpecError(f"study {spec.name} in {url} was created with other settings "
-                        f"(experiment/overrides/space); delete it or give the study another name")
-    study.set_user_attr("fingerprint", fp)
+    old = study.user_attrs.get("identity")
+    if old is not None and old != identity:
+        raise SpecError(f"study {spec.name} in {url} was created with other settings ({what_changed(old, identity)}); "
+                        "give the study another name, or pass --force-new to start it again")
+    study.set_user_attr("identity", identity)
+    study.set_user_attr("fingerprint", spec.fingerprint(extra))
     study.set_user_attr("n_trials", spec.trials)
     study.set_user_attr("seeds", spec.seeds)
-    if spec.sampler == "grid":
-        lock = AskLock(url, spec.name)
-        lock.acquire()
-        try:
+    lock = AskLock(url, spec.name)
+    lock.acquire()
+    try:
+        requeue_interrupted(study)
+        if spec.sampler == "grid":
             enqueue_grid(study, spec)
-        finally:
-            lock.release()
+    finally:
+        lock.release()
     if cfg.tracking.enabled:
         from cvae.mlflow_tracker import artifact_root, ensure_experiment, make_client
 
@@ -159,18 +201,45 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str) -> optuna.
 
 
 def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int) -> int:
-    """Start `workers` worker processes and wait; Ctrl-C / SIGTERM stops them all."""
+    """Start `workers` worker processes and wait. A worker that dies (killed, crashed) is replaced, at most
+    MAX_RESTARTS times per slot, so the sweep keeps its parallelism; its run is failed and retried through
+    the heartbeats. Ctrl-C / SIGTERM stops them all: SIGTERM first (their runs end KILLED, their trials
+    FAIL and are queued again by the next `make sweep`), SIGKILL after STOP_GRACE_S."""
     cmd = [sys.executable, "-m", "sweeps.run", "worker", spec_name, "--storage", url, "--threads", str(threads)]
-    procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--"] + extra) for i in range(workers)]
+
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen(cmd + ["--worker-index", str(i), "--"] + extra)
+
+    procs = {i: start(i) for i in range(workers)}
+    restarts = {i: 0 for i in procs}
+    codes: dict[int, int] = {}
     try:
-        codes = [p.wait() for p in procs]
+        while procs:
+            for i, p in list(procs.items()):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                del procs[i]
+                if rc != 0 and restarts[i] < MAX_RESTARTS:
+                    restarts[i] += 1
+                    print(f"sweep: worker {i} died (exit {rc}); starting a replacement "
+                          f"({restarts[i]}/{MAX_RESTARTS})", flush=True)
+                    procs[i] = start(i)
+                else:
+                    codes[i] = rc
+            time.sleep(0.5)
     except (KeyboardInterrupt, SystemExit):
-        for p in procs:
+        for p in procs.values():
             p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         raise
-    return max(codes)
+    return max(codes.values(), default=0)
 
 
 def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
@@ -293,6 +362,32 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
             time.sleep(spec.heartbeat_seconds)
 
 
+def repair(study: optuna.Study, cfg: Config) -> list[tuple[int, str, str]]:
+    """Close the MLflow runs that outlived their trial: (trial, run id, why) of each run closed FAILED.
+
+    First fails the trials whose worker stopped beating (as a worker would); then every run still RUNNING
+    in MLflow whose trial is not RUNNING any more is closed: the case the stale-trial callback cannot
+    see, e.g. a study that finished while a run was orphaned, or a coordinator killed with its workers.
+    """
+    optuna.storages.fail_stale_trials(study)
+    if not cfg.tracking.enabled:
+        return []
+    from cvae.mlflow_tracker import make_client
+
+    client = make_client(cfg)
+    closed = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING:
+            continue
+        for run_id in t.user_attrs.get("mlflow_run_ids", []):
+            if client.get_run(run_id).info.status == "RUNNING":
+                why = f"repair: trial {t.number} is {t.state.name}"
+                client.set_tag(run_id, "ended_by", why)
+                client.set_terminated(run_id, status="FAILED")
+                closed.append((t.number, run_id, why))
+    return closed
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # Optuna records the trial FAILED, the trainer closes its run KILLED
 
@@ -300,12 +395,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`cvae sweep STUDY [--workers N] [--trials N] [--storage URL] [-- overrides]` and `cvae worker ...`."""
     p = argparse.ArgumentParser(prog="cvae sweep")
-    p.add_argument("mode", choices=["sweep", "worker"])
+    p.add_argument("mode", choices=["sweep", "worker", "repair"])
     p.add_argument("study", nargs="?", default="demo", help="study name (sweeps/studies/<name>.yaml) or path")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--trials", type=int, default=None, help="target of complete + pruned trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite under run.out_dir)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = cores / workers)")
+    p.add_argument("--force-new", action="store_true",
+                   help="delete this study (its MLflow runs stay) and start it again with the current settings")
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help="re-run the top K configurations of the study with fresh seeds (with --seeds N)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration for --confirm (default 3)")
@@ -327,7 +424,17 @@ def main(argv: list[str] | None = None) -> int:
             n = worker_loop(spec, cfg, ns.overrides, url, ns.worker_index, threads)
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
             return 0
-        study = prepare(spec, cfg, ns.overrides, url)
+        if ns.mode == "repair":
+            try:
+                study = optuna.load_study(study_name=spec.name, storage=make_storage(url, spec, cfg))
+            except KeyError:
+                raise SpecError(f"no study {spec.name} in {url}") from None
+            closed = repair(study, cfg)
+            for trial, run_id, why in closed:
+                print(f"closed MLflow run {run_id} FAILED ({why})")
+            print(f"study {spec.name}: {len(closed)} orphaned run(s) closed; " + summary(study, spec).splitlines()[0])
+            return 0
+        study = prepare(spec, cfg, ns.overrides, url, force_new=ns.force_new)
         if ns.confirm is not None:
             chosen = enqueue_confirm(study, spec, ns.confirm, ns.seeds)
             print(f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
@@ -348,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"cvae: error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:
+        print(f"cvae: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

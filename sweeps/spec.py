@@ -23,6 +23,9 @@ PRUNERS = ("none", "median", "hyperband")
 DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
             "space", "grid", "heartbeat_seconds", "degenerate_below"}
+# Settings that change where and how fast a study runs, not what it finds: free to differ between reruns.
+IDENTITY_FREE = ("run.out_dir", "run.threads", "run.device", "run.prefetch", "train.progress", "tracking.uri",
+                 "tracking.system_metrics", "data.cache_dir")
 # A run whose val/cond_gain (true minus shuffled actions and positions, at its best epoch) is below this
 # ignores its condition: it is tagged degenerate and the report ranks it apart.
 DEGENERATE_BELOW_DB = 0.25
@@ -80,11 +83,20 @@ class StudySpec:
         values["run.name"] = self.name
         return config_mod.load(find_experiment(self.experiment), values)
 
+    def identity(self, extra: list[str] | None = None) -> dict[str, Any]:
+        """What the study optimises, in full: the resolved config every run starts from (the experiment file's
+        content, the spec's overrides and the command line's), the space or grid, the objective and the seeds.
+        A rerun whose identity differs would mix two different studies in one."""
+        cfg = self.base_config(extra).flat()
+        for key in IDENTITY_FREE:
+            cfg.pop(key, None)
+        return {"config": cfg, "space": {k: {f: v for f, v in vars(d).items()} for k, d in self.space.items()},
+                "grid": {k: list(v) for k, v in self.grid.items()}, "objective": [self.metric, self.direction],
+                "seeds": self.seeds}
+
     def fingerprint(self, extra: list[str] | None = None) -> str:
-        """Identity of what the study optimises: a rerun with other settings must not mix into it."""
-        blob = json.dumps({"experiment": self.experiment, "overrides": self.overrides, "extra": extra or [],
-                           "space": {k: vars(v) for k, v in self.space.items()}, "grid": self.grid,
-                           "metric": self.metric, "seeds": self.seeds}, sort_keys=True, default=str)
+        """A short hash of identity()."""
+        blob = json.dumps(self.identity(extra), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

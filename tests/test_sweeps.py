@@ -236,8 +236,8 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
     monkeypatch.setattr(run_mod, "make_pruner", lambda spec, niter: PruneLr(0.001))
     prepare = run_mod.prepare
 
-    def prepare_and_enqueue(*args: Any) -> optuna.Study:
-        study = prepare(*args)
+    def prepare_and_enqueue(*args: Any, **kwargs: Any) -> optuna.Study:
+        study = prepare(*args, **kwargs)
         for lr in (1000000.0, 0.002, 0.001):  # diverges, completes, is pruned: in this order
             study.enqueue_trial({"train.lr": lr})
         return study
@@ -299,7 +299,8 @@ def test_rerun_adds_nothing_extends_on_more_trials_and_refuses_other_overrides(
 
     capsys.readouterr()
     assert run_mod.main(["sweep", str(spec), "--threads", "1", "kl.beta=0.001"]) == 2
-    assert "was created with other settings" in one_line_error(capsys.readouterr().err)
+    err = one_line_error(capsys.readouterr().err)
+    assert "was created with other settings (kl.beta 0.0001 -> 0.001)" in err and "--force-new" in err
     assert states(load_study(tmp_path)) == ["COMPLETE"]
     assert client.get_run(parent_id).info.status == "FINISHED"
 
@@ -349,8 +350,7 @@ def test_grid_with_two_workers_covers_each_point_once(tmp_path: Path, data_cache
 
 @pytest.mark.slow
 def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path, data_cache: Path) -> None:
-    # Trial length comes from the experiment file, which the fingerprint names but does not hash: the
-    # first run's trial is long enough to be killed in, the resumed ones are short.
+    # A trial long enough to be killed in: 25 tiny epochs (about 10 s); the rerun resumes the same study.
     exp = tmp_path / "exp.yaml"
 
     def write_experiment(niter: int) -> None:
@@ -360,7 +360,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
             nested.setdefault(section, {})[k] = value
         exp.write_text(yaml.safe_dump(nested))
 
-    write_experiment(niter=40)
+    write_experiment(niter=25)
     spec = write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=1,
                       overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)})
     cmd = sweep_cmd(spec, "--workers", "1")
@@ -394,7 +394,6 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
     client = mlflow_client(tmp_path)
     assert client.get_run(dead.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
-    write_experiment(niter=2)
     out = run_cli(cmd, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     study = load_study(tmp_path)
@@ -464,3 +463,21 @@ def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apar
     results = analysis.analyse(collect.runs_frame(study), {"name": "tiny", "metric": "val/psnr", "niter": 2}, reps=100)
     assert [d["trial"] for d in results["degenerate"]] == [0]
     assert results["settings"][0]["n"] == 0 and results["settings"][0]["degenerate"] == 1  # listed, never ranked
+
+
+def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"train": {"lr": 0.002}}))
+    spec = write_spec(tmp_path, data_cache, trials=1, experiment=str(exp))
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    first = load_study(tmp_path).get_trials()
+    exp.write_text(yaml.safe_dump({"train": {"lr": 0.001}}))  # someone edits the experiment between two runs
+    capsys.readouterr()
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 2
+    assert "train.lr 0.002 -> 0.001" in one_line_error(capsys.readouterr().err)
+    assert [t.number for t in load_study(tmp_path).get_trials()] == [t.number for t in first]  # nothing mixed in
+    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--force-new"]) == 0
+    (trial,) = load_study(tmp_path).get_trials()
+    assert trial.datetime_start > first[0].datetime_start  # a new study, run with the edited file
+    assert load_study(tmp_path).user_attrs["identity"]["config"]["train.lr"] == 0.001

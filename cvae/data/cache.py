@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -126,13 +124,9 @@ def write(
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temp sibling + os.replace)."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from cvae.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

@@ -8,15 +8,15 @@ in time (and mirrored when i is odd), so every sequence differs while every pixe
 
 from __future__ import annotations
 
-import os
 import random
 import struct
-import uuid
 from pathlib import Path
 
 import numpy as np
 from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
+
+from cvae.atomic import atomic_path
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/bair_sample/bair_sample.npz"
 
@@ -71,16 +71,21 @@ def _example(entries: list[tuple[str, example_pb2.Feature]]) -> bytes:
     return b"\x0a" + _varint(len(features)) + features  # Example.features is field 1, length-delimited
 
 
-def write_file(path: str | Path, data: dict[str, np.ndarray], shuffle_keys: int | None = 0) -> None:
+def write_file(path: str | Path, data: dict[str, np.ndarray], shuffle_keys: int | None = 0) -> Path:
     """Write sequences() output as one TFRecord file in the original schema (atomically).
 
     shuffle_keys: seed of a random order of each record's keys on the wire (files need not sort
     them; readers must not care); None for frame order (0/image_aux1, 0/image_main, 0/action, ...).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     rng = random.Random(shuffle_keys)
+    with atomic_path(path) as tmp:
+        _write_records(tmp, data, rng, shuffle_keys)
+    return path
+
+
+def _write_records(tmp: Path, data: dict[str, np.ndarray], rng: random.Random, shuffle_keys: int | None) -> None:
+    """The records of write_tfrecord, into `tmp`."""
     writer = _Writer(str(tmp))
     try:
         for s in range(len(data["aux1"])):
@@ -97,12 +102,8 @@ def write_file(path: str | Path, data: dict[str, np.ndarray], shuffle_keys: int 
             if shuffle_keys is not None:
                 rng.shuffle(entries)
             writer.write_payload(_example(entries))
+    finally:
         writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_dataset(root: str | Path, layout: dict[str, int], seq_len: int = 30) -> dict[str, dict[str, np.ndarray]]:

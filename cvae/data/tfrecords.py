@@ -21,10 +21,8 @@ as one raw 64*64*3-byte string, 4 action floats and 3 end-effector floats, all f
 
 from __future__ import annotations
 
-import os
 import re
 import struct
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from google.protobuf.message import DecodeError
 from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
 
+from cvae.atomic import atomic_path
 from cvae.data.errors import DamagedData, DataError
 
 SPLITS = ("train", "validate", "test")
@@ -312,11 +311,8 @@ def write_file(
     _check_batch("actions", actions, (n, t, 4))
     _check_batch("positions", positions, (n, t, 3))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a dot-prefixed temp sibling never matches traj_*.tfrecords, so readers skip it;
-    # opened normally (unlike mkstemp's 0600) so the final file's permissions follow the umask
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    # a dot-prefixed temp sibling never matches traj_*.tfrecords, so readers skip it
+    with atomic_path(path) as tmp:
         writer = TFRecordWriter(str(tmp))
         try:
             for s in range(n):
@@ -330,7 +326,3 @@ def write_file(
                 writer.write(datum)
         finally:
             writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
