@@ -59,8 +59,21 @@ def ensure_writable(folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_bytes(folder / ".cvae-write-probe", b"")
-        (folder / ".cvae-write-probe").unlink()
+        write_bytes(folder / f".cvae-write-probe-{os.getpid()}", b"")
+        (folder / f".cvae-write-probe-{os.getpid()}").unlink()
     except OSError as e:
         raise WriteError(f"cannot write in {folder}: {os.strerror(e.errno) if e.errno else e}") from None
     return folder
+
+
+def check_writable(folder: str | Path) -> None:
+    """A one-line WriteError when files could not be created in `folder` (probed in its nearest existing
+    ancestor, so nothing is created by asking)."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        write_bytes(probe / f".cvae-write-probe-{os.getpid()}", b"")
+        (probe / f".cvae-write-probe-{os.getpid()}").unlink()
+    except OSError as e:
+        raise WriteError(f"cannot write in {folder}: {os.strerror(e.errno) if e.errno else e}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from cvae import config as config_mod
-from cvae.atomic import WriteError, ensure_writable
+from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data.errors import DamagedData, DataError
 
@@ -55,7 +55,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             raise ConfigError(f"--resume: {run_dir}/last.pt not found")
     else:
         cfg = load_config(ns.args)  # before torch is imported: a mistake is reported at once
-        ensure_writable(cfg.run.out_dir)  # a read-only or full folder is one line before any work
+        check_writable(cfg.run.out_dir)  # a read-only folder is one line before any work
     from cvae.tracking import make_tracker
     from cvae.trainer import load_checkpoint, train
 

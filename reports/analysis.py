@@ -85,7 +85,10 @@ def settings(runs: pd.DataFrame, params: list[str], reps: int, seed: int, maximi
                                  "run_ids": good.run_id.tolist(), "trials": good.trial.tolist(),
                                  "cond_gain": good.cond_gain.mean() if len(good) else None,
                                  "psnr_moving": good.psnr_moving.mean() if len(good) else None,
-                                 "psnr_moving_copy_last": good.psnr_moving_copy_last.mean() if len(good) else None}
+                                 "psnr_moving_copy_last": good.psnr_moving_copy_last.mean() if len(good) else None,
+                                 # test-split scores where `cvae eval` was run on a seed's checkpoint
+                                 "test_psnr": good.test_psnr.mean() if "test_psnr" in good and
+                                 good.test_psnr.notna().any() else None}
         if len(good):
             s = stats.summarize(good.value.to_numpy(float), reps=reps, seed=seed)
             entry.update(mean=s.mean, std=s.std, iqm=s.iqm, ci=[s.ci_low, s.ci_high])

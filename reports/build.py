@@ -124,6 +124,7 @@ def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple
     runs = collect.runs_frame(study)
     if runs.empty:
         raise ConfigError(f"study {spec.name} has no runs yet: run `make sweep STUDY={name}` first")
+    runs["test_psnr"] = runs.run_id.map(collect.test_scores(cfg, runs.run_id.dropna().tolist()))
     info = {"name": spec.name, "description": spec.description, "metric": spec.metric, "direction": spec.direction,
             "seeds": spec.seeds, "niter": cfg.train.niter, "sampler": spec.sampler, "pruner": spec.pruner,
             "storage": url, "degenerate_below": spec.degenerate_below}

@@ -82,6 +82,21 @@ def _download(cfg: Config, run_id: str, artifact: str) -> Path | None:
         return None
 
 
+def test_scores(cfg: Config, run_ids: list[str]) -> dict[str, float]:
+    """run_id -> test/psnr for the runs that `cvae eval` scored on the test split (others are absent)."""
+    if not cfg.tracking.enabled or not run_ids:
+        return {}
+    from cvae.mlflow_tracker import make_client
+
+    client = make_client(cfg)
+    out = {}
+    for run_id in run_ids:
+        value = client.get_run(run_id).data.metrics.get("test/psnr")
+        if value is not None:
+            out[run_id] = value
+    return out
+
+
 def importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances of the searched settings (empty when there are too few complete trials)."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]

@@ -38,6 +38,10 @@ def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     rows = [[s["label"], s["config_id"], str(s["n"]), _f(s.get("mean")), _f(s.get("std"), 3), _f(s.get("iqm")),
              _ci(s.get("ci")), ", ".join(f"{sd}: {_f(v)}" for sd, v in zip(s["seeds"], s["values"])),
              _f(s.get("cond_gain")), str(s["degenerate"])] for s in results["settings"]]
+    if any(s.get("test_psnr") is not None for s in results["settings"]):  # `cvae eval --split test` was run
+        head.append("test PSNR")
+        for row, s in zip(rows, results["settings"]):
+            row.append(_f(s.get("test_psnr")))
     return head, rows
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from cvae.atomic import WriteError, ensure_writable
+from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
@@ -153,7 +153,7 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
     the experiment file's content included, the space, the objective, the seeds); `force_new` deletes the
     old study (its MLflow runs stay) and starts again.
     """
-    ensure_writable(cfg.run.out_dir)
+    check_writable(cfg.run.out_dir)
     for split in ("train", "validate"):
         load_split(cfg.data, split)  # build the cache once, not in every worker; missing data creates no study
     storage = make_storage(url, spec, cfg)

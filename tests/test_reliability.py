@@ -56,7 +56,7 @@ def test_sigterm_stops_every_process_closes_its_runs_and_a_rerun_continues(tmp_p
     with log.open("w") as f:
         coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: running_with_a_run(tmp_path, 2), coordinator, log, timeout=120)
+        wait_until(lambda: running_with_a_run(tmp_path, 2), coordinator, log, timeout=300)
         family = [coordinator] + psutil.Process(coordinator.pid).children(recursive=True)
         start = time.monotonic()
         coordinator.send_signal(signal.SIGTERM)
@@ -99,10 +99,10 @@ def test_a_worker_that_dies_is_replaced_and_the_study_completes(tmp_path: Path, 
         coordinator = subprocess.Popen(sweep_cmd(spec, "--workers", "2"), cwd=tmp_path, env=CLEAN_ENV, stdout=f,
                                        stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: running_with_a_run(tmp_path, 1), coordinator, log, timeout=120)
+        wait_until(lambda: running_with_a_run(tmp_path, 1), coordinator, log, timeout=300)
         victim = psutil.Process(coordinator.pid).children()[0]
         victim.kill()  # SIGKILL: the worker cannot say goodbye
-        assert coordinator.wait(timeout=400) == 0, log.read_text()[-3000:]
+        assert coordinator.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         if coordinator.poll() is None:
             for p in psutil.Process(coordinator.pid).children(recursive=True):
