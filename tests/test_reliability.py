@@ -41,7 +41,13 @@ def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, **fields: Any) 
 
 
 def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
-    trials = load_study(tmp_path).get_trials() if (tmp_path / "runs" / "optuna.db").is_file() else []
+    """At least n runs are training and have reported an epoch (False before the study exists)."""
+    if not (tmp_path / "runs" / "optuna.db").is_file():
+        return False
+    try:
+        trials = load_study(tmp_path).get_trials()
+    except KeyError:  # the database is there, the study not yet
+        return False
     return sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs for t in trials) >= n
 
 
