@@ -217,3 +217,14 @@ def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no study storage" in err[0] and "make sweep" in err[0]
     assert not (tmp_path / "runs" / "reports").exists()
+
+
+def test_cross_study_compares_the_best_setting_of_each_study() -> None:
+    fixed = analysis.analyse(hand_runs({("monotonic", 4): [25.0, 25.1, 25.2]}), {**INFO, "name": "fixed"}, reps=500)
+    learned = analysis.analyse(hand_runs({("monotonic", 4): [25.6, 25.7, 25.8], ("cyclical", 4): [24.0, 24.1, 24.2]}),
+                               {**INFO, "name": "learned"}, reps=500)
+    (c,) = analysis.cross_study({"fixed": fixed, "learned": learned}, reps=500)
+    assert c["a"].startswith("fixed: ") and c["b"] == "learned: kl.mode=monotonic"  # what varies in its study
+    assert c["diff"] == pytest.approx(-0.6) and c["p_improve"] == 0.0
+    assert c["p_value"] == pytest.approx(2 / 20)  # exact, 3 vs 3: even a clean split cannot go below 0.1
+    assert c["verdict"] == stats.CANNOT_TELL
