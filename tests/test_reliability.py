@@ -41,13 +41,11 @@ def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, **fields: Any) 
 
 
 def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
-    """At least n runs are training and have reported an epoch (False before the study exists)."""
-    if not (tmp_path / "runs" / "optuna.db").is_file():
+    """At least n runs are training and have reported an epoch. The store is only opened once n runs have
+    written a checkpoint: opening it earlier could race the coordinator creating its tables."""
+    if len(list((tmp_path / "runs" / "tiny").glob("trial-*/last.pt"))) < n:
         return False
-    try:
-        trials = load_study(tmp_path).get_trials()
-    except KeyError:  # the database is there, the study not yet
-        return False
+    trials = load_study(tmp_path).get_trials()
     return sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs for t in trials) >= n
 
 
