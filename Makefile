@@ -14,8 +14,12 @@ STUDIES ?=
 K ?= 2
 SEEDS ?= 3
 PORT ?= 5000
+HOST ?= 127.0.0.1
 DASH_PORT ?= 8080
 OUT ?= runs
+
+# servers listen on loopback; HOST=0.0.0.0 exposes them (no authentication) and says so
+warn_exposed = case '$(HOST)' in 127.0.0.1|localhost|::1) ;; *) echo "warning: HOST=$(HOST) exposes this server, without authentication, to every machine that can reach this one" >&2;; esac
 
 .DEFAULT_GOAL := help
 .PHONY: help install train eval test sweep worker ui dashboard report confirm bench bench-sweep schedules preview clean
@@ -46,11 +50,12 @@ preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 test: $(STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers)
 	$(BIN)/python -m pytest -n 2
 
-ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000]
+ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000] [HOST=127.0.0.1]
+	@$(call warn_exposed)
 	@test -f $(OUT)/mlflow.db || echo "note: no $(OUT)/mlflow.db yet (train with tracking.enabled=true first); starting on an empty store"
 	@# workflowType: MLflow 3 opens on its GenAI pages unless told this is model training
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store: sqlite:///$(abspath $(OUT))/mlflow.db, Ctrl-C stops it)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --default-artifact-root $(abspath $(OUT))/mlartifacts --host 127.0.0.1 --port $(PORT)
+	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments?workflowType=machine_learning  (store: sqlite:///$(abspath $(OUT))/mlflow.db, Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --default-artifact-root $(abspath $(OUT))/mlartifacts --host '$(HOST)' --port $(PORT)
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .cache .pytest_cache
@@ -61,9 +66,10 @@ sweep: $(STAMP) ## Optuna study: make sweep [STUDY=demo] [WORKERS=2] [TRIALS=n] 
 worker: $(STAMP) ## join a study from another machine: make worker STUDY=.. STORAGE=postgresql://.. [MLFLOW_TRACKING_URI=http://..]
 	$(BIN)/cvae worker $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
-dashboard: $(STAMP) ## optuna-dashboard on the study storage: make dashboard [STORAGE=url] [DASH_PORT=8080]
-	@echo "Optuna dashboard: http://127.0.0.1:$(DASH_PORT)"
-	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)
+dashboard: $(STAMP) ## optuna-dashboard on the study storage: make dashboard [STORAGE=url] [DASH_PORT=8080] [HOST=127.0.0.1]
+	@$(call warn_exposed)
+	@echo "Optuna dashboard: http://$(HOST):$(DASH_PORT)"
+	$(BIN)/optuna-dashboard --host '$(HOST)' --port $(DASH_PORT) $(if $(STORAGE),'$(STORAGE)',sqlite:///$(abspath $(OUT))/optuna.db)
 
 report: $(STAMP) ## comparison report: make report [STUDY=demo] [STUDIES=a,b] -> runs/reports/<study>/index.html
 	$(BIN)/cvae report $(STUDY) $(if $(STUDIES),--studies '$(STUDIES)') $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)

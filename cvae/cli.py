@@ -61,6 +61,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     if ns.resume:
         cfg = config_mod.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+        if not Path(cfg.run.out_dir).is_absolute():
+            # relative to where the run started, not to here: the run folder (<out_dir>/<name>/<run>) knows where
+            # its MLflow store is, whatever folder the resume is typed in
+            cfg = config_mod.build({**cfg.flat(), "run.out_dir": str(run_dir.resolve().parent.parent)})
         result = train(cfg, run_dir=run_dir, resume=True, tracker=make_tracker(cfg))
     else:
         result = train(cfg, tracker=make_tracker(cfg))

@@ -150,6 +150,9 @@ class TrackingCfg:
     """Also log the best model with mlflow.pytorch."""
     system_metrics: bool = True
     """CPU/memory (GPU) metrics when psutil is installed."""
+    outage_wait_s: float = 300.0
+    """A tracking server that stops answering mid-run: logging is queued and replayed once it is back; a run that
+    ends during the outage waits this long for it, then leaves the run to `cvae sweep repair`."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        if isinstance(e, yaml.constructor.ConstructorError) and "tag:yaml.org,2002:" in str(e.problem or ""):
+            tag = "!!" + str(e.problem).split("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            raise ConfigError(f"{path}{where}: the tag {tag} is refused (plain values only: a tag could run code)") \
+                from None
         raise ConfigError(f"{path}{where}: not valid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
@@ -362,6 +369,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.run.threads >= 0, f"run.threads: must be >= 0, got {cfg.run.threads}")
     _require(cfg.run.prefetch >= 0, f"run.prefetch: must be >= 0, got {cfg.run.prefetch}")
     _require(cfg.run.frames_per_call >= -1, f"run.frames_per_call: must be -1 (auto), 0 (all) or more, got {cfg.run.frames_per_call}")
+    _require(cfg.tracking.outage_wait_s >= 0, f"tracking.outage_wait_s: must be >= 0, got {cfg.tracking.outage_wait_s}")
     if d.name in ("bair", "tfrecord"):
         _require(bool(d.root), f"data.root: required for data.name={d.name}")
 

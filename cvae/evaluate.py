@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cvae import faults
 from cvae.config import Config
 from cvae.data import Split, to_tensors
 from cvae.metrics import active_units, masked_psnr, moving_mask, psnr, shuffled_index, ssim
@@ -109,6 +110,7 @@ class Evaluator:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
+            faults.point("evaluate")
             runs = [self._score(model, self.cond) for _ in range(e.samples)]
             torch.manual_seed(seed)  # the same noise, other sequences' conditions
             p_shuffled = self._score(model, self.cond_shuffled, full=False)["psnr"]

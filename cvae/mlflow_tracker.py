@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from cvae import faults
 from cvae.config import Config, ConfigError, diff_from_defaults
 from cvae.tracking import Tracker, exit_status
 
@@ -133,6 +134,65 @@ class MlflowTracker(Tracker):
         self.run_id: str | None = None
         self._monitor: Any = None
         self._logged_steps: dict[str, int] = {}
+        self._pending: list[tuple[Callable[..., Any], tuple, dict[str, Any]]] = []
+        self._finished, self._wait_s = False, cfg.tracking.outage_wait_s
+
+    # a server that stops answering: queue, replay in order once it is back
+
+    def _server_down(self) -> bool:
+        try:
+            check_reachable(self.client.tracking_uri, timeout=2.0)
+            return False
+        except TrackingError:
+            return True
+
+    def _flush(self) -> None:
+        """Replay queued calls in order while the server answers."""
+        while self._pending:
+            fn, args, kwargs = self._pending[0]
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                if self._server_down():
+                    return
+                raise
+            self._pending.pop(0)
+        print(f"tracking: {self.client.tracking_uri} answers again; queued logging of run {self.run_id} replayed",
+              file=sys.stderr, flush=True)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """One logging call. While an http(s) server is unreachable, calls queue (training goes on; metrics.csv,
+        checkpoints and plots are written locally as always) and replay in order at the next call that finds it
+        back. Other errors (a bad value, a refused request) raise as before."""
+        if self._pending and not self._server_down():
+            self._flush()
+        if not self._pending:
+            try:
+                fn(*args, **kwargs)
+                return
+            except Exception:
+                if not self._server_down():
+                    raise
+                print(f"tracking: {self.client.tracking_uri} unreachable; training goes on and the logging of run "
+                      f"{self.run_id} is queued until it answers", file=sys.stderr, flush=True)
+        self._pending.append((fn, args, kwargs))
+        if self._finished:
+            self._wait_for_server()
+
+    def _wait_for_server(self) -> None:
+        """At the run's end: wait up to tracking.outage_wait_s for the server, replay, or say what is missing."""
+        deadline = time.monotonic() + self._wait_s
+        while self._pending and time.monotonic() < deadline:
+            if not self._server_down():
+                self._flush()
+            if self._pending:
+                time.sleep(2.0)
+        if self._pending:
+            print(f"tracking: {self.client.tracking_uri} still unreachable after {self._wait_s:g} s; "
+                  f"{len(self._pending)} logging call(s) of run {self.run_id} are lost there (the run folder has "
+                  "everything); `cvae sweep repair STUDY` closes the run once the server is back",
+                  file=sys.stderr, flush=True)
+            self._pending.clear()
 
     def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
         try:
@@ -194,15 +254,16 @@ class MlflowTracker(Tracker):
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if v is not None and step > self._logged_steps.get(k, -1)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._call(self.client.log_batch, self.run_id, metrics=batch)
+            faults.point("mlflow")  # the epoch's metrics are in, its files not yet
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path=subdir)
 
     def log_image(self, path: Path, key: str, step: int) -> None:
         import imageio.v3 as iio
 
-        self.client.log_image(self.run_id, iio.imread(path), key=key, step=step)
+        self._call(self.client.log_image, self.run_id, iio.imread(path), key=key, step=step)
 
     def log_model(self, model: Any) -> None:
         import mlflow.pytorch
@@ -226,7 +287,7 @@ class MlflowTracker(Tracker):
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+            self._call(self.client.set_tag, self.run_id, k, v)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:
@@ -236,7 +297,9 @@ class MlflowTracker(Tracker):
                 pass
             self._monitor = None
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+            # a stopped or failed run does not wait for a server (a Ctrl-C must end within seconds)
+            self._finished, self._wait_s = True, self.cfg.tracking.outage_wait_s if status == "FINISHED" else 0.0
+            self._call(self.client.set_terminated, self.run_id, status=status)
 
 
 def _version(pkg: str) -> str:

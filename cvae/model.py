@@ -47,20 +47,34 @@ class CVAE(nn.Module):
     """Batched encoder/decoder calls take at most this many frames (0 = all in one call). On a CPU, calls of
     a few dozen frames keep the activations in cache (the trainer sets it from run.frames_per_call)."""
 
-    def _batched(self, fn: Any, x: Tensor) -> Any:
-        """fn over the frames of x (N, ...) in one call, or in chunks of frames_per_call concatenated back."""
+    def _steps_per_call(self, b: int, t: int) -> int:
+        """Time steps per batched call (0 = all b * t frames in one call)."""
         n = self.frames_per_call
-        if not n or x.shape[0] <= n:
-            return fn(x)
-        parts = [fn(x[i : i + n]) for i in range(0, x.shape[0], n)]
+        return 0 if not n or b * t <= n else max(1, n // b)
+
+    def _batched(self, fn: Any, b: int, *xs: Tensor) -> Any:
+        """fn(*xs) over b * t batch-major frames, in one call or in calls of whole time steps of EVERY sequence
+        (time-major), so BatchNorm's training statistics always see the whole batch, as in one call or in the
+        course's per-step loop, never two or three sequences' frames alone. Outputs come back batch-major."""
+        t = xs[0].shape[0] // b
+        k = self._steps_per_call(b, t)
+        if not k:
+            return fn(*xs)
+        steps = [x.view(b, t, *x.shape[1:]).transpose(0, 1) for x in xs]  # (t, b, ...) views
+        parts = [fn(*(s[i : i + k].reshape(-1, *s.shape[2:]) for s in steps)) for i in range(0, t, k)]
+
+        def back(ps: list[Tensor]) -> Tensor:
+            y = torch.cat([p.view(-1, b, *p.shape[1:]) for p in ps])  # (t, b, ...)
+            return y.transpose(0, 1).reshape(b * t, *y.shape[2:])
+
         if isinstance(parts[0], Tensor):
-            return torch.cat(parts)
-        return torch.cat([p[0] for p in parts]), [torch.cat(s) for s in zip(*(p[1] for p in parts))]
+            return back(parts)
+        return back([p[0] for p in parts]), [back(list(s)) for s in zip(*(p[1] for p in parts))]
 
     def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """All frames in ONE batched encoder call: (B, T, 3, H, W) -> h (B, T, g), skips [(B, T, C, h, w)]."""
         b, t = x.shape[:2]
-        h, skips = self._batched(self.encoder, x.flatten(0, 1))
+        h, skips = self._batched(self.encoder, b, x.flatten(0, 1))
         return h.view(b, t, -1), [s.view(b, t, *s.shape[1:]) for s in skips]
 
     def skip_source(self, t: int, n_past: int) -> int:
@@ -82,12 +96,7 @@ class CVAE(nn.Module):
             h_in = h_all[:, :-1]
             g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
             terms = self._skip_terms(skips_all, n_past)
-            if self.frames_per_call and g.shape[0] * g.shape[1] > self.frames_per_call:
-                n, flat = self.frames_per_call, g.flatten(0, 1)
-                x_hat = torch.cat([self.decoder.decode(flat[i : i + n], [t[i : i + n] for t in terms])
-                                   for i in range(0, flat.shape[0], n)])
-            else:
-                x_hat = self.decoder.decode(g.flatten(0, 1), terms)
+            x_hat = self._batched(lambda g_, *t_: self.decoder.decode(g_, list(t_)), b, g.flatten(0, 1), *terms)
             x_hat = x_hat.view(b, T - 1, *x_hat.shape[1:])
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)

@@ -10,6 +10,7 @@ import csv
 import math
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from cvae import config as config_mod
+from cvae import faults
 from cvae.atomic import atomic_path, ensure_writable, write_text
 from cvae.config import Config
 from cvae.data import load_split
@@ -96,6 +98,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        faults.point("checkpoint")  # the kill campaign's "while a checkpoint is written"
 
 
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
@@ -106,16 +109,28 @@ def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
         w.writerows(rows)
 
 
+def _load_reason(e: Exception) -> str:
+    """The informative sentence of torch.load's refusal, without its advice about weights_only."""
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(advice)]
+    if not lines:
+        return type(e).__name__
+    reason = lines[0].split(". ")[0].rstrip(".")[:160]
+    return f"code or objects that are not plain data: {reason}" if "Weights only" in str(e) else reason
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by this trainer (state dicts + config + version), read without running any pickle
     code (`weights_only=True`: tensors and plain data only, which is all this trainer stores)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise config_mod.ConfigError(f"{path}: checkpoint not found") from None
     except Exception as e:  # noqa: BLE001 - pickle and zip errors vary; one line says what the file is not
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint that loads safely ({first})") from None
+        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint that loads safely ({_load_reason(e)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise config_mod.ConfigError(f"{path}: not a cvae checkpoint (no model state and format version)")
     if ckpt["format_version"] != FORMAT_VERSION:
@@ -254,6 +269,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 for i, (x, c) in enumerate(batches):
                     beta = kl_beta((epoch - 1) * t.epoch_size + i, cfg.total_iters, cfg.kl)
                     terms = step(x, c, beta, use_tf[i])  # [loss, mse, kld] on the device
+                    faults.point("train")
                     sums += terms
                     # no host sync in the loop: the first non-finite iteration is remembered on the device
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms[0]), i, first_bad)

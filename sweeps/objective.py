@@ -18,6 +18,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from cvae import faults
 from cvae.config import Config
 from cvae.mlflow_tracker import MlflowTracker
 from cvae.tracking import Tracker
@@ -154,6 +155,7 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
                        "gif": str(run_dir / "samples" / f"epoch_{best_epoch:04d}.gif")}.items():
             trial.set_user_attr(key, v)
         tracker.set_tags({"degenerate": str(degenerate).lower(), "cond_gain_at_best": f"{diag['cond_gain']:.4f}"})
+        faults.point("tell")  # trained and tagged, not yet told to Optuna
         return best
 
     return objective

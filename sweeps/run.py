@@ -200,6 +200,17 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
     return study
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec (Linux): SIGTERM when the coordinator dies, even by SIGKILL, so no orphan
+    keeps training unseen; its run then ends KILLED and its trial is queued again by the next `make sweep`.
+    Elsewhere a lost coordinator's workers finish the study on their own."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int) -> int:
     """Start `workers` worker processes and wait. A worker that dies (killed, crashed) is replaced, at most
     MAX_RESTARTS times per slot, so the sweep keeps its parallelism; its run is failed and retried through
@@ -208,7 +219,7 @@ def run_workers(spec_name: str, extra: list[str], url: str, workers: int, thread
     cmd = [sys.executable, "-m", "sweeps.run", "worker", spec_name, "--storage", url, "--threads", str(threads)]
 
     def start(i: int) -> subprocess.Popen:
-        return subprocess.Popen(cmd + ["--worker-index", str(i), "--"] + extra)
+        return subprocess.Popen(cmd + ["--worker-index", str(i), "--"] + extra, preexec_fn=_die_with_parent)
 
     procs = {i: start(i) for i in range(workers)}
     restarts = {i: 0 for i in procs}
@@ -365,9 +376,10 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
 def repair(study: optuna.Study, cfg: Config) -> list[tuple[int, str, str]]:
     """Close the MLflow runs that outlived their trial: (trial, run id, why) of each run closed FAILED.
 
-    First fails the trials whose worker stopped beating (as a worker would); then every run still RUNNING
-    in MLflow whose trial is not RUNNING any more is closed: the case the stale-trial callback cannot
-    see, e.g. a study that finished while a run was orphaned, or a coordinator killed with its workers.
+    First fails the trials whose worker stopped beating (as a worker would); then every run of the study
+    still RUNNING in MLflow whose trial is not RUNNING any more is closed: the case the stale-trial callback
+    cannot see, e.g. a study that finished while a run was orphaned, a coordinator killed with its workers,
+    or a worker killed between creating its run and recording it on the trial.
     """
     optuna.storages.fail_stale_trials(study)
     if not cfg.tracking.enabled:
@@ -375,16 +387,24 @@ def repair(study: optuna.Study, cfg: Config) -> list[tuple[int, str, str]]:
     from cvae.mlflow_tracker import make_client
 
     client = make_client(cfg)
+    exp = client.get_experiment_by_name(study.study_name)
+    if exp is None:
+        return []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 max_results=50000)
     closed = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.RUNNING:
+    for run in running:
+        tags = run.data.tags
+        if tags.get("optuna.study") != study.study_name or "optuna.trial" not in tags:
+            continue  # the study's parent run, or another study's run in the same experiment
+        t = trials.get(int(tags["optuna.trial"]))
+        if t is not None and t.state == TrialState.RUNNING:
             continue
-        for run_id in t.user_attrs.get("mlflow_run_ids", []):
-            if client.get_run(run_id).info.status == "RUNNING":
-                why = f"repair: trial {t.number} is {t.state.name}"
-                client.set_tag(run_id, "ended_by", why)
-                client.set_terminated(run_id, status="FAILED")
-                closed.append((t.number, run_id, why))
+        why = f"repair: trial {tags['optuna.trial']} is {t.state.name if t is not None else 'gone'}"
+        client.set_tag(run.info.run_id, "ended_by", why)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append((int(tags["optuna.trial"]), run.info.run_id, why))
     return closed
 
 
@@ -425,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
             return 0
         if ns.mode == "repair":
+            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+                raise SpecError(f"no study {spec.name} in {url} (no such file)")
             try:
                 study = optuna.load_study(study_name=spec.name, storage=make_storage(url, spec, cfg))
             except KeyError:

@@ -25,7 +25,7 @@ TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "tria
             "space", "grid", "heartbeat_seconds", "degenerate_below"}
 # Settings that change where and how fast a study runs, not what it finds: free to differ between reruns.
 IDENTITY_FREE = ("run.out_dir", "run.threads", "run.device", "run.prefetch", "train.progress", "tracking.uri",
-                 "tracking.system_metrics", "data.cache_dir")
+                 "tracking.system_metrics", "tracking.outage_wait_s", "data.cache_dir")
 # A run whose val/cond_gain (true minus shuffled actions and positions, at its best epoch) is below this
 # ignores its condition: it is tagged degenerate and the report ranks it apart.
 DEGENERATE_BELOW_DB = 0.25

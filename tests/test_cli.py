@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
+import pickle
 import re
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from cvae import config as config_mod
@@ -22,6 +26,21 @@ from cvae.trainer import METRIC_COLUMNS, load_checkpoint, train
 from test_config import BAD_OVERRIDES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Boom:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def _half_checkpoint() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format_version": 2, "model": {"w": torch.zeros(1000)}}, buf)
+    return buf.getvalue()[: len(buf.getvalue()) // 2]  # a copy cut short
+
+
+RAW_PICKLE = pickle.dumps(_Boom())
+HALF_CHECKPOINT = _half_checkpoint()
 SUMMARY = re.compile(r"^best val/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB\) at epoch \d+ -> (.+)$")
 DOCUMENTED_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
                       "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
@@ -69,6 +88,13 @@ BAD_INVOCATIONS = [
     pytest.param(["train", "demo", "train.n_future=29"], "train.n_future", {}, id="bad-override-of-demo"),
     pytest.param(["train", "--resume", "nowhere"], "nowhere", {}, id="resume-without-run"),
     pytest.param(["schedules", "kl.mode=sometimes"], "kl.mode", {}, id="schedules-bad-literal"),
+    # files that must not be trusted (issue "Nothing lost"): refused in one line, nothing they carry runs
+    pytest.param(["train", "evil.yaml"], "evil.yaml",
+                 {"evil.yaml": "train: !!python/object/apply:os.system ['touch pwned']\n"}, id="yaml-with-python-tag"),
+    pytest.param(["eval", "raw.pt"], "raw.pt", {"raw.pt": RAW_PICKLE}, id="eval-raw-pickle"),
+    pytest.param(["eval", "half.pt"], "half.pt", {"half.pt": HALF_CHECKPOINT}, id="eval-truncated-checkpoint"),
+    pytest.param(["train", "demo", "tracking.outage_wait_s=-1"], "tracking.outage_wait_s", {}, id="negative-outage-wait"),
+    pytest.param(["sweep", "repair", "demo"], "no study demo", {}, id="repair-of-a-study-never-run"),
     pytest.param(["data", "preview", "data.n_train=0"], "data.n_train", {}, id="preview-non-positive"),
     pytest.param(["data", "export", "model.z_dim=-1", "--out", "d"], "model.z_dim", {}, id="export-non-positive"),
 ]
@@ -81,8 +107,8 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subpro
     for p in BAD_INVOCATIONS:
         args, _, files = p.values
         cwd = tmp_path_factory.mktemp("bad")
-        for name, text in files.items():
-            (cwd / name).write_text(text)
+        for name, content in files.items():
+            (cwd / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         jobs[p.id] = (args, cwd, _files(cwd))
     with ThreadPoolExecutor(max_workers=4) as pool:
         procs = dict(zip(jobs, pool.map(lambda job: cvae(*job[0], cwd=job[1]), jobs.values())))
@@ -167,6 +193,26 @@ def test_train_resume(tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
     with (run / "metrics.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_resume_from_another_folder_finds_the_run_s_own_store(tiny_args: list[str], tmp_path: Path) -> None:
+    """A relative run.out_dir means: relative to where the run started, not to where it is resumed."""
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    args = [a for a in tiny_args if not a.startswith(("run.out_dir=", "tracking.enabled="))] + [
+        "run.out_dir=runs", "train.niter=1", "tracking.enabled=true"]
+    proc = cvae("train", *args, cwd=start)
+    assert proc.returncode == 0, proc.stderr
+    run = Path(SUMMARY.match(proc.stdout.strip().splitlines()[-1]).group(1))
+    proc = cvae("train", "--resume", str(start / run), cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(elsewhere.iterdir())  # no second store, no second run folder
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{start / 'runs' / 'mlflow.db'}")
+    (only,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert only.data.tags.get("resumed") == "true" and only.info.status == "FINISHED"
 
 
 def test_diverged_run_exits_nonzero_with_one_line(tiny_args: list[str], tiny_cfg: config_mod.Config,

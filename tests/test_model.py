@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -118,6 +119,41 @@ def test_encode_is_one_batched_call_equal_to_per_frame() -> None:
             assert torch.allclose(h[:, t], h_t, atol=1e-5)
             for s, s_t in zip(skips, skips_t):
                 assert torch.allclose(s[:, t], s_t, atol=1e-5)
+
+
+def test_calls_cut_into_whole_time_steps_of_every_sequence() -> None:
+    """frames_per_call on a CPU: each call holds all b sequences at some time steps (BatchNorm's training
+    statistics see the whole batch), and the rows come back in batch-major order."""
+    model = _model("dcgan")
+    seen: list[list[int]] = []
+
+    def fn(x: Tensor) -> Tensor:
+        seen.append(x[:, 0].tolist())
+        return x * 2
+
+    x = torch.arange(12.0).view(12, 1)  # b=3 sequences x t=4 steps, batch-major: row = 4 * sequence + step
+    model.frames_per_call = 7  # 6 frames (2 whole steps) per call
+    assert model._batched(fn, 3, x).view(-1).tolist() == [2.0 * i for i in range(12)]
+    assert seen == [[0, 4, 8, 1, 5, 9], [2, 6, 10, 3, 7, 11]]
+    seen.clear()
+    model.frames_per_call = 2  # fewer than b: one whole step per call all the same
+    model._batched(fn, 3, x)
+    assert seen == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
+    seen.clear()
+    model.frames_per_call = 12
+    model._batched(fn, 3, x)
+    assert seen == [list(range(12))]
+
+
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool) -> None:
+    model = _model("vgg").eval()
+    x, c = _batch(b=3, t=6)
+    eps = torch.randn(3, 5, model.cfg.z_dim)
+    whole = model(x, c, N_PAST, teacher_forcing, eps=eps)
+    model.frames_per_call = 4
+    chunked = model(x, c, N_PAST, teacher_forcing, eps=eps)
+    assert torch.allclose(whole.mse, chunked.mse, rtol=1e-5) and torch.allclose(whole.kld, chunked.kld, rtol=1e-5)
 
 
 # the CVAE forward

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,124 @@ def test_a_worker_that_dies_is_replaced_and_the_study_completes(tmp_path: Path, 
     assert len(pairs) == len(set(pairs)) == 3  # the study reaches its count, nothing counted twice
     client = mlflow_client(tmp_path)
     assert all(r.info.status != "RUNNING" for r in child_runs(client, study).values())
+
+
+def test_a_fault_point_kills_at_its_count_once_per_campaign(tmp_path: Path) -> None:
+    env = {**os.environ, "CVAE_FAULTS": "train:2,tell:1", "CVAE_FAULTS_DIR": str(tmp_path / "marks")}
+    code = "from cvae import faults\nfaults.point('train')\nprint('after 1', flush=True)\nfaults.point('train')\nprint('after 2')"
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == -signal.SIGKILL and first.stdout == "after 1\n"
+    assert (tmp_path / "marks" / "train").read_text().strip().isdigit()  # the pid that died there
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == "after 1\nafter 2\n"  # the replacement runs clean
+    bad = subprocess.run([sys.executable, "-c", "import cvae.faults"], env={**env, "CVAE_FAULTS": "train:0"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("cvae: error: CVAE_FAULTS: 'train:0'")
+
+
+CAMPAIGN_SEED = 20261126
+
+
+def _until_done(cmd: list[str], cwd: Path, env: dict[str, str], attempts: int = 5) -> int:
+    """Run the same command again until it succeeds, as a user would; returns how many runs it took."""
+    for n in range(1, attempts + 1):
+        out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        if out.returncode == 0:
+            return n
+    pytest.fail(f"still failing after {attempts} runs of the same command:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+
+
+def _nothing_lost(tmp_path: Path, configs: int, seeds: int) -> list[Any]:
+    """The campaign's invariants; returns the failed trials."""
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    done = {(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials if t.state.name == "COMPLETE"}
+    assert sum(t.state.name == "COMPLETE" for t in trials) == len(done) == configs * seeds  # count reached, no duplicate
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    for t in failed:  # every killed run was run again, to the end
+        assert (t.user_attrs["config_id"], t.user_attrs["seed_index"]) in done, t.number
+    client = mlflow_client(tmp_path)
+    runs = child_runs(client, study)
+    assert not [r.info.run_id for r in runs.values() if r.info.status == "RUNNING"]
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+    per_trial = Counter(r.data.tags["optuna.trial"] for r in runs.values())
+    assert max(per_trial.values()) == 1  # no trial number counted twice
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    ckpts = [p for p in (tmp_path / "runs" / "tiny").rglob("*.pt") if not p.name.startswith(".")]
+    assert ckpts
+    for p in ckpts:
+        load_checkpoint(p)  # every checkpoint on disk loads (a kill mid-write leaves only a dot-temp file)
+    return failed
+
+
+@pytest.mark.slow
+def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
+    """SIGKILL at seeded moments: five points inside workers (a training iteration, an evaluation, a checkpoint
+    written but not renamed, MLflow half-logged, a finished run not yet told to Optuna), then the coordinator
+    itself while its workers train. After each, the same command again until it succeeds."""
+    rng = random.Random(CAMPAIGN_SEED)
+    # per worker process and 6-epoch run: 12 iterations, 6 evaluations, 6-12 checkpoints, 6 metric logs, 1 tell
+    plan = {"train": rng.randint(1, 12), "evaluate": rng.randint(1, 6), "checkpoint": rng.randint(1, 12),
+            "mlflow": rng.randint(1, 6), "tell": 1}
+    marks = tmp_path / "faults"
+    env = {**CLEAN_ENV, "CVAE_FAULTS": ",".join(f"{k}:{n}" for k, n in plan.items()), "CVAE_FAULTS_DIR": str(marks)}
+    spec = long_spec(tmp_path, data_cache, niter=6, trials=3, seeds=2)
+    cmd = sweep_cmd(spec, "--workers", "2")
+
+    runs_needed = _until_done(cmd, tmp_path, env)
+    assert sorted(p.name for p in marks.iterdir()) == sorted(plan)  # every point fired, once
+    failed = _nothing_lost(tmp_path, configs=3, seeds=2)
+    assert len(failed) >= len(plan)  # each kill failed the trial it hit
+    assert _until_done(cmd, tmp_path, CLEAN_ENV, attempts=1) == 1  # and once done, the same command adds nothing
+    assert len(load_study(tmp_path).get_trials()) == 6 + len(failed)
+
+    # the coordinator, SIGKILLed while its workers train: they stop cleanly (their runs KILLED, trials FAIL)
+    grow = sweep_cmd(spec, "--workers", "2", "--trials", "4")
+    want = rng.randint(1, 2)
+    log = tmp_path / "coordinator.log"
+    with log.open("w") as f:
+        coordinator = subprocess.Popen(grow, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs
+                               for t in load_study(tmp_path).get_trials()) >= want, coordinator, log, timeout=300)
+        family = [psutil.Process(coordinator.pid)] + psutil.Process(coordinator.pid).children(recursive=True)
+        coordinator.kill()
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, f"orphans still running 30 s after the coordinator died: {alive}"
+    finally:
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            p.kill()
+    stopped = [t for t in load_study(tmp_path).get_trials() if t.state.name == "FAIL" and t.user_attrs.get("interrupted")]
+    assert len(stopped) >= want
+    client = mlflow_client(tmp_path)
+    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED" for t in stopped)
+    _until_done(grow, tmp_path, CLEAN_ENV)
+    failed = _nothing_lost(tmp_path, configs=4, seeds=2)
+    kills = len(plan) + 1
+    print(f"kill campaign (seed {CAMPAIGN_SEED}, plan {plan}): {kills} kills survived, {len(failed)} runs failed "
+          f"and re-run, 0 lost, 0 duplicates, 0 MLflow runs left RUNNING")
+
+
+@pytest.mark.slow
+def test_four_workers_on_the_default_sqlite_storage(tmp_path: Path, data_cache: Path) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=4, seeds=2)
+    out = run_cli(sweep_cmd(spec, "--workers", "4"), cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "database is locked" not in out.stdout + out.stderr
+    ran = [int(line.split("ran ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("worker ")]
+    assert len(ran) == 4 and sum(ran) == 8
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert states(study) == ["COMPLETE"] * 8
+    pairs = {(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials}
+    assert len(pairs) == 8 and len({cid for cid, _ in pairs}) == 4  # exact count, no duplicate
+    client = mlflow_client(tmp_path)
+    runs = child_runs(client, study)
+    assert set(runs) == {t.user_attrs["mlflow_run_id"] for t in trials}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
 
 
 def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str],

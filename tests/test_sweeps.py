@@ -378,9 +378,9 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
         wait_until(reported, coordinator, log, timeout=60)
         workers = psutil.Process(coordinator.pid).children(recursive=True)
         assert len(workers) == 1
-        coordinator.kill()
-        for w in workers:
+        for w in workers:  # workers first: a coordinator's death alone would SIGTERM them (a clean stop)
             w.kill()
+        coordinator.kill()
         coordinator.wait(10)
         psutil.wait_procs(workers, timeout=10)
     finally:
