@@ -1,6 +1,6 @@
 """`make bench-sweep`: what pruning buys in the TPE demo study (about 15 minutes on 2 cores).
 
-Runs `demo_tpe` twice in temporary folders, as shipped (median pruning of configurations) and with
+Runs `demo_tpe` twice in temporary folders, as shipped (its pruner) and with
 `pruner: none`, same sampler seed and number of configurations; records the epochs trained and the best
 configuration value each way in bench/sweep.json (make bench folds it into bench/results.json).
 """

@@ -52,30 +52,34 @@ class CVAE(nn.Module):
         n = self.frames_per_call
         return 0 if not n or b * t <= n else max(1, n // b)
 
-    def _batched(self, fn: Any, b: int, *xs: Tensor) -> Any:
-        """fn(*xs) over b * t batch-major frames, in one call or in calls of whole time steps of EVERY sequence
-        (time-major), so BatchNorm's training statistics always see the whole batch, as in one call or in the
-        course's per-step loop, never two or three sequences' frames alone. Outputs come back batch-major."""
-        t = xs[0].shape[0] // b
+    def _per_frame(self, fn: Any, *xs: Tensor) -> Any:
+        """fn(*frames) over every frame of xs (each (b, t, ...)); outputs as (b, t, ...), maybe strided views.
+
+        One call, or calls of whole time steps of EVERY sequence (time-major), so BatchNorm's training
+        statistics always see the whole batch, as in one call or in the course's per-step loop, never two
+        or three sequences' frames alone. Chunked outputs stay time-major in memory: callers copy only
+        the frames they use (the decoder's skips need n_past of them).
+        """
+        b, t = xs[0].shape[:2]
         k = self._steps_per_call(b, t)
         if not k:
-            return fn(*xs)
-        steps = [x.view(b, t, *x.shape[1:]).transpose(0, 1) for x in xs]  # (t, b, ...) views
-        parts = [fn(*(s[i : i + k].reshape(-1, *s.shape[2:]) for s in steps)) for i in range(0, t, k)]
-
-        def back(ps: list[Tensor]) -> Tensor:
-            y = torch.cat([p.view(-1, b, *p.shape[1:]) for p in ps])  # (t, b, ...)
-            return y.transpose(0, 1).reshape(b * t, *y.shape[2:])
-
-        if isinstance(parts[0], Tensor):
-            return back(parts)
-        return back([p[0] for p in parts]), [back(list(s)) for s in zip(*(p[1] for p in parts))]
+            out = fn(*(x.flatten(0, 1) for x in xs))
+            view = lambda y: y.view(b, t, *y.shape[1:])  # noqa: E731
+        else:
+            steps = [x.transpose(0, 1) for x in xs]  # (t, b, ...) views
+            parts = [fn(*(s[i : i + k].reshape(-1, *s.shape[2:]) for s in steps)) for i in range(0, t, k)]
+            if isinstance(parts[0], Tensor):
+                out = torch.cat(parts)
+            else:
+                out = torch.cat([p[0] for p in parts]), [torch.cat(c) for c in zip(*(p[1] for p in parts))]
+            view = lambda y: y.view(t, b, *y.shape[1:]).transpose(0, 1)  # noqa: E731
+        if isinstance(out, Tensor):
+            return view(out)
+        return view(out[0]), [view(y) for y in out[1]]
 
     def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """All frames in ONE batched encoder call: (B, T, 3, H, W) -> h (B, T, g), skips [(B, T, C, h, w)]."""
-        b, t = x.shape[:2]
-        h, skips = self._batched(self.encoder, b, x.flatten(0, 1))
-        return h.view(b, t, -1), [s.view(b, t, *s.shape[1:]) for s in skips]
+        return self._per_frame(self.encoder, x)
 
     def skip_source(self, t: int, n_past: int) -> int:
         """Index of the frame whose encoder skips decode frame t: x[t-1] while conditioning, then x[n_past-1]."""
@@ -96,8 +100,7 @@ class CVAE(nn.Module):
             h_in = h_all[:, :-1]
             g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
             terms = self._skip_terms(skips_all, n_past)
-            x_hat = self._batched(lambda g_, *t_: self.decoder.decode(g_, list(t_)), b, g.flatten(0, 1), *terms)
-            x_hat = x_hat.view(b, T - 1, *x_hat.shape[1:])
+            x_hat = self._per_frame(lambda g_, *t_: self.decoder.decode(g_, list(t_)), g, *terms)
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)
         if self.prior is not None:
@@ -110,20 +113,26 @@ class CVAE(nn.Module):
         return StepLoss(mse=mse_t.sum(), kld=kld_td.sum(), mse_t=mse_t, kld_td=kld_td, mu=mu.detach())
 
     def _skip_terms(self, skips_all: list[Tensor], n_past: int) -> list[Tensor]:
-        """The decoder's skip terms for frames 1..T-1, flattened to (B * (T-1), C, h, w).
+        """The decoder's skip terms for frames 1..T-1, as (B, T-1, C, h, w).
 
         Only distinct skip frames go through the skip convolutions: x[t-1] while conditioning, then
         x[n_past-1] for every later frame (its terms are broadcast), unless last_frame_skip.
         """
         b, T = skips_all[0].shape[:2]
         if self.cfg.last_frame_skip:
-            return self.decoder.skip_terms([s[:, :-1].flatten(0, 1) for s in skips_all])
+            terms = self.decoder.skip_terms([s[:, :-1].flatten(0, 1) for s in skips_all])
+            return [term.view(b, T - 1, *term.shape[1:]) for term in terms]
         terms = self.decoder.skip_terms([s[:, :n_past].flatten(0, 1) for s in skips_all])
+        # laid out in memory the way the decoder's calls read them: time-major when they come in chunks
+        time_major = self._steps_per_call(b, T - 1) > 0
         out = []
         for term in terms:
             term = term.view(b, n_past, *term.shape[1:])
             rest = term[:, -1:].expand(-1, T - 1 - n_past, *term.shape[2:])
-            out.append(torch.cat([term, rest], 1).flatten(0, 1))
+            if time_major:
+                out.append(torch.cat([term.transpose(0, 1), rest.transpose(0, 1)]).transpose(0, 1))
+            else:
+                out.append(torch.cat([term, rest], 1))
         return out
 
     def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,

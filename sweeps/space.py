@@ -52,4 +52,7 @@ def make_pruner(spec: StudySpec, niter: int) -> optuna.pruners.BasePruner:
         return ConfigMedianPruner(n_startup_configs=spec.pruner_startup_trials, n_warmup_steps=spec.warmup_epochs)
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, spec.warmup_epochs), max_resource=niter)
+    if spec.pruner == "successive_halving":
+        # Hyperband's most aggressive bracket alone: rungs at warmup, 3 x warmup, ...; the top third goes on
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, spec.warmup_epochs), reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -19,7 +19,7 @@ from cvae.config import Config, ConfigError, find_experiment, find_yaml
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("none", "median", "hyperband")
+PRUNERS = ("none", "median", "hyperband", "successive_halving")
 DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
             "space", "grid", "heartbeat_seconds", "degenerate_below"}
@@ -238,8 +238,8 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
     _req(isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
          f"degenerate_below: expected a number of dB, got {degenerate_below!r}")
-    _req(not (p_type == "hyperband" and raw.get("seeds", 1) > 1),
-         "pruner.type: hyperband judges single runs; with seeds > 1 use median (it judges configurations) or none")
+    _req(not (p_type in ("hyperband", "successive_halving") and raw.get("seeds", 1) > 1),
+         f"pruner.type: {p_type} judges single runs; with seeds > 1 use median (it judges configurations) or none")
     ints = {"sampler.seed": sampler.get("seed", 1), "sampler.startup_trials": sampler.get("startup_trials", 4),
             "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
             "pruner.startup_trials": pruner.get("startup_trials", 2)}

@@ -131,17 +131,17 @@ def test_calls_cut_into_whole_time_steps_of_every_sequence() -> None:
         seen.append(x[:, 0].tolist())
         return x * 2
 
-    x = torch.arange(12.0).view(12, 1)  # b=3 sequences x t=4 steps, batch-major: row = 4 * sequence + step
+    x = torch.arange(12.0).view(3, 4, 1)  # b=3 sequences x t=4 steps: value = 4 * sequence + step
     model.frames_per_call = 7  # 6 frames (2 whole steps) per call
-    assert model._batched(fn, 3, x).view(-1).tolist() == [2.0 * i for i in range(12)]
+    assert torch.equal(model._per_frame(fn, x), 2 * x)
     assert seen == [[0, 4, 8, 1, 5, 9], [2, 6, 10, 3, 7, 11]]
     seen.clear()
     model.frames_per_call = 2  # fewer than b: one whole step per call all the same
-    model._batched(fn, 3, x)
+    model._per_frame(fn, x)
     assert seen == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
     seen.clear()
     model.frames_per_call = 12
-    model._batched(fn, 3, x)
+    model._per_frame(fn, x)
     assert seen == [list(range(12))]
 
 

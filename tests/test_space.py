@@ -142,6 +142,9 @@ def test_make_pruner() -> None:
     hyper = make_pruner(_spec(pruner="hyperband", warmup_epochs=2), niter=10)
     assert isinstance(hyper, optuna.pruners.HyperbandPruner)
     assert hyper._min_resource == 2 and hyper._max_resource == 10
+    sha = make_pruner(_spec(pruner="successive_halving", warmup_epochs=1), niter=6)
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
+    assert sha._min_resource == 1 and sha._reduction_factor == 3
     assert isinstance(make_pruner(_spec(pruner="none"), niter=10), optuna.pruners.NopPruner)
 
 
