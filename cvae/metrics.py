@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # SSIM constants of Wang et al. 2004, with the course's data range of 1.

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +25,7 @@ from cvae.atomic import atomic_path, ensure_writable, write_text
 from cvae.config import Config
 from cvae.data import load_split
 from cvae.data.batches import Batches
-from cvae.evaluate import EVAL_SEED_OFFSET, Evaluation, Evaluator
+from cvae.evaluate import Evaluation, Evaluator
 from cvae.model import CVAE, count_parameters
 from cvae.plots import diagnostics_plot, per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio

@@ -57,7 +57,6 @@ def _best(history: list[dict[str, float]], metric: str, direction: str) -> tuple
 
 
 def _trial_config(ctx: Context, params: dict[str, Any], seed: int) -> Config:
-    base = ctx.spec.base_config(ctx.extra)
     values = dict(params)
     values["run.seed"] = seed
     values["train.progress"] = False

@@ -189,7 +189,7 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
     spec = long_spec(tmp_path, data_cache, niter=6, trials=3, seeds=2)
     cmd = sweep_cmd(spec, "--workers", "2")
 
-    runs_needed = _until_done(cmd, tmp_path, env)
+    _until_done(cmd, tmp_path, env)
     assert sorted(p.name for p in marks.iterdir()) == sorted(plan)  # every point fired, once
     failed = _nothing_lost(tmp_path, configs=3, seeds=2)
     assert len(failed) >= len(plan)  # each kill failed the trial it hit

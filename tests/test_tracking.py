@@ -325,31 +325,45 @@ def test_log_model_is_loadable(overrides: dict[str, str], monkeypatch: pytest.Mo
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Any:
-    """A real `mlflow server` on a free loopback port, storing under tmp_path; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--artifacts-destination", str(tmp_path / "srv-art")],
-        cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+class MlflowServer:
+    """A real `mlflow server` on a free loopback port; stop() and start() again keep its port and its store."""
 
-    def healthy() -> bool:
+    def __init__(self, backend: str, artifacts: Path, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--workers", "1", "--backend-store-uri", backend,
+                    "--artifacts-destination", str(artifacts)]
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
 
+    def start(self, timeout: float = 120) -> None:
+        with self.log.open("a") as f:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.log.parent, env=clean_env(), stdout=f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, timeout, f"mlflow server on {self.url}", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Any:
+    """A real `mlflow server` on a free loopback port, storing under tmp_path; yields its URL."""
+    server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "srv-art", tmp_path / "server.log")
     try:
-        wait_for(healthy, 60, f"mlflow server on {url}", proc)
-        yield url
+        server.start(timeout=60)
+        yield server.url
     finally:
-        stop(proc)
-        log.close()
+        server.stop()
 
 
 @pytest.mark.slow
