@@ -36,6 +36,7 @@ class Run:
     phase: str
     value: float | None
     params: Mapping[str, Any]
+    diverged: bool = False  # a FAIL that is a result (it would diverge again), not a run lost to a kill or stop
 
 
 def config_id(params: Mapping[str, Any]) -> str:
@@ -59,12 +60,24 @@ def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable
     """(params, seed_index) of a design's search runs (every point x every seed) that have no trial yet.
 
     A trial of any state counts as present: WAITING/RUNNING ones will run, COMPLETE/PRUNED ones ran,
-    and a FAIL is either a result (a diverged run: it would diverge again) or already re-queued by the
-    stale-trial callback (a lost worker), so nothing is ever queued twice.
+    and a FAIL is either a result (a diverged run: it would diverge again) or a lost run, which the
+    stale-trial callback re-queues within a command and `lost_runs` at the next one.
     """
     have = {(r.config_id, r.seed_index) for r in runs if r.phase == SEARCH}
     # seed by seed: the whole design with one seed first, so a stopped study is still balanced
     return [(dict(p), k) for k in range(seeds) for p in points if (config_id(p), k) not in have]
+
+
+def lost_runs(runs: Iterable[Run]) -> list[Run]:
+    """The last trial of every (configuration, seed, phase) that has nothing but failed trials, none of them
+    a diverged result: runs lost to a kill, a stop or a crash (also after the stale-trial callback's retries
+    ran out), to be queued again so no (configuration, seed) is ever missing from a finished study."""
+    groups: dict[tuple[str, int, str], list[Run]] = defaultdict(list)
+    for r in runs:
+        if r.config_id is not None and r.seed_index is not None:
+            groups[(r.config_id, r.seed_index, r.phase)].append(r)
+    return sorted((max(rs, key=lambda r: r.number) for rs in groups.values()
+                   if all(r.state == "FAIL" and not r.diverged for r in rs)), key=lambda r: r.number)
 
 
 def sibling_seeds(seeds: int, present: Iterable[int]) -> list[int]:

@@ -27,7 +27,7 @@ from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
-from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, missing_runs, search_configs
+from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
 from sweeps.space import make_pruner, make_sampler
@@ -91,7 +91,8 @@ def runs_of(study: optuna.Study) -> list[Run]:
     """Every trial as a design Run (configuration, seed, phase, state, value)."""
     return [Run(number=t.number, state=t.state.name, config_id=t.user_attrs.get("config_id"),
                 seed_index=t.user_attrs.get("seed_index"), phase=t.user_attrs.get("phase", SEARCH),
-                value=t.value, params=t.params) for t in study.get_trials(deepcopy=False)]
+                value=t.value, params=t.params, diverged="fail_reason" in t.user_attrs)
+            for t in study.get_trials(deepcopy=False)]
 
 
 def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
@@ -102,17 +103,16 @@ def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
     return len(todo)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Queue again every run stopped by Ctrl-C / SIGTERM that has no retry yet; returns how many."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
-    n = 0
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
-            keep = {k: t.user_attrs[k] for k in ("config_id", "seed_index", "phase", "search_value") if k in t.user_attrs}
-            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number})
-            n += 1
-    return n
+def requeue_lost(study: optuna.Study) -> int:
+    """Queue again every run lost to Ctrl-C / SIGTERM, a kill or a crash that has no retry left (design.lost_runs:
+    same configuration, seed and phase, tagged `retry_of`); returns how many."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    lost = lost_runs(runs_of(study))
+    for r in lost:
+        t = trials[r.number]
+        keep = {k: t.user_attrs[k] for k in ("config_id", "seed_index", "phase", "search_value") if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number})
+    return len(lost)
 
 
 def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) -> list[tuple[str, float]]:
@@ -176,7 +176,7 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
     lock = AskLock(url, spec.name)
     lock.acquire()
     try:
-        requeue_interrupted(study)
+        requeue_lost(study)
         if spec.sampler == "grid":
             enqueue_grid(study, spec)
     finally:
@@ -254,12 +254,13 @@ def run_workers(spec_name: str, extra: list[str], url: str, workers: int, thread
 
 
 def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
-    """Whether the study still lacks runs: queued or running ones, or configurations not yet started."""
+    """Whether the study still lacks runs: queued or running ones, configurations not yet started, or runs
+    lost with no retry left (the same command again queues them)."""
     c = _counts(study)
     runs = runs_of(study)
     short = bool(missing_runs(spec.design, spec.seeds, runs)) if spec.grid else \
         len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
-    return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short
+    return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short or bool(lost_runs(runs))
 
 
 def summary(study: optuna.Study, spec: StudySpec) -> str:
@@ -300,6 +301,10 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
         failed = df[df.note.astype(bool)]
         for _, f in failed.iterrows():
             lines.append(f"  failed run of {f.config}: {f.note}")
+    lost = lost_runs(runs_of(study))
+    if lost:
+        lines.append(f"{len(lost)} run(s) lost to kills or stops with no retry left (trials "
+                     f"{', '.join(str(r.number) for r in lost)}): the same command again runs them")
     lines.append("next: `make ui` to browse the runs, `make report` for the comparison report")
     return "\n".join(lines)
 

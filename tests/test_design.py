@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from sweeps.design import (CONFIRM, CONFIRM_SEED_OFFSET, SEARCH, Run, config_id, config_values, confirm_runs,
-                           grid_points, missing_runs, prune_config, run_seed, search_configs, top_configs)
+                           grid_points, lost_runs, missing_runs, prune_config, run_seed, search_configs, top_configs)
 from sweeps.pruning import ConfigMedianPruner
 
 A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cyclical", "tf.start_decay_epoch": 1}, \
@@ -16,9 +16,9 @@ A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cycl
 
 
 def run(number: int, params: dict, k: int, state: str = "COMPLETE", value: float | None = None,
-        phase: str = SEARCH) -> Run:
+        phase: str = SEARCH, diverged: bool = False) -> Run:
     return Run(number=number, state=state, config_id=config_id(params), seed_index=k, phase=phase, value=value,
-               params=params)
+               params=params, diverged=diverged)
 
 
 # identities and seeds
@@ -52,6 +52,18 @@ def test_missing_runs_go_seed_by_seed_and_skip_every_present_trial() -> None:
     assert todo == [(B, 1), (C, 1)]
     assert missing_runs([A, B, C], seeds=1, runs=[]) == [(A, 0), (B, 0), (C, 0)]
     assert missing_runs([A, B], seeds=2, runs=[]) == [(A, 0), (B, 0), (A, 1), (B, 1)]
+
+
+def test_lost_runs_are_the_last_failure_of_a_seed_with_nothing_else() -> None:
+    runs = [run(0, A, 0, "FAIL"), run(1, A, 0, "FAIL"), run(2, A, 0, "FAIL"),  # killed, retried twice, retries out
+            run(3, A, 1, "FAIL"), run(4, A, 1, "COMPLETE", 23.0),  # killed, then done
+            run(5, B, 0, "FAIL"), run(6, B, 0, "WAITING"),  # killed, its retry queued
+            run(7, B, 1, "FAIL", diverged=True),  # a result: it would diverge again
+            run(8, C, 0, "FAIL", diverged=True), run(9, C, 0, "FAIL"),  # diverged once: a result all the same
+            run(10, C, 1, "FAIL"), run(11, C, 1, "FAIL", phase=CONFIRM),  # stopped, in both phases
+            run(12, C, 2, "PRUNED")]
+    assert [r.number for r in lost_runs(runs)] == [2, 10, 11]
+    assert lost_runs([run(0, A, 0, "RUNNING")]) == []
 
 
 def test_search_configs_drop_configurations_whose_every_run_failed() -> None:

@@ -215,7 +215,9 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
     stopped = [t for t in load_study(tmp_path).get_trials() if t.state.name == "FAIL" and t.user_attrs.get("interrupted")]
     assert len(stopped) >= want
     client = mlflow_client(tmp_path)
-    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED" for t in stopped)
+    ended = {t.number: (r.info.status, r.data.tags.get("ended_by"))
+             for t in stopped for r in [client.get_run(t.user_attrs["mlflow_run_id"])]}
+    assert all(status == "KILLED" for status, _ in ended.values()), ended
     _until_done(grow, tmp_path, CLEAN_ENV)
     failed = _nothing_lost(tmp_path, configs=4, seeds=2)
     kills = len(plan) + 1
