@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.filterwarnings("ignore::optun
 # helpers
 
 
-def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, **fields: Any) -> Path:
+def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, heartbeat: int = 1, **fields: Any) -> Path:
     """A study whose runs last long enough (about 10 s) to be stopped in the middle."""
     exp = tmp_path / "exp.yaml"
     nested: dict[str, dict[str, Any]] = {}
@@ -38,7 +38,7 @@ def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, **fields: Any) 
         section, _, k = key.partition(".")
         nested.setdefault(section, {})[k] = value
     exp.write_text(yaml.safe_dump(nested))
-    return write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=1,
+    return write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=heartbeat,
                       overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}, **fields)
 
 
@@ -186,7 +186,8 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
             "mlflow": rng.randint(1, 6), "tell": 1}
     marks = tmp_path / "faults"
     env = {**CLEAN_ENV, "CVAE_FAULTS": ",".join(f"{k}:{n}" for k, n in plan.items()), "CVAE_FAULTS_DIR": str(marks)}
-    spec = long_spec(tmp_path, data_cache, niter=6, trials=3, seeds=2)
+    # heartbeats every 2 s (stale after 6): a CI box loaded by parallel tests must not fail a live trial
+    spec = long_spec(tmp_path, data_cache, niter=6, heartbeat=2, trials=3, seeds=2)
     cmd = sweep_cmd(spec, "--workers", "2")
 
     _until_done(cmd, tmp_path, env)
