@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from cvae import faults
 from cvae.config import Config, ConfigError, diff_from_defaults
-from cvae.tracking import Tracker, exit_status
+from cvae.tracking import Tracker
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 REACH_TIMEOUT_S = 5.0
@@ -195,33 +195,26 @@ class MlflowTracker(Tracker):
             self._pending.clear()
 
     def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
-        try:
-            if resume_run_id:
-                self.run_id = resume_run_id
-                self.client.update_run(resume_run_id, status="RUNNING")
-                self.client.set_tag(resume_run_id, "resumed", "true")
-                self._logged_steps = self._last_steps(resume_run_id)
-            else:
-                exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
-                tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
-                        "run_dir": str(Path(run_dir).resolve()), "command": shlex.join(sys.argv),
-                        "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
-                if self.parent_run_id:
-                    tags["mlflow.parentRunId"] = self.parent_run_id
-                run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
-                self.run_id = run.info.run_id
-                self._log_params(cfg)
-                if (Path(run_dir) / "config.yaml").is_file():  # there from the start, so failed runs have it too
-                    self.log_artifact(Path(run_dir) / "config.yaml")
-            self._start_system_metrics()
-        except BaseException as exc:
-            # the trainer's try has not begun yet: close the run here or it stays RUNNING
-            if self.run_id is not None:
-                try:
-                    self.client.set_terminated(self.run_id, status=exit_status(exc))
-                except Exception:  # noqa: BLE001 - the original error is the one to report
-                    pass
-            raise
+        """Open the run (or re-open a resumed one). The trainer calls this inside its try, so a stop that lands
+        here once run_id is set still ends the run with the right status."""
+        if resume_run_id:
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.client.set_tag(resume_run_id, "resumed", "true")
+            self._logged_steps = self._last_steps(resume_run_id)
+        else:
+            exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
+            tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
+                    "run_dir": str(Path(run_dir).resolve()), "command": shlex.join(sys.argv),
+                    "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
+            self.run_id = run.info.run_id
+            self._log_params(cfg)
+            if (Path(run_dir) / "config.yaml").is_file():  # there from the start, so failed runs have it too
+                self.log_artifact(Path(run_dir) / "config.yaml")
+        self._start_system_metrics()
 
     def _last_steps(self, run_id: str) -> dict[str, int]:
         """Last logged step per metric: a resumed epoch that was logged before the kill is not logged twice."""

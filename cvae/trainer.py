@@ -248,10 +248,11 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     run_dir = ensure_writable(Path(run_dir) if run_dir is not None else new_run_dir(cfg))
     write_text(run_dir / "config.yaml", config_mod.dump(cfg))
 
-    tracker.start(cfg, run_dir, resume_run_id=run_id)
     n_frames = t.n_past + t.n_future
     epoch = start_epoch - 1
     try:
+        # inside the try: a stop that lands while (or right after) the run is opened still closes it
+        tracker.start(cfg, run_dir, resume_run_id=run_id)
         tracker.set_tags({"device": str(device), "params": str(count_parameters(model))})
         for epoch in range(start_epoch, t.niter + 1):
             tfr = teacher_forcing_ratio(epoch, cfg.tf, t.niter)
@@ -333,8 +334,12 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
             exc.last_checkpoint = run_dir / "last.pt"
         if history:
             write_metrics_csv(history, run_dir / "metrics.csv")
-        tracker.set_tags({**getattr(exc, "tracking_tags", {}), "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
-        tracker.finish(exit_status(exc))
+        if tracker.run_id is not None:
+            try:
+                tracker.set_tags({**getattr(exc, "tracking_tags", {}),
+                                  "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
+            finally:  # a tag that cannot be written must not leave the run RUNNING
+                tracker.finish(exit_status(exc))
         raise
     return Result(run_dir=run_dir, best_psnr=best_psnr, best_epoch=best_epoch,
                   copy_last_psnr=float(evaluator.copy_psnr.mean()), epochs_run=epoch, history=history,

@@ -197,6 +197,10 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
             client.log_param(parent, "space", ", ".join(spec.space or spec.grid))
         else:
             client.update_run(parent, status="RUNNING")
+        closed = repair(study, cfg)  # runs a stopped worker could not close (e.g. its store was locked)
+        if closed:
+            print(f"study {spec.name}: closed {len(closed)} MLflow run(s) whose trial was over: "
+                  + ", ".join(f"trial {n}" for n, _, _ in closed), flush=True)
     return study
 
 
@@ -417,6 +421,15 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # Optuna records the trial FAILED, the trainer closes its run KILLED
 
 
+def _stop_once(signum: int, frame: object) -> None:
+    """A worker's Ctrl-C / SIGTERM: stop, and ignore the ones that follow (a terminal's Ctrl-C reaches the
+    worker and then the coordinator's SIGTERM does), so closing the run and failing the trial are not cut
+    short; the coordinator's SIGKILL after STOP_GRACE_S still ends a worker that hangs."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """`cvae sweep STUDY [--workers N] [--trials N] [--storage URL] [-- overrides]` and `cvae worker ...`."""
     p = argparse.ArgumentParser(prog="cvae sweep")
@@ -434,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, section.key=value")
     ns = p.parse_intermixed_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if ns.mode == "worker":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _stop_once)
+    else:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:

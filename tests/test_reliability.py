@@ -21,6 +21,7 @@ import yaml
 from cvae import config as config_mod
 from cvae.config import ConfigError
 from cvae.trainer import FORMAT_VERSION, load_checkpoint, load_model, train
+from sweeps import run as run_mod
 
 from test_sweeps import (CLEAN_ENV, TINY, check_trial_run, child_runs, load_study, mlflow_client, run_cli, states,
                          sweep_cmd, wait_until, write_spec)
@@ -55,20 +56,28 @@ def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_process_closes_its_runs_and_a_rerun_continues(tmp_path: Path, data_cache: Path) -> None:
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(tmp_path: Path, data_cache: Path,
+                                                                         how: str) -> None:
+    """SIGTERM to the coordinator, or a terminal's Ctrl-C (SIGINT to every process of the group, and then the
+    coordinator's own SIGTERM reaches the workers while they close their runs)."""
     spec = long_spec(tmp_path, data_cache, trials=2)
     cmd = sweep_cmd(spec, "--workers", "2")
     log = tmp_path / "first.log"
     with log.open("w") as f:
-        coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
+        coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
     try:
         wait_until(lambda: running_with_a_run(tmp_path, 2), coordinator, log, timeout=300)
         family = [coordinator] + psutil.Process(coordinator.pid).children(recursive=True)
         start = time.monotonic()
-        coordinator.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            coordinator.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(coordinator.pid, signal.SIGINT)
         gone, alive = psutil.wait_procs([psutil.Process(p.pid) for p in family], timeout=30)
         assert not alive, f"still running after 30 s: {alive}"
-        print(f"every process gone {time.monotonic() - start:.1f} s after SIGTERM")
+        print(f"every process gone {time.monotonic() - start:.1f} s after {how}")
     finally:
         for p in psutil.Process(os.getpid()).children(recursive=True):
             if p.pid == coordinator.pid or p.pid in {c.pid for c in family}:
@@ -95,6 +104,28 @@ def test_sigterm_stops_every_process_closes_its_runs_and_a_rerun_continues(tmp_p
     pairs = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials if t.state.name == "COMPLETE"]
     assert len(pairs) == len(set(pairs)) == 2
     assert all(r.info.status != "RUNNING" for r in child_runs(client, study).values())
+
+
+def test_a_worker_stops_on_the_first_signal_and_lets_its_cleanup_finish() -> None:
+    """Ctrl-C in a terminal reaches a worker, and the coordinator's SIGTERM follows while the worker closes its
+    run: the second signal must not cut that short."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleaned = False
+    try:
+        for s in saved:
+            signal.signal(s, run_mod._stop_once)
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler raises first
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives during cleanup
+                time.sleep(0.1)
+                cleaned = True
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert cleaned
 
 
 @pytest.mark.slow
@@ -247,8 +278,6 @@ def test_four_workers_on_the_default_sqlite_storage(tmp_path: Path, data_cache: 
 
 def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from sweeps import run as run_mod
-
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, data_cache, trials=1)
     assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
@@ -267,6 +296,11 @@ def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path
     assert run.info.status == "FAILED" and run.data.tags["ended_by"] == "repair: trial 0 is COMPLETE"
     assert main(["sweep", "repair", str(spec)]) == 0  # nothing left to do
     assert "0 orphaned run(s) closed" in capsys.readouterr().out
+
+    client.update_run(run_id, status="RUNNING")  # orphaned again: the next `make sweep` closes it by itself
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert "tiny: closed 1 MLflow run(s) whose trial was over: trial 0" in capsys.readouterr().out
+    assert client.get_run(run_id).info.status == "FAILED"
 
 
 # files that must not be trusted, disks that fill up

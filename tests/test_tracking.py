@@ -247,6 +247,41 @@ def test_resume_continues_the_same_run(overrides: dict[str, str], stop_at: str,
         assert steps[key] == [1, 2, 3], (key, steps[key])
 
 
+class StopWhileOpening(MlflowTracker):
+    """A stop that lands just after the run is created (where a sweep's tracker records it on the trial), or
+    a tag that cannot be written while a stopped run is closed."""
+
+    def __init__(self, cfg: Config, where: str):
+        super().__init__(cfg)
+        self.where = where
+
+    def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
+        super().start(cfg, run_dir, resume_run_id)
+        if self.where == "start":
+            raise KeyboardInterrupt
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        super().log_metrics(metrics, step)
+        if self.where == "tagging":
+            raise KeyboardInterrupt
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if "ended_by" in tags and self.where == "tagging":
+            raise OSError("database is locked")
+        super().set_tags(tags)
+
+
+@pytest.mark.parametrize("where", ["start", "tagging"])
+def test_a_stopped_run_is_closed_wherever_the_stop_lands(overrides: dict[str, str], where: str) -> None:
+    cfg = make_cfg(overrides, train__niter="1")
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        train(cfg, tracker=StopWhileOpening(cfg, where))
+    run = only_run(MlflowClient(tracking_uri(cfg)), cfg)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    if where == "start":
+        assert run.data.tags["ended_by"] == "KeyboardInterrupt: "
+
+
 def test_sigterm_closes_the_run_as_killed(tmp_path: Path, overrides: dict[str, str]) -> None:
     args = as_args({**overrides, "run.out_dir": "runs", "train.niter": "50", "eval.every": "5"})
     with (tmp_path / "out.log").open("w") as out:
