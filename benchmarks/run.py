@@ -73,7 +73,7 @@ def _steps(cfg: config_mod.Config, batch: int, seed: int = 0) -> dict[str, Calla
     x, c = torch.rand(batch, t, 3, 64, 64, generator=g), torch.randn(batch, t, 7, generator=g)
     torch.manual_seed(seed)
     ours_model = CVAE(cfg.model)
-    ours_model.frames_per_call = frames_per_call(cfg.run.frames_per_call, torch.device("cpu"))  # as the trainer
+    ours_model.frames_per_call = frames_per_call(cfg.run.frames_per_call, torch.device("cpu"), cfg.model)  # as the trainer
     ref_model = CVAE(cfg.model)
     ref_model.load_state_dict(ours_model.state_dict())
     step = eager_step(ours_model, make_optimizer(ours_model, cfg.train.lr, cfg.train.beta1, False), 2, False, 0.0)
@@ -94,26 +94,35 @@ def train_steps(results: dict[str, Any]) -> None:
     for name, (exp, extra, batch) in sizes.items():
         cfg = _cfg(exp, extra)
         b = batch or cfg.train.batch_size
-        times = _alternate(_steps(cfg, b))
+        steps = _steps(cfg, b)
+        flops = {k: _flops(fn) for k, fn in steps.items()}
+        times = _alternate(steps)
         ours, ref = _rates(times["ours"], b), _rates(times["reference"], b)
         entry = {f"ours_seq_per_s{k}": v for k, v in ours.items()} | {f"reference_seq_per_s{k}": v for k, v in ref.items()}
         entry |= {"ratio": ours[""] / ref[""], "ratio_min": ours["_min"] / ref["_max"], "ratio_max": ours["_max"] / ref["_min"],
+                  "flops_per_iter": flops["ours"], "reference_flops_per_iter": flops["reference"],
+                  # what the batched order saves in work alone: the ratio a step at equal FLOP/s would reach
+                  "flop_ratio": flops["reference"] / flops["ours"],
                   "batch": b, "frames": cfg.train.n_past + cfg.train.n_future, "teacher_forcing": True}
         results["train_step"][name] = entry
         print(f"train step {name:9s} batch {b:2d}: ours {ours['']:7.2f} seq/s, reference {ref['']:7.2f} seq/s, "
-              f"ratio {entry['ratio']:.2f} [{entry['ratio_min']:.2f}, {entry['ratio_max']:.2f}]", flush=True)
+              f"ratio {entry['ratio']:.2f} [{entry['ratio_min']:.2f}, {entry['ratio_max']:.2f}] "
+              f"(FLOP ratio {entry['flop_ratio']:.2f})", flush=True)
+
+
+def _flops(fn: Callable[[], None]) -> int:
+    """FLOPs of one call (torch.utils.flop_counter: matmuls and convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def hardware(results: dict[str, Any]) -> None:
     """FLOPs of the full-size step, what it achieves, and a float32 matmul peak measured now."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg = _cfg("lab", {})
     b = results["train_step"]["vgg_full"]["batch"]
-    steps = _steps(cfg, b)
-    with FlopCounterMode(display=False) as counter:
-        steps["ours"]()
-    flops = counter.get_total_flops()
+    flops = results["train_step"]["vgg_full"]["flops_per_iter"]
     # the best of several float32 GEMM sizes: the machine's practical peak in this run
     peak = 0.0
     for n in (1024, 2048, 3072):

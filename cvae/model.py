@@ -66,8 +66,9 @@ class CVAE(nn.Module):
             out = fn(*(x.flatten(0, 1) for x in xs))
             view = lambda y: y.view(b, t, *y.shape[1:])  # noqa: E731
         else:
-            steps = [x.transpose(0, 1) for x in xs]  # (t, b, ...) views
-            parts = [fn(*(s[i : i + k].reshape(-1, *s.shape[2:]) for s in steps)) for i in range(0, t, k)]
+            # split, not slicing: the backward of a split is one cat, a slice's is a zero-filled full-size tensor
+            chunks = zip(*(x.transpose(0, 1).split(k) for x in xs))  # (k, b, ...) views, time-major
+            parts = [fn(*(s.reshape(-1, *s.shape[2:]) for s in chunk)) for chunk in chunks]
             if isinstance(parts[0], Tensor):
                 out = torch.cat(parts)
             else:

@@ -17,6 +17,13 @@ def _ch(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
 
+def frame_bytes(arch: str, width: float) -> int:
+    """float32 bytes of one frame's widest feature map: the first stage (64 channels at full width),
+    64x64 in VGG64, 32x32 in DCGAN64."""
+    side = 64 if arch == "vgg" else 32
+    return _ch(64, width) * side * side * 4
+
+
 def vgg_block(cin: int, cout: int) -> nn.Sequential:
     """3x3 conv + BatchNorm + LeakyReLU(0.2), the unit of VGG64."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))

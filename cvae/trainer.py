@@ -27,6 +27,7 @@ from cvae.data import load_split
 from cvae.data.batches import Batches
 from cvae.evaluate import Evaluation, Evaluator
 from cvae.model import CVAE, count_parameters
+from cvae.modules import frame_bytes
 from cvae.plots import diagnostics_plot, per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 from cvae.step import make_optimizer, make_step
@@ -77,14 +78,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-CPU_FRAMES_PER_CALL = 64  # measured: VGG64 width 0.25, 132 frames in one call is 1.8x slower than two of 66
+CPU_CALL_BYTES = 8 << 20
+"""On a CPU, a batched encoder/decoder call holds at most this much of its widest feature map (float32).
+Measured side by side (benchmarks, demo and lab sizes): VGG64 full at batch 4, 16 frames a call 1843 ms
+a step vs 2297 ms for all 44 at once; width 0.25 at batch 12, 24-32 frames 644 ms vs 717 ms at 64 and
+989 ms all at once; the DCGAN demo is flat from 64 frames to all 192 (its maps are 16x smaller)."""
 
 
-def frames_per_call(setting: int, device: torch.device) -> int:
-    """run.frames_per_call resolved: -1 = all frames in one call on CUDA, CPU_FRAMES_PER_CALL on a CPU."""
+def frames_per_call(setting: int, device: torch.device, m: config_mod.ModelCfg) -> int:
+    """run.frames_per_call resolved: -1 = all frames in one call on CUDA, on a CPU as many as keep the
+    widest feature map of a call within CPU_CALL_BYTES."""
     if setting >= 0:
         return setting
-    return 0 if device.type == "cuda" else CPU_FRAMES_PER_CALL
+    if device.type == "cuda":
+        return 0
+    return max(1, CPU_CALL_BYTES // frame_bytes(m.arch, m.width))
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -226,7 +234,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     model = CVAE(cfg.model).to(device)
     if cfg.run.channels_last == "on" or (cfg.run.channels_last == "auto" and device.type == "cuda"):
         model = model.to(memory_format=torch.channels_last)
-    model.frames_per_call = frames_per_call(cfg.run.frames_per_call, device)
+    model.frames_per_call = frames_per_call(cfg.run.frames_per_call, device, cfg.model)
     graphs = cfg.run.cuda_graphs and device.type == "cuda"
     opt = make_optimizer(model, t.lr, t.beta1, capturable=graphs)
     step = make_step(model, opt, device, t.n_past, amp, t.grad_clip, graphs)

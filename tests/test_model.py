@@ -10,7 +10,8 @@ from torch.distributions import Normal, kl_divergence
 
 from cvae.config import ModelCfg
 from cvae.model import CVAE, count_parameters
-from cvae.modules import ARCHS, kl_gaussians, kl_standard_normal, reparameterize
+from cvae.modules import ARCHS, frame_bytes, kl_gaussians, kl_standard_normal, reparameterize
+from cvae.trainer import frames_per_call
 
 TINY_MODEL = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16)
 N_PAST, N_FUTURE = 2, 3
@@ -151,9 +152,25 @@ def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool)
     x, c = _batch(b=3, t=6)
     eps = torch.randn(3, 5, model.cfg.z_dim)
     whole = model(x, c, N_PAST, teacher_forcing, eps=eps)
+    (whole.mse + whole.kld).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
     model.frames_per_call = 4
     chunked = model(x, c, N_PAST, teacher_forcing, eps=eps)
+    (chunked.mse + chunked.kld).backward()
     assert torch.allclose(whole.mse, chunked.mse, rtol=1e-5) and torch.allclose(whole.kld, chunked.kld, rtol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_frames_per_call_on_a_cpu_keeps_a_call_within_its_memory_budget() -> None:
+    """-1 resolves to all frames on CUDA and, on a CPU, to 8 MiB of the widest feature map per call."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    demo, lab_quarter, lab = ModelCfg(arch="dcgan", width=0.25), ModelCfg(arch="vgg", width=0.25), ModelCfg(arch="vgg")
+    assert frame_bytes("dcgan", 0.25) == 16 * 32 * 32 * 4 and frame_bytes("vgg", 1.0) == 64 * 64 * 64 * 4
+    assert [frames_per_call(-1, cpu, m) for m in (demo, lab_quarter, lab)] == [128, 32, 8]
+    assert frames_per_call(-1, cuda, lab) == 0
+    assert frames_per_call(0, cpu, lab) == 0 and frames_per_call(5, cuda, demo) == 5
 
 
 # the CVAE forward
