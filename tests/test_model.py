@@ -147,15 +147,18 @@ def test_calls_cut_into_whole_time_steps_of_every_sequence() -> None:
 
 
 @pytest.mark.parametrize("teacher_forcing", [True, False])
-def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool) -> None:
-    model = _model("vgg").eval()
+@pytest.mark.parametrize("last_frame_skip", [False, True])
+@pytest.mark.parametrize("frames", [4, 7])  # one and two time steps of 3 sequences per call
+def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool, last_frame_skip: bool,
+                                                         frames: int) -> None:
+    model = _model("vgg", last_frame_skip=last_frame_skip).eval()
     x, c = _batch(b=3, t=6)
     eps = torch.randn(3, 5, model.cfg.z_dim)
     whole = model(x, c, N_PAST, teacher_forcing, eps=eps)
     (whole.mse + whole.kld).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.frames_per_call = 4
+    model.frames_per_call = frames
     chunked = model(x, c, N_PAST, teacher_forcing, eps=eps)
     (chunked.mse + chunked.kld).backward()
     assert torch.allclose(whole.mse, chunked.mse, rtol=1e-5) and torch.allclose(whole.kld, chunked.kld, rtol=1e-5)
