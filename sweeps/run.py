@@ -422,11 +422,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _stop_once(signum: int, frame: object) -> None:
-    """A worker's Ctrl-C / SIGTERM: stop, and ignore the ones that follow (a terminal's Ctrl-C reaches the
+    """A worker's Ctrl-C / SIGTERM: stop, and ignore the SIGTERM that follows (a terminal's Ctrl-C reaches the
     worker and then the coordinator's SIGTERM does), so closing the run and failing the trial are not cut
-    short; the coordinator's SIGKILL after STOP_GRACE_S still ends a worker that hangs."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
+    short. A second Ctrl-C still forces the worker out; the coordinator's SIGKILL after STOP_GRACE_S ends
+    one that hangs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     raise KeyboardInterrupt
 
 

@@ -122,6 +122,7 @@ def test_a_worker_stops_on_the_first_signal_and_lets_its_cleanup_finish() -> Non
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives during cleanup
                 time.sleep(0.1)
                 cleaned = True
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C still forces it
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
