@@ -128,10 +128,9 @@ class CVAE(nn.Module):
         x[n_past-1] for every later frame (its terms are broadcast), unless last_frame_skip.
         """
         b = skips[0].shape[0]
-        if self.cfg.last_frame_skip:
-            terms = self.decoder.skip_terms([s.flatten(0, 1) for s in skips])
-            return [term.view(b, T - 1, *term.shape[1:]) for term in terms]
         terms = self.decoder.skip_terms([s.flatten(0, 1) for s in skips])
+        if self.cfg.last_frame_skip:
+            return [term.view(b, T - 1, *term.shape[1:]) for term in terms]
         # laid out in memory the way the decoder's calls read them: time-major when they come in chunks
         time_major = self._steps_per_call(b, T - 1) > 0
         out = []
