@@ -27,6 +27,7 @@ import torch
 
 from benchmarks.reference import reference_forward
 from cvae import config as config_mod
+from cvae.host import keep_freed_memory
 from cvae.model import CVAE
 from cvae.step import eager_step, make_optimizer
 from cvae.trainer import frames_per_call
@@ -180,7 +181,9 @@ def _get(results: dict[str, Any], key: str) -> float | None:
 def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x {torch.get_num_threads()} threads",
-                               "torch": torch.__version__, "train_step": {}}
+                               "torch": torch.__version__, "train_step": {},
+                               # as the trainer does on a CPU; one process, so both steps of each pair get it
+                               "malloc_keeps_freed_memory": device == "cpu" and keep_freed_memory()}
     start = time.perf_counter()
     for part in (train_steps, hardware, data, evaluation):
         part(results)

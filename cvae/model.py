@@ -6,6 +6,7 @@ Shapes: x (B, T, 3, 64, 64) in [0, 1]; cond (B, T, cond_dim); frame t is predict
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvae.config import ModelCfg
-from cvae.modules import ARCHS, GaussianLSTM, PredictorLSTM, init_weights, kl_elementwise
+from cvae.modules import ARCHS, GaussianLSTM, PredictorLSTM, StepTerms, init_weights, kl_elementwise
 
 
 @dataclass
@@ -48,40 +49,40 @@ class CVAE(nn.Module):
     """Batched encoder/decoder calls take at most this many frames (0 = all in one call). On a CPU, calls of
     a few dozen frames keep the activations in cache (the trainer sets it from run.frames_per_call)."""
 
-    def _steps_per_call(self, b: int, t: int) -> int:
-        """Time steps per batched call (0 = all b * t frames in one call)."""
+    def _chunks(self, b: int, t: int, keep: int) -> list[int]:
+        """Time steps per batched call over t steps of b sequences: all in one call, or calls of whole time
+        steps within frames_per_call, cut at `keep` so that the first `keep` steps fill calls of their own."""
         n = self.frames_per_call
-        return 0 if not n or b * t <= n else max(1, n // b)
+        if not n or b * t <= n:
+            return [t]
+        k = max(1, n // b)
+        cut = lambda m: [k] * (m // k) + [m % k] * (m % k > 0)  # noqa: E731
+        return cut(keep) + cut(t - keep)
 
     def _per_frame(self, fn: Any, *xs: Tensor, keep: int | None = None) -> Any:
-        """fn(*frames) over every frame of xs (each (b, t, ...)); outputs as (b, t, ...), maybe strided views.
+        """fn(*frames) over every frame of xs (each (b, t, ...)); outputs as (b, t, ...) strided views.
 
-        One call, or calls of whole time steps of EVERY sequence (time-major), so BatchNorm's training
-        statistics always see the whole batch, as in one call or in the course's per-step loop, never two
-        or three sequences' frames alone. Chunked outputs stay time-major in memory: callers copy only
-        the frames they use. For fn returning (h, [maps]) (the encoder), `keep` returns the maps of the
-        first `keep` time steps only (the decoder's skips need n_past of them), so the others are never
-        gathered from the chunks.
+        Frames go in time-major order, in one call or in calls of whole time steps of EVERY sequence, so
+        BatchNorm's training statistics always see the whole batch, as in one call or in the course's
+        per-step loop, never two or three sequences' frames alone. Outputs stay time-major in memory (as
+        strided (b, t) views): consumers that work per time step read them without a copy. For fn returning
+        (h, [maps]) (the encoder), `keep` returns the maps of the first `keep` time steps only (the decoder's
+        skips need n_past of them): they fill calls of their own, so the others are never gathered.
         """
         b, t = xs[0].shape[:2]
-        k = self._steps_per_call(b, t)
         keep = t if keep is None else keep
-        if not k:
-            out = fn(*(x.flatten(0, 1) for x in xs))
-            view = lambda y: y.view(b, t, *y.shape[1:])  # noqa: E731
-            if isinstance(out, Tensor):
-                return view(out)
-            return view(out[0]), [view(y)[:, :keep] for y in out[1]]
-        # split, not slicing: the backward of a split is one cat, a slice's is a zero-filled full-size tensor
-        chunks = zip(*(x.transpose(0, 1).split(k) for x in xs))  # (k, b, ...) views, time-major
+        sizes = self._chunks(b, t, keep)
+        chunks = zip(*(x.transpose(0, 1).split(sizes) for x in xs))  # (k, b, ...) views
         parts = [fn(*(s.reshape(-1, *s.shape[2:]) for s in chunk)) for chunk in chunks]
-        view = lambda y, n: y.view(n, b, *y.shape[1:]).transpose(0, 1)  # noqa: E731
+        view = lambda y: y.view(-1, b, *y.shape[1:]).transpose(0, 1)  # noqa: E731
+        cat = lambda ys: ys[0] if len(ys) == 1 else torch.cat(ys)  # noqa: E731
         if isinstance(parts[0], Tensor):
-            return view(torch.cat(parts), t)
-        used = -(-keep // k)  # chunks that hold the first `keep` steps
-        maps = [view(torch.cat(m) if used > 1 else m[0], min(t, used * k))[:, :keep]
-                for m in zip(*(p[1] for p in parts[:used]))]
-        return view(torch.cat([p[0] for p in parts]), t), maps
+            return view(cat(parts))
+        used = next(i + 1 for i, n in enumerate(itertools.accumulate(sizes)) if n >= keep)
+        maps = [cat(m) for m in zip(*(p[1] for p in parts[:used]))]
+        # one call for every step (CUDA): its first `keep` steps are a contiguous prefix of each map
+        maps = [m if m.shape[0] == keep * b else m[:keep * b] for m in maps]
+        return view(cat([p[0] for p in parts])), [view(m) for m in maps]
 
     def encode(self, x: Tensor, skip_steps: int | None = None) -> tuple[Tensor, list[Tensor]]:
         """All frames in batched encoder calls: (B, T, 3, H, W) -> h (B, T, g) and the skips [(B, S, C, h, w)]
@@ -104,44 +105,46 @@ class CVAE(nn.Module):
         # q(z_t | x_t) depends on ground truth only: the whole sequence at once
         z, mu, logvar = self.posterior.sequence(h_all[:, 1:], eps)  # (B, T-1, z)
         if teacher_forcing:
-            # nothing the decoder produces is fed back: recurrent part first, then ONE decoder call for all frames
+            # nothing the decoder produces is fed back: recurrent part first, then batched decoder calls
             h_in = h_all[:, :-1]
             g = self.predictor.sequence(torch.cat([h_in, z, cond[:, 1:]], -1))  # (B, T-1, g)
-            terms = self._skip_terms(skips_all, n_past, T)
-            x_hat = self._per_frame(lambda g_, *t_: self.decoder.decode(g_, list(t_)), g, *terms)
+            mse_t = self._decode_steps(g, skips_all, x, n_past)
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)
+            mse_t = per_step_mse(x_hat.transpose(0, 1), x[:, 1:].transpose(0, 1))
         if self.prior is not None:
             _, mu_p, logvar_p = self.prior.sequence(h_in)  # p(z_t | x_{t-1}) on what the predictor saw
             kl = kl_elementwise(mu, logvar, mu_p, logvar_p)
         else:
             kl = kl_elementwise(mu, logvar)
-        mse_t = per_step_mse(x_hat, x[:, 1:])
         kld_td = _full(kl).mean(0)
         return StepLoss(mse=mse_t.sum(), kld=kld_td.sum(), mse_t=mse_t, kld_td=kld_td, mu=mu.detach())
 
-    def _skip_terms(self, skips: list[Tensor], n_past: int, T: int) -> list[Tensor]:
-        """The decoder's skip terms for frames 1..T-1, as (B, T-1, C, h, w), from the skips of the frames they
-        read (the first n_past, or T-1 with last_frame_skip).
+    def _decode_steps(self, g: Tensor, skips: list[Tensor], x: Tensor, n_past: int) -> Tensor:
+        """Teacher forcing: decode frames 1..T-1 from g (B, T-1, g_dim) in batched calls of whole time steps
+        and return their per-step MSE against x (T-1,).
 
         Only distinct skip frames go through the skip convolutions: x[t-1] while conditioning, then
-        x[n_past-1] for every later frame (its terms are broadcast), unless last_frame_skip.
+        x[n_past-1] for every later frame, unless last_frame_skip. Each call adds its steps' skip terms
+        without copying them out per frame (StepTerms: a shared frame's terms are broadcast), and its frames
+        are scored as they come, so no (B, T-1) frame or skip tensor is ever gathered.
         """
-        b = skips[0].shape[0]
-        terms = self.decoder.skip_terms([s.flatten(0, 1) for s in skips])
-        if self.cfg.last_frame_skip:
-            return [term.view(b, T - 1, *term.shape[1:]) for term in terms]
-        # laid out in memory the way the decoder's calls read them: time-major when they come in chunks
-        time_major = self._steps_per_call(b, T - 1) > 0
-        out = []
-        for term in terms:
-            term = term.view(b, n_past, *term.shape[1:])
-            rest = term[:, -1:].expand(-1, T - 1 - n_past, *term.shape[2:])
-            if time_major:
-                out.append(torch.cat([term.transpose(0, 1), rest.transpose(0, 1)]).transpose(0, 1))
-            else:
-                out.append(torch.cat([term, rest], 1))
-        return out
+        b, n = g.shape[:2]
+        s = skips[0].shape[1]  # skip frames: n_past, or T-1 with last_frame_skip
+        # time-major: the skips come from the encoder that way, so this reshape copies nothing
+        terms = self.decoder.skip_terms([m.transpose(0, 1).reshape(-1, *m.shape[2:]) for m in skips])
+        terms = [term.view(s, b, *term.shape[1:]) for term in terms]
+        own = n if self.cfg.last_frame_skip else n_past  # steps 0..own-1 read skip frame i; later ones the last
+        sizes = self._chunks(b, n, n)
+        mse, lo = [], 0
+        for k, g_k in zip(sizes, g.transpose(0, 1).split(sizes)):
+            spans = [(a - lo, z - lo) for a, z in ((lo, min(lo + k, own)), (max(lo, own), lo + k)) if a < z]
+            chunk_terms = [StepTerms(spans, [term[a + lo:z + lo] if a + lo < own else term[-1:] for a, z in spans])
+                           for term in terms]
+            out = self.decoder.decode(g_k.reshape(k * b, -1), chunk_terms)
+            mse.append(per_step_mse(out.view(k, b, *out.shape[1:]), x[:, lo + 1:lo + k + 1].transpose(0, 1)))
+            lo += k
+        return torch.cat(mse)
 
     def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,
                   n_past: int) -> tuple[Tensor, Tensor]:
@@ -197,11 +200,10 @@ class CVAE(nn.Module):
 
 
 def per_step_mse(x_hat: Tensor, target: Tensor) -> Tensor:
-    """(T,) mean squared error of each time step of (B, T, ...) frames: one fused mse_loss per step, reading
-    each frame once (a subtract, square and mean over the whole sequence write two temporaries of its size
-    and, against x_hat's time-major chunks, cross memory layouts: 8 ms of the demo's 120 ms step). unbind's
-    backward is one stack, in x_hat's own layout."""
-    return torch.stack([F.mse_loss(a, b) for a, b in zip(_full(x_hat).unbind(1), _full(target).unbind(1))])
+    """(T,) mean squared error of each time step of time-major (T, B, ...) frames: one fused mse_loss per
+    step, reading each frame once (a subtract, square and mean over the whole sequence write two
+    temporaries of its size). unbind's backward is one stack, in x_hat's own layout."""
+    return torch.stack([F.mse_loss(a, b) for a, b in zip(_full(x_hat).unbind(0), _full(target).unbind(0))])
 
 
 def _full(t: Tensor) -> Tensor:

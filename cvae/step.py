@@ -21,8 +21,23 @@ WARMUP = 3  # eager iterations on a side stream before capture (cuDNN picks its 
 
 
 def make_optimizer(model: CVAE, lr: float, beta1: float, capturable: bool) -> torch.optim.Adam:
-    """Adam as the course sets it; `capturable` keeps its step count on the device (needed inside a graph)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), capturable=capturable)
+    """Adam as the course sets it; `capturable` keeps its step count on the device (needed inside a graph).
+
+    On a CPU the fused update (one kernel per parameter instead of about ten ops: the demo's 1.6 -> 0.4 ms
+    a step); on CUDA the default multi-tensor update, as measured there.
+    """
+    cpu = next(model.parameters()).device.type == "cpu"
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), capturable=capturable,
+                            fused=True if cpu and not capturable else None)
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Resume an optimizer's state, keeping how THIS process runs it: torch restores the saved group flags
+    (fused, capturable), which belong to the device the checkpoint was written on."""
+    flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, kept in zip(opt.param_groups, flags):
+        group.update(kept)
 
 
 def _iteration(model: CVAE, opt: torch.optim.Optimizer, x: Tensor, c: Tensor, beta: Tensor | float, n_past: int,

@@ -26,11 +26,12 @@ from cvae.config import Config
 from cvae.data import load_split
 from cvae.data.batches import Batches
 from cvae.evaluate import Evaluation, Evaluator
+from cvae.host import keep_freed_memory
 from cvae.model import CVAE, count_parameters
 from cvae.modules import frame_bytes
 from cvae.plots import diagnostics_plot, per_step_plot, training_plots
 from cvae.schedules import kl_beta, teacher_forcing_ratio
-from cvae.step import make_optimizer, make_step
+from cvae.step import load_optimizer, make_optimizer, make_step
 from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
@@ -224,6 +225,8 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     amp = cfg.run.amp and device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
@@ -246,7 +249,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
         assert run_dir is not None, "resume needs the run folder"
         ckpt = load_checkpoint(run_dir / "last.pt")
         load_state(model, ckpt["model"], run_dir / "last.pt")
-        opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer(opt, ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["sampler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:

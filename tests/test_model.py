@@ -10,7 +10,8 @@ from torch.distributions import Normal, kl_divergence
 
 from cvae.config import ModelCfg
 from cvae.model import CVAE, count_parameters
-from cvae.modules import ARCHS, frame_bytes, kl_gaussians, kl_standard_normal, reparameterize
+from cvae.modules import (ARCHS, GaussianLSTM, PredictorLSTM, StepTerms, _AddSteps, frame_bytes, kl_gaussians,
+                          kl_standard_normal, reparameterize)
 from cvae.trainer import frames_per_call
 
 TINY_MODEL = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16)
@@ -124,7 +125,7 @@ def test_encode_is_one_batched_call_equal_to_per_frame() -> None:
 
 def test_calls_cut_into_whole_time_steps_of_every_sequence() -> None:
     """frames_per_call on a CPU: each call holds all b sequences at some time steps (BatchNorm's training
-    statistics see the whole batch), and the rows come back in batch-major order."""
+    statistics see the whole batch), frames time-major, and the outputs come back as (b, t) views."""
     model = _model("dcgan")
     seen: list[list[int]] = []
 
@@ -142,13 +143,31 @@ def test_calls_cut_into_whole_time_steps_of_every_sequence() -> None:
     assert seen == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
     seen.clear()
     model.frames_per_call = 12
-    model._per_frame(fn, x)
-    assert seen == [list(range(12))]
+    assert torch.equal(model._per_frame(fn, x), 2 * x)
+    assert seen == [[0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]]
+
+
+def test_the_skip_frames_fill_calls_of_their_own() -> None:
+    """The encoder's skips are kept for the first `keep` steps only: calls are cut there, so no call's maps
+    are sliced (a slice's backward is a zero-filled map of the whole call)."""
+    model = _model("dcgan")
+    model.frames_per_call = 8 * 16
+    assert model._chunks(16, 12, 2) == [2, 8, 2]
+    assert model._chunks(16, 12, 11) == [8, 3, 1]
+    assert model._chunks(16, 12, 12) == [8, 4]
+    assert model._chunks(16, 8, 2) == [8]  # fits one call
+    model.frames_per_call = 0
+    assert model._chunks(16, 12, 2) == [12]
+    x = torch.rand(3, 5, 3, 64, 64)
+    for fpc in (0, 6):  # one call (maps sliced), calls of 2 steps (maps of their own)
+        model.frames_per_call = fpc
+        h, maps = model.encode(x, 2)
+        assert h.shape[:2] == (3, 5) and all(m.shape[:2] == (3, 2) for m in maps)
 
 
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("last_frame_skip", [False, True])
-@pytest.mark.parametrize("frames", [4, 7])  # one and two time steps of 3 sequences per call
+@pytest.mark.parametrize("frames", [4, 7, 9])  # 1, 2 and 3 time steps of 3 sequences per call
 def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool, last_frame_skip: bool,
                                                          frames: int) -> None:
     model = _model("vgg", last_frame_skip=last_frame_skip).eval()
@@ -164,6 +183,52 @@ def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool,
     assert torch.allclose(whole.mse, chunked.mse, rtol=1e-5) and torch.allclose(whole.kld, chunked.kld, rtol=1e-5)
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_step_terms_add_like_a_broadcast_add(channels_last: bool) -> None:
+    """A decoder call over 5 steps of b=2 sequences: steps 0-1 read their own skip terms, 2-4 one shared
+    frame's; the same values and gradients as gathering the terms per frame and adding them."""
+    g = torch.Generator().manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.randn(10, 3, 4, 4, generator=g, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
+    own = torch.randn(2, 2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    shared = torch.randn(1, 2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    gathered = lambda y, own, shared: y + torch.cat([own, shared.expand(3, -1, -1, -1, -1)]).flatten(0, 1)  # noqa: E731
+    ours = lambda y, own, shared: _AddSteps.apply(y, [(0, 2), (2, 5)], own, shared)  # noqa: E731
+    assert torch.equal(ours(y, own, shared), gathered(y, own, shared))
+    assert torch.autograd.gradcheck(ours, (y, own, shared))
+    grad = torch.randn(10, 3, 4, 4, generator=g, dtype=torch.float64)
+    a = torch.autograd.grad(ours(y, own, shared), (y, own, shared), grad)
+    b = torch.autograd.grad(gathered(y, own, shared), (y, own, shared), grad)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert isinstance(StepTerms([(0, 5)], [shared]), StepTerms)
+
+
+@pytest.mark.parametrize("cls, layers", [(GaussianLSTM, 1), (PredictorLSTM, 2)])
+def test_sequence_lstms_equal_their_cells_step_by_step(cls: type, layers: int) -> None:
+    """On a CPU a known input sequence runs as one fused LSTM call: the same outputs and gradients (float32)
+    as the cells stepped one time step at a time, which is how the course, predict() and CUDA run them."""
+    torch.manual_seed(0)
+    lstm = cls(10, 6, 16, layers).train()
+    xs = torch.randn(4, 7, 10, requires_grad=True)
+
+    def stepped() -> Tensor:
+        state, out = lstm.init_state(4, xs), []
+        for t in range(7):
+            o = lstm(xs[:, t], state)
+            out.append(torch.cat(o[1:3], -1) if cls is GaussianLSTM else o[0])  # mu and logvar, or the embedding
+            state = o[-1]
+        return torch.stack(out, 1)
+
+    fused = torch.cat(lstm.sequence(xs)[1:], -1) if cls is GaussianLSTM else lstm.sequence(xs)
+    grad = torch.randn_like(fused)
+    g_fused = torch.autograd.grad(fused, [xs, *lstm.parameters()], grad)
+    ref = stepped()
+    g_ref = torch.autograd.grad(ref, [xs, *lstm.parameters()], grad)
+    assert torch.allclose(fused, ref, atol=1e-6)
+    for a, b in zip(g_fused, g_ref):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_frames_per_call_on_a_cpu_keeps_a_call_within_its_memory_budget() -> None:

@@ -303,3 +303,29 @@ def test_channels_last_gives_the_same_losses_on_cpu(tiny_cfg: Config, tmp_path: 
     last = train(_with(cfg, run__channels_last="on"), run_dir=tmp_path / "last")
     for key in ("train/loss", "train/mse", "val/psnr"):
         assert last.history[0][key] == pytest.approx(plain.history[0][key], rel=1e-4), key
+
+
+def test_the_optimizer_keeps_its_own_flags_when_it_resumes_a_state_saved_elsewhere() -> None:
+    """On a CPU, Adam runs fused; a state written by a CUDA-graph run (capturable, not fused) resumes here
+    with this process's flags and the saved moments, and steps as Adam does."""
+    from cvae.step import load_optimizer, make_optimizer
+
+    cfg = config_mod.load(config_mod.find_experiment("demo"), {"model.width": 0.125, "model.rnn_size": 8})
+    torch.manual_seed(0)
+    model = CVAE(cfg.model)
+    opt = make_optimizer(model, 1e-3, 0.9, capturable=False)
+    assert opt.param_groups[0]["fused"] is True
+    other = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), foreach=False)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    other.step()
+    saved = other.state_dict()
+    saved["param_groups"][0].update(capturable=True, fused=None)  # as a CUDA-graph run writes it
+    load_optimizer(opt, saved)
+    group = opt.param_groups[0]
+    assert group["fused"] is True and group["capturable"] is False
+    p = next(model.parameters())
+    assert torch.equal(opt.state[p]["exp_avg"], other.state[p]["exp_avg"])
+    before = p.detach().clone()
+    opt.step()  # step 2 of Adam with these moments: lr * m_hat / (sqrt(v_hat) + eps), grads all ones
+    assert torch.allclose(before - p.detach(), torch.full_like(p, 1e-3), rtol=1e-4)
