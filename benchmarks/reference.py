@@ -8,10 +8,9 @@ loss added step by step. Same modules, weights and math as `CVAE.forward`, only 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cvae.model import CVAE
+from cvae.model import CVAE, frame_mse
 from cvae.modules import kl_gaussians, kl_standard_normal, reparameterize
 
 
@@ -41,6 +40,6 @@ def reference_forward(model: CVAE, x: Tensor, cond: Tensor, n_past: int, teacher
             kld = kld + kl_standard_normal(mu, logvar)
         h_pred, pred = model.predictor(torch.cat([h_prev, z, cond[:, t]], 1), pred)
         x_pred = model.decoder(h_pred, skip)
-        mse = mse + F.mse_loss(x_pred, x[:, t])
+        mse = mse + frame_mse(x_pred, x[:, t])  # F.mse_loss; the same function as ours (see its doc)
         x_prev = x_pred
     return mse, kld

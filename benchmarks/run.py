@@ -77,6 +77,8 @@ def _steps(cfg: config_mod.Config, batch: int, seed: int = 0) -> dict[str, Calla
     ours_model.frames_per_call = frames_per_call(cfg.run.frames_per_call, torch.device("cpu"), cfg.model)  # as the trainer
     ref_model = CVAE(cfg.model)
     ref_model.load_state_dict(ours_model.state_dict())
+    if cfg.run.channels_last != "off":  # as the trainer: both steps on the same modules in the same layout
+        ours_model, ref_model = (m.to(memory_format=torch.channels_last) for m in (ours_model, ref_model))
     step = eager_step(ours_model, make_optimizer(ours_model, cfg.train.lr, cfg.train.beta1, False), 2, False, 0.0)
     ref_opt = make_optimizer(ref_model, cfg.train.lr, cfg.train.beta1, False)
 
@@ -164,6 +166,8 @@ def evaluation(results: dict[str, Any]) -> None:
         ev = Evaluator(cfg, load_split(cfg.data, "validate"), torch.device("cpu"))
         torch.manual_seed(0)
         model = CVAE(cfg.model)
+        if cfg.run.channels_last != "off":  # as the trainer
+            model = model.to(memory_format=torch.channels_last)
         times = _alternate({"eval": lambda: ev(model)}, reps=3)["eval"]
     n = len(ev.x)
     results["eval"] = {"seq_per_s": n / statistics.median(times), "sequences": n,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,14 @@ class CVAE(nn.Module):
     a few dozen frames keep the activations in cache (the trainer sets it from run.frames_per_call)."""
 
     def _chunks(self, b: int, t: int, keep: int) -> list[int]:
-        """Time steps per batched call over t steps of b sequences: all in one call, or calls of whole time
-        steps within frames_per_call, cut at `keep` so that the first `keep` steps fill calls of their own."""
+        """Time steps per batched call over t steps of b sequences: all in one call (frames_per_call 0, CUDA),
+        or calls of whole time steps within frames_per_call, cut at `keep` so that the first `keep` steps
+        fill calls of their own even when all would fit one call. (Sliced out of a call, the skips'
+        gradient would be a zero-filled map of the whole call in the default memory layout; with
+        channels-last the encoder's activation backward then mixes layouts and runs 5-10x slower: the
+        sweep model's step 60 -> 53 ms cut, side by side.)"""
         n = self.frames_per_call
-        if not n or b * t <= n:
+        if not n:
             return [t]
         k = max(1, n // b)
         cut = lambda m: [k] * (m // k) + [m % k] * (m % k > 0)  # noqa: E731
@@ -84,6 +88,14 @@ class CVAE(nn.Module):
         maps = [m if m.shape[0] == keep * b else m[:keep * b] for m in maps]
         return view(cat([p[0] for p in parts])), [view(m) for m in maps]
 
+    def _time_major(self, x: Tensor) -> Tensor:
+        """x (B, T, 3, H, W) copied once into time-major memory in the encoder's layout (channels-last when
+        its weights are), returned as a (B, T, ...) view: batched calls then read their frames without a
+        copy, and the loss reads targets in the decoder output's layout, so its gradient stays in it."""
+        if next(self.encoder.parameters()).is_contiguous(memory_format=torch.channels_last):
+            return x.permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)  # memory (T, B, H, W, C)
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+
     def encode(self, x: Tensor, skip_steps: int | None = None) -> tuple[Tensor, list[Tensor]]:
         """All frames in batched encoder calls: (B, T, 3, H, W) -> h (B, T, g) and the skips [(B, S, C, h, w)]
         of the first S = skip_steps frames (default all)."""
@@ -100,6 +112,7 @@ class CVAE(nn.Module):
         `eps` (B, T-1, z_dim) fixes the posterior noise (tests); by default it is drawn here.
         """
         b, T = x.shape[:2]
+        x = self._time_major(x)
         # the posterior needs every ground-truth frame anyway; the decoder only the skips of the frames it reads
         h_all, skips_all = self.encode(x, T - 1 if self.cfg.last_frame_skip else n_past)
         # q(z_t | x_t) depends on ground truth only: the whole sequence at once
@@ -111,7 +124,7 @@ class CVAE(nn.Module):
             mse_t = self._decode_steps(g, skips_all, x, n_past)
         else:
             x_hat, h_in = self._free_run(h_all, skips_all, z, cond, n_past)
-            mse_t = per_step_mse(x_hat.transpose(0, 1), x[:, 1:].transpose(0, 1))
+            mse_t = per_step_mse(x_hat, x[:, 1:].unbind(1))
         if self.prior is not None:
             _, mu_p, logvar_p = self.prior.sequence(h_in)  # p(z_t | x_{t-1}) on what the predictor saw
             kl = kl_elementwise(mu, logvar, mu_p, logvar_p)
@@ -142,13 +155,14 @@ class CVAE(nn.Module):
             chunk_terms = [StepTerms(spans, [term[a + lo:z + lo] if a + lo < own else term[-1:] for a, z in spans])
                            for term in terms]
             out = self.decoder.decode(g_k.reshape(k * b, -1), chunk_terms)
-            mse.append(per_step_mse(out.view(k, b, *out.shape[1:]), x[:, lo + 1:lo + k + 1].transpose(0, 1)))
+            mse.append(per_step_mse(out.split(b), x[:, lo + 1:lo + k + 1].unbind(1)))
             lo += k
         return torch.cat(mse)
 
     def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,
-                  n_past: int) -> tuple[Tensor, Tensor]:
-        """Feed the model's own predictions back after the conditioning frames: (x_hat, predictor inputs h)."""
+                  n_past: int) -> tuple[list[Tensor], Tensor]:
+        """Feed the model's own predictions back after the conditioning frames: (the predicted frames, each
+        (B, 3, H, W), and the predictor inputs h (B, T-1, g))."""
         b, T = h_all.shape[:2]
         state = self.predictor.init_state(b, h_all)
         frames, h_ins = [], []
@@ -164,7 +178,7 @@ class CVAE(nn.Module):
             x_hat = self.decoder.decode(g, terms)
             frames.append(x_hat)
             h_ins.append(h_in)
-        return torch.stack(frames, 1), torch.stack(h_ins, 1)
+        return frames, torch.stack(h_ins, 1)
 
     @torch.no_grad()
     def predict(self, x: Tensor, cond: Tensor, n_past: int, n_future: int) -> Tensor:
@@ -199,11 +213,34 @@ class CVAE(nn.Module):
         return torch.stack(frames, 1)
 
 
-def per_step_mse(x_hat: Tensor, target: Tensor) -> Tensor:
-    """(T,) mean squared error of each time step of time-major (T, B, ...) frames: one fused mse_loss per
-    step, reading each frame once (a subtract, square and mean over the whole sequence write two
-    temporaries of its size). unbind's backward is one stack, in x_hat's own layout."""
-    return torch.stack([F.mse_loss(a, b) for a, b in zip(_full(x_hat).unbind(0), _full(target).unbind(0))])
+def per_step_mse(x_hat: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+    """(T,) mean squared error of each time step's frames (B, ...): one fused mse_loss per step, reading each
+    frame once (a subtract, square and mean over the whole sequence write two temporaries of its size).
+    Give the frames as views of one call's output (`split`: its backward is one cat, in the output's own
+    memory layout) and targets in the same layout, so the gradient stays in it."""
+    return torch.stack([frame_mse(a, b) for a, b in zip(x_hat, target)])
+
+
+def frame_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """F.mse_loss (in at least float32) with a gradient in pred's own memory layout."""
+    return _MSE.apply(_full(pred), _full(target))
+
+
+class _MSE(torch.autograd.Function):
+    """F.mse_loss whose gradient keeps the prediction's memory layout (mse_loss's backward returns the
+    default layout: a channels-last decoder's last stage then runs its backward on mixed layouts)."""
+
+    @staticmethod
+    def forward(ctx: Any, pred: Tensor, target: Tensor) -> Tensor:
+        diff = torch.sub(pred, target)
+        ctx.save_for_backward(diff)
+        return torch.linalg.vector_norm(diff).square() / diff.numel()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        (diff,) = ctx.saved_tensors
+        g = diff * (2 * grad / diff.numel())
+        return g, (-g if ctx.needs_input_grad[1] else None)
 
 
 def _full(t: Tensor) -> Tensor:

@@ -235,7 +235,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
 
     torch.manual_seed(cfg.run.seed)
     model = CVAE(cfg.model).to(device)
-    if cfg.run.channels_last == "on" or (cfg.run.channels_last == "auto" and device.type == "cuda"):
+    if cfg.run.channels_last != "off":  # auto: measured faster on CUDA and on a CPU
         model = model.to(memory_format=torch.channels_last)
     model.frames_per_call = frames_per_call(cfg.run.frames_per_call, device, cfg.model)
     graphs = cfg.run.cuda_graphs and device.type == "cuda"

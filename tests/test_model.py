@@ -155,8 +155,9 @@ def test_the_skip_frames_fill_calls_of_their_own() -> None:
     assert model._chunks(16, 12, 2) == [2, 8, 2]
     assert model._chunks(16, 12, 11) == [8, 3, 1]
     assert model._chunks(16, 12, 12) == [8, 4]
-    assert model._chunks(16, 8, 2) == [8]  # fits one call
-    model.frames_per_call = 0
+    assert model._chunks(16, 8, 2) == [2, 6]  # would fit one call: cut all the same
+    assert model._chunks(16, 8, 8) == [8]
+    model.frames_per_call = 0  # CUDA: one call, the skips sliced from it
     assert model._chunks(16, 12, 2) == [12]
     x = torch.rand(3, 5, 3, 64, 64)
     for fpc in (0, 6):  # one call (maps sliced), calls of 2 steps (maps of their own)
