@@ -9,6 +9,7 @@ of its target. Running the same command again continues the study.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from sweeps.spec import SpecError, StudySpec, load_spec
 
 MAX_RETRY = 2
 MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
+STORAGE_ATTEMPTS = 3  # opening a study storage whose schema another process is creating at that moment
 STOP_GRACE_S = 25  # after Ctrl-C / SIGTERM, workers get this long to close their runs before SIGKILL
 # heartbeats and stale-trial retries are "experimental" in Optuna 5; the warning repeats every trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -72,12 +74,17 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBS
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
-            grace_period=3 * spec.heartbeat_seconds, heartbeat_stale_trial_callback=_close_lost_runs(cfg))
-    except Exception as e:  # noqa: BLE001 - driver errors vary; the user needs one line
-        raise ConfigError(f"study storage {url}: {str(e).splitlines()[0][:200]}") from None
+    for attempt in itertools.count(1):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
+                grace_period=3 * spec.heartbeat_seconds, heartbeat_stale_trial_callback=_close_lost_runs(cfg))
+        except Exception as e:  # noqa: BLE001 - driver errors vary; the user needs one line
+            # another process (a second sweep, a worker, a script reading the study) created the schema
+            # between optuna's check and its CREATE TABLE: the tables now exist, so open it again
+            if attempt < STORAGE_ATTEMPTS and any(w in str(e) for w in ("already exists", "duplicate key")):
+                continue
+            raise ConfigError(f"study storage {url}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _counts(study: optuna.Study) -> dict[TrialState, int]:

@@ -481,3 +481,40 @@ def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again
     (trial,) = load_study(tmp_path).get_trials()
     assert trial.datetime_start > first[0].datetime_start  # a new study, run with the edited file
     assert load_study(tmp_path).user_attrs["identity"]["config"]["train.lr"] == 0.001
+
+
+def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes opening a new study storage at once: the slower one's CREATE TABLE fails with "already
+    exists" (seen with a script polling the study while `make sweep` created it); it opens the storage
+    again. Any other error is one line at once."""
+    import sqlalchemy.exc
+    from types import SimpleNamespace
+
+    from cvae.config import ConfigError
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url: str, **kw: Any) -> Any:
+        calls.append(url)
+        if len(calls) == 1:
+            real(url, **kw)  # the other process wins the race and creates the tables
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE trial_user_attributes", {},
+                                                  Exception("table trial_user_attributes already exists"))
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    spec = SimpleNamespace(heartbeat_seconds=10)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = run_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
+    assert len(calls) == 2 and isinstance(storage, real)
+
+    def broken(url: str, **kw: Any) -> Any:
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ConfigError, match="unable to open database file"):
+        run_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
+    assert len(calls) == 1
