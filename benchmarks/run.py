@@ -32,7 +32,7 @@ from cvae.model import CVAE
 from cvae.step import eager_step, make_optimizer
 from cvae.trainer import frames_per_call
 
-REPS = 7
+REPS = 11
 OUT = Path("bench") / "results.json"
 TARGETS = {  # key in results -> (minimum, what it means)
     "train_step.vgg_full.ratio": (1.4, "full paper-size step vs the course-order step"),
