@@ -80,5 +80,5 @@ confirm: $(STAMP) ## re-run the top K configurations with N fresh seeds: make co
 bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step, FLOP/s, data, eval) -> bench/results.json
 	$(BIN)/python -m benchmarks.run
 
-bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (about 15 minutes) -> bench/sweep.json
+bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (12-15 minutes) -> bench/sweep.json
 	$(BIN)/python -m benchmarks.sweep

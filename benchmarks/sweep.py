@@ -1,4 +1,4 @@
-"""`make bench-sweep`: what pruning buys in the TPE demo study (about 15 minutes on 2 cores).
+"""`make bench-sweep`: what pruning buys in the TPE demo study (12-15 minutes on 2 cores).
 
 Runs `demo_tpe` in temporary folders, as shipped (its pruner) and with `pruner: none`, same sampler seed
 and number of configurations, for each of SAMPLER_SEEDS: what one study saves moves by +-10 points with

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvae.config import ModelCfg
@@ -214,10 +213,9 @@ class CVAE(nn.Module):
 
 
 def per_step_mse(x_hat: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
-    """(T,) mean squared error of each time step's frames (B, ...): one fused mse_loss per step, reading each
-    frame once (a subtract, square and mean over the whole sequence write two temporaries of its size).
-    Give the frames as views of one call's output (`split`: its backward is one cat, in the output's own
-    memory layout) and targets in the same layout, so the gradient stays in it."""
+    """(T,) mean squared error of each time step's frames (B, ...). Give the frames as views of one call's
+    output (`split`: its backward is one cat, in the output's own memory layout) and targets in the same
+    layout, so the gradient stays in it."""
     return torch.stack([frame_mse(a, b) for a, b in zip(x_hat, target)])
 
 

@@ -105,42 +105,23 @@ class StepTerms:
 class _AddSteps(torch.autograd.Function):
     """y (steps * b, C, h, w) + each span's terms, written once; the gradient passes to y as it is and to a
     broadcast term as its sum over the span (autograd's own broadcast add would do the same, but needs the
-    terms of a call gathered into one tensor first: a copy forward and another backward).
-
-    The adds and sums run on views in memory order ((steps, b, h, w, C) for channels-last): a broadcast
-    over the leading dimension of a channels-last 5-D view takes a strided path 3-4x slower.
-    """
+    terms of a call gathered into one tensor first: a copy forward and another backward)."""
 
     @staticmethod
     def forward(ctx: Any, y: Tensor, spans: list[tuple[int, int]], *terms: Tensor) -> Tensor:
-        steps, order = spans[-1][1], _memory_order(y)
-        out = torch.empty_like(y, dtype=functools.reduce(torch.promote_types, (t.dtype for t in terms), y.dtype),
-                               memory_format=torch.channels_last if order != (0, 1, 2, 3) else torch.contiguous_format)
-        y5, out5 = (_steps_view(t, steps, order) for t in (y, out))
+        steps = spans[-1][1]
+        out = torch.empty_like(y, dtype=functools.reduce(torch.promote_types, (t.dtype for t in terms), y.dtype))
+        y5, out5 = y.view(steps, -1, *y.shape[1:]), out.view(steps, -1, *y.shape[1:])
         for (a, z), term in zip(spans, terms):
-            torch.add(y5[a:z], term.permute(0, *(d + 1 for d in order)), out=out5[a:z])
-        ctx.spans, ctx.rows, ctx.order = spans, [t.shape[0] for t in terms], order
+            torch.add(y5[a:z], term, out=out5[a:z])
+        ctx.spans, ctx.rows = spans, [t.shape[0] for t in terms]
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        g5 = _steps_view(grad, ctx.spans[-1][1], ctx.order)
-        back = [0] + [1 + ctx.order.index(d) for d in range(4)]  # memory order -> (rows, b, C, h, w)
-        terms = [(g5[a:z] if rows == z - a else g5[a:z].sum(0, keepdim=True)).permute(back)
-                 for (a, z), rows in zip(ctx.spans, ctx.rows)]
+        g5 = grad.reshape(ctx.spans[-1][1], -1, *grad.shape[1:])
+        terms = [g5[a:z] if rows == z - a else g5[a:z].sum(0, keepdim=True) for (a, z), rows in zip(ctx.spans, ctx.rows)]
         return (grad, None, *terms)
-
-
-def _memory_order(t: Tensor) -> tuple[int, ...]:
-    """The dimensions of a 4-D (N, C, H, W) tensor from outermost to innermost in memory."""
-    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return (0, 2, 3, 1) if cl else (0, 1, 2, 3)
-
-
-def _steps_view(t: Tensor, steps: int, order: tuple[int, ...]) -> Tensor:
-    """(steps * b, C, H, W) as (steps, b, ...) in memory order (a view when t is laid out in that order)."""
-    t = t.permute(order)
-    return t.reshape(steps, -1, *t.shape[1:])
 
 
 class SkipDecoder(nn.Module):

@@ -206,6 +206,23 @@ def test_step_terms_add_like_a_broadcast_add(channels_last: bool) -> None:
     assert isinstance(StepTerms([(0, 5)], [shared]), StepTerms)
 
 
+def test_frame_mse_is_mse_loss_with_a_gradient_in_the_prediction_s_layout() -> None:
+    import torch.nn.functional as F
+
+    from cvae.model import frame_mse
+
+    g = torch.Generator().manual_seed(5)
+    pred = torch.rand(4, 3, 8, 8, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+    target = torch.rand(4, 3, 8, 8, generator=g)
+    ours, (g_ours,) = frame_mse(pred, target), torch.autograd.grad(frame_mse(pred, target), pred)
+    ref, (g_ref,) = F.mse_loss(pred, target), torch.autograd.grad(F.mse_loss(pred, target), pred)
+    assert torch.allclose(ours, ref, rtol=1e-6) and torch.allclose(g_ours, g_ref, rtol=1e-6)
+    assert g_ours.is_contiguous(memory_format=torch.channels_last) and not g_ref.is_contiguous(memory_format=torch.channels_last)
+    both = torch.rand(4, 3, 8, 8, generator=g, requires_grad=True)
+    assert torch.allclose(torch.autograd.grad(frame_mse(pred.detach(), both), both)[0],
+                          torch.autograd.grad(F.mse_loss(pred.detach(), both), both)[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("cls, layers", [(GaussianLSTM, 1), (PredictorLSTM, 2)])
 def test_sequence_lstms_equal_their_cells_step_by_step(cls: type, layers: int) -> None:
     """On a CPU a known input sequence runs as one fused LSTM call: the same outputs and gradients (float32)
