@@ -249,6 +249,25 @@ def test_sequence_lstms_equal_their_cells_step_by_step(cls: type, layers: int) -
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "vgg"])
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_channels_last_computes_the_same_loss_and_gradients(arch: str, teacher_forcing: bool) -> None:
+    """The CPU default layout (channels-last, calls of 2 steps): the same numbers as the default layout."""
+    plain = _model(arch).eval()
+    last = _model(arch).eval().to(memory_format=torch.channels_last)
+    x, c = _batch(b=3, t=6)
+    eps = torch.randn(3, 5, plain.cfg.z_dim)
+    losses = []
+    for model in (plain, last):
+        model.frames_per_call = 7
+        terms = model(x, c, N_PAST, teacher_forcing, eps=eps)
+        (terms.mse + terms.kld).backward()
+        losses.append(terms.mse.detach())
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    for p, q in zip(plain.parameters(), last.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_frames_per_call_on_a_cpu_keeps_a_call_within_its_memory_budget() -> None:
     """-1 resolves to all frames on CUDA and, on a CPU, to 8 MiB of the widest feature map per call."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
