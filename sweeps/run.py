@@ -204,7 +204,7 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
             client.log_param(parent, "space", ", ".join(spec.space or spec.grid))
         else:
             client.update_run(parent, status="RUNNING")
-        closed = repair(study, cfg)  # runs a stopped worker could not close (e.g. its store was locked)
+        closed = repair(study, cfg, client)  # runs a stopped worker could not close (e.g. its store was locked)
         if closed:
             print(f"study {spec.name}: closed {len(closed)} MLflow run(s) whose trial was over: "
                   + ", ".join(f"trial {n}" for n, _, _ in closed), flush=True)
@@ -389,20 +389,22 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
             time.sleep(spec.heartbeat_seconds)
 
 
-def repair(study: optuna.Study, cfg: Config) -> list[tuple[int, str, str]]:
+def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[int, str, str]]:
     """Close the MLflow runs that outlived their trial: (trial, run id, why) of each run closed FAILED.
 
     First fails the trials whose worker stopped beating (as a worker would); then every run of the study
     still RUNNING in MLflow whose trial is not RUNNING any more is closed: the case the stale-trial callback
     cannot see, e.g. a study that finished while a run was orphaned, a coordinator killed with its workers,
-    or a worker killed between creating its run and recording it on the trial.
+    or a worker killed between creating its run and recording it on the trial. `client`: an MLflow client
+    the caller already holds (else one is made).
     """
     optuna.storages.fail_stale_trials(study)
     if not cfg.tracking.enabled:
         return []
-    from cvae.mlflow_tracker import make_client
+    if client is None:
+        from cvae.mlflow_tracker import make_client
 
-    client = make_client(cfg)
+        client = make_client(cfg)
     exp = client.get_experiment_by_name(study.study_name)
     if exp is None:
         return []
