@@ -8,7 +8,7 @@ ranked. Verdicts come from reports/stats.py: the numbers decide, with the thresh
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from itertools import combinations
 from typing import Any
 
@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
+from sweeps import sequential
 from sweeps.design import CONFIRM, SEARCH
+from sweeps.spec import MARGIN_DB
 
-MAX_LEVELS = 4  # a setting with more distinct values than this is a continuous dimension, not a factor
 MAX_PAIRS = 5  # the best setting is compared with at most this many runners-up
 MAX_RUNS_HINT = 1000  # a power hint above this says the difference is too small to chase
 
@@ -62,10 +63,10 @@ def usable(runs: pd.DataFrame, phase: str = SEARCH) -> pd.DataFrame:
 
 
 def _better_word(verdict: str, maximize: bool) -> str:
-    """stats.verdict speaks of higher values; for a minimised metric lower is better."""
-    if maximize or verdict == stats.CANNOT_TELL:
+    """The decision speaks of higher values; for a minimised metric lower is better."""
+    if maximize or verdict not in (sequential.BETTER, sequential.WORSE):
         return verdict
-    return stats.WORSE if verdict == stats.BETTER else stats.BETTER
+    return sequential.WORSE if verdict == sequential.BETTER else sequential.BETTER
 
 
 # settings
@@ -98,83 +99,93 @@ def settings(runs: pd.DataFrame, params: list[str], reps: int, seed: int, maximi
     return out
 
 
-def factors(runs: pd.DataFrame, params: list[str]) -> dict[str, list[Any]]:
-    """Settings with 2..MAX_LEVELS distinct values among the search runs: the design's factors and levels."""
-    out = {}
-    for p in params:
-        levels = sorted(runs[runs.phase == SEARCH][f"param:{p}"].dropna().unique().tolist(), key=str)
-        if 2 <= len(levels) <= MAX_LEVELS:
-            out[p] = levels
-    return out
-
-
 # comparisons
 
 
-def comparisons(runs: pd.DataFrame, params: list[str], setting_list: list[dict[str, Any]], *, reps: int, seed: int,
-                alpha: float, min_effect: float, maximize: bool = True) -> list[dict[str, Any]]:
-    """Main effect of every factor (each pair of its levels) and the best setting against its runners-up.
-
-    Every run of a level counts for a main effect (the other factors averaged over, as in a factorial
-    design). Holm's correction runs within each family: the main effects are the design's questions,
-    the setting pairs a second look; mixing them would let the second dilute the first.
-    """
+def _values(runs: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """(config_id, seed_index) -> value of the usable search runs: what the verdicts rest on."""
     ok = usable(runs)
-    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    meta: dict[str, dict[str, Any]] = {}
-    for p, levels in factors(runs, params).items():
-        for a, b in combinations(levels, 2):
-            va = ok[ok[f"param:{p}"] == a].value.to_numpy(float)
-            vb = ok[ok[f"param:{p}"] == b].value.to_numpy(float)
-            if len(va) and len(vb):
-                name = f"{p}: {_fmt(a)} vs {_fmt(b)}"
-                pairs[name] = (va, vb)
-                meta[name] = {"kind": "main effect", "factor": p, "a": _fmt(a), "b": _fmt(b)}
+    return {(str(r.config_id), int(r.seed_index)): float(r.value) for r in ok.itertuples()}
+
+
+def _row(q: sequential.Question, d: sequential.Decision, values: dict[tuple[str, int], float], plan: sequential.Plan,
+         maximize: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One comparison as results.json holds it."""
+    ks, pa, pb, _, _ = sequential.evidence(q, values, d.seeds)
+    diffs = pa - pb
+    paired = d.test == stats.PAIRED_T
+    n_configs = len(q.configs)
+    more = max(d.seeds_needed - d.seeds, 1) * n_configs if d.verdict in (sequential.CANNOT_TELL, sequential.OPEN) else None
+    return _num({"name": q.name, "kind": q.kind, "factor": q.factor, "a": q.a, "b": q.b, **(extra or {}),
+                 "verdict": _better_word(d.verdict, maximize), "look": d.look, "looks": len(plan.looks), "seeds": d.seeds,
+                 "runs": d.runs, "paired": paired, "test": d.test, "margin_db": plan.margin,
+                 "margin_note": d.margin, "n_a": d.n_a, "n_b": d.n_b, "mean_a": d.mean_a, "mean_b": d.mean_b,
+                 "diff": d.diff, "interval": list(d.interval), "p_value": d.p_value, "p_sequential": d.p_sequential,
+                 "p_adjusted": d.p_adjusted, "p_equivalence": d.p_equivalence, "prob_improvement": d.p_improve,
+                 "prob_improvement_ci": list(stats.bootstrap_ci((diffs > 0) + 0.5 * (diffs == 0))) if paired else None,
+                 "sign_flip_p": stats.sign_flip_p(diffs) if paired else None, "pair_seeds": ks if paired else [],
+                 "correlation": d.correlation, "width_paired": d.width_paired, "width_unpaired": d.width_unpaired,
+                 "narrower": 1 - d.width_paired / d.width_unpaired if paired and d.width_unpaired else None,
+                 "seeds_needed": d.seeds_needed, "runs_needed": more if more is None or math.isfinite(more) else None,
+                 "reason": d.reason or None})
+
+
+def comparisons(runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: sequential.Plan, through: int, *,
+                maximize: bool = True) -> list[dict[str, Any]]:
+    """Main effect of every factor (each pair of its levels), replayed look by look as the study decided them,
+    then the best setting against its runners-up at the last look decided.
+
+    A main effect pairs its sides seed by seed within cells equal in every other setting (sweeps.sequential).
+    Holm runs within each family: the main effects are the design's questions (they decide the seeds), the
+    setting pairs a second look chosen after the fact; mixing them would let the second dilute the first.
+    """
+    values = _values(runs)
+    configs = {s["config_id"]: {k: v for k, v in s["params"].items() if v is not None} for s in setting_list}
+    questions = sequential.main_effects(configs)
+    decisions = sequential.replay(questions, values, plan, through) if through else {}
+    out = [_row(q, decisions[q.name], values, plan, maximize) for q in questions if q.name in decisions]
     ranked = [s for s in setting_list if s["n"]]
-    if len(ranked) > 1:
-        best = ranked[0]
-        for other in ranked[1 : 1 + MAX_PAIRS]:
-            name = f"{best['label']} vs {other['label']}"
-            pairs[name] = (np.asarray(best["values"], float), np.asarray(other["values"], float))
-            meta[name] = {"kind": "setting pair", "factor": None, "a": best["label"], "b": other["label"],
-                          "a_config": best["config_id"], "b_config": other["config_id"]}
-    # Holm within each family of questions: the design's main effects, then the pairs of settings
-    rows = []
-    for kind in ("main effect", "setting pair"):
-        family = {k: v for k, v in pairs.items() if meta[k]["kind"] == kind}
-        if family:
-            rows += stats.compare_many(family, reps=reps, seed=seed, alpha=alpha, min_effect=min_effect)
-    out = []
-    for r in rows:
-        c = r.comparison
-        out.append(_num({"name": r.name, **meta[r.name], "n_a": c.n_a, "n_b": c.n_b, "mean_a": c.mean_a,
-                         "mean_b": c.mean_b, "diff": c.diff, "diff_ci": list(c.diff_ci), "p_improve": c.p_improve,
-                         "p_improve_ci": list(c.p_improve_ci), "p_value": c.p_value, "p_adjusted": r.p_adjusted,
-                         "test": c.test, "verdict": _better_word(r.verdict, maximize), "sigma": r.sigma,
-                         "seeds_needed": r.seeds_needed, "reason": c.reason}))
+    pairs = [sequential.setting_pair(ranked[0]["config_id"], o["config_id"], ranked[0]["label"], o["label"])
+             for o in ranked[1 : 1 + MAX_PAIRS]] if len(ranked) > 1 else []
+    for q, d in sequential.decide_look(pairs, values, plan, max(1, through)).items() if pairs else []:
+        q = next(p for p in pairs if p.name == q)
+        if d.verdict == sequential.OPEN:  # these pairs never ask for seeds: what is open now stays open
+            d = replace(d, verdict=sequential.CANNOT_TELL)
+        out.append(_row(q, d, values, plan, maximize, {"a_config": q.side_a[0], "b_config": q.side_b[0]}))
     return out
 
 
 def verdict_line(c: dict[str, Any], metric: str) -> str:
-    """One sentence: who is better, by how much, with the interval, P(A>B), the adjusted p and n."""
+    """One sentence: the verdict, by how much, with its interval, how it was tested, and at which look."""
     unit = " dB" if "psnr" in metric else ""
     head = (f"**{c['factor']}**: {c['a']} vs {c['b']}" if c["kind"] == "main effect" else f"**{c['a']}** vs {c['b']}")
     if c["reason"]:
-        return f"{head}: cannot tell at this budget ({c['reason']}); difference {c['diff']:+.2f}{unit} (n={c['n_a']} vs {c['n_b']})."
-    lo, hi = c["diff_ci"]
-    plo, phi = c["p_improve_ci"]
-    nums = (f"{c['diff']:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}], P(A>B)={c['p_improve']:.2f} [{plo:.2f}, {phi:.2f}], "
-            f"Holm p={c['p_adjusted']:.3g}, n={c['n_a']} vs {c['n_b']}")
-    if c["verdict"] == stats.BETTER:
-        return f"{head}: **{c['a']} is better** by {nums}."
-    if c["verdict"] == stats.WORSE:
-        return f"{head}: **{c['a']} is worse** by {nums}."
-    need = c["seeds_needed"]
-    if need is None or not math.isfinite(need) or need > MAX_RUNS_HINT:
-        hint = "; no difference worth resolving at this noise"
+        return f"{head}: cannot tell yet ({c['reason']}); difference {_signed(c['diff'], unit)} (n={c['n_a']} vs {c['n_b']})."
+    lo, hi = c["interval"]
+    how = (f"paired over {c['n_a']} seeds" + (f", correlation {c['correlation']:.2f}" if c["correlation"] is not None else "")
+           if c["paired"] else f"unpaired, n={c['n_a']} vs {c['n_b']}")
+    where = f"look {c['look']} of {c['looks']}, {c['runs']} runs" if c["looks"] > 1 else f"{c['runs']} runs"
+    nums = f"{_signed(c['diff'], unit)} [{lo:+.2f}, {hi:+.2f}] ({how}; {where})"
+    if c["verdict"] in (stats_words := (sequential.BETTER, sequential.WORSE)):
+        note = {"beyond the margin": f", more than the {c['margin_db']:g}{unit} margin",
+                "within the margin": f", less than the {c['margin_db']:g}{unit} margin"}.get(c["margin_note"] or "", "")
+        word = "better" if c["verdict"] == stats_words[0] else "worse"
+        return f"{head}: **{c['a']} is {word}**{note}: {nums}, P(A>B)={c['prob_improvement']:.2f}, Holm p={c['p_adjusted']:.3g}."
+    if c["verdict"] == sequential.EQUIVALENT:
+        return (f"{head}: **equivalent within +-{c['margin_db']:g}{unit}**: {nums}, TOST p={c['p_equivalence']:.3g}.")
+    if c["verdict"] == sequential.OPEN:
+        return f"{head}: open after {nums}: the next look adds seeds."
+    more = c["runs_needed"]
+    if more is None or more > MAX_RUNS_HINT:
+        hint = "; no verdict is within reach at this noise"
     else:
-        hint = f"; about {int(need)} runs per side would resolve a difference this size"
-    return f"{head}: cannot tell at this budget ({nums}{hint})."
+        target = max(int(c["seeds_needed"]), c["seeds"] + 1)
+        hint = f"; about {int(math.ceil(more))} more runs ({target} seeds per configuration) would decide it"
+    return f"{head}: cannot tell yet: {nums}, Holm p={c['p_adjusted']:.3g}{hint}."
+
+
+def _signed(v: Any, unit: str) -> str:
+    return "-" if v is None else f"{v:+.2f}{unit}"
 
 
 # confirmation, compute
@@ -212,14 +223,22 @@ def compute(runs: pd.DataFrame, niter: int) -> dict[str, Any]:
 # the whole analysis
 
 
-def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS, seed: int = stats.SEED,
-            alpha: float = stats.ALPHA, min_effect: float = stats.MIN_EFFECT_DB) -> dict[str, Any]:
-    """Every number of the report. `info`: name, description, metric, direction, seeds, niter, degenerate_below."""
+def plan_of(info: dict[str, Any], setting_list: list[dict[str, Any]]) -> tuple[sequential.Plan, int]:
+    """The study's decision rule and the last look it decided. `info` may carry looks, margin_db and look (the
+    sequential state); a study without them is one look at the seeds it has."""
+    looks = tuple(info.get("looks") or ()) or (max([s["n"] for s in setting_list] + [int(info.get("seeds") or 1), 1]),)
+    plan = sequential.Plan(looks=looks, margin=float(info.get("margin_db") or MARGIN_DB))
+    return plan, int(info.get("look") or 1)
+
+
+def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS, seed: int = stats.SEED) -> dict[str, Any]:
+    """Every number of the report. `info`: name, description, metric, direction, seeds, niter, degenerate_below,
+    and for a sequential study looks, margin_db and look (the last look decided)."""
     maximize = info.get("direction", "maximize") == "maximize"
     params = param_columns(runs)
     setting_list = settings(runs, params, reps, seed, maximize)
-    cmp = comparisons(runs, params, setting_list, reps=reps, seed=seed, alpha=alpha, min_effect=min_effect,
-                      maximize=maximize)
+    plan, through = plan_of(info, setting_list)
+    cmp = comparisons(runs, setting_list, plan, through, maximize=maximize)
     ok = usable(runs)
     groups = [ok[ok.config_id == s["config_id"]].value.to_numpy(float) for s in setting_list]
     floor = stats.noise_floor(groups)
@@ -231,16 +250,22 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
                          f"seed noise. Run `cvae sweep {info['name']} --confirm 3 --seeds 3` (or `make confirm`) to "
                          "re-run the best configurations with fresh seeds.")
     copy_last = runs.copy_last.dropna()
+    seq_words = (f"{len(plan.looks)} looks at {', '.join(map(str, plan.looks))} seeds per configuration, the error "
+                 f"rates spread over them by a Pocock boundary (a simulation of the look statistics, "
+                 f"{stats.BOUNDARY_DRAWS:,} paths)" if len(plan.looks) > 1 else "one look")
     return _num({
         "study": {k: info.get(k) for k in ("name", "description", "metric", "direction", "seeds", "niter", "sampler",
-                                            "pruner", "storage", "degenerate_below")},
-        "thresholds": {"alpha": alpha, "level": stats.LEVEL, "min_effect": min_effect,
+                                            "pruner", "storage", "degenerate_below")}
+                 | {"looks": list(plan.looks), "look": through, "margin_db": plan.margin},
+        "thresholds": {"alpha": plan.alpha, "level": stats.LEVEL, "margin_db": plan.margin,
                        "bootstrap": {"method": stats.METHOD, "reps": reps, "seed": seed},
-                       "test": "two-sided permutation test of the difference of means (exact up to "
-                               f"{stats.EXACT_LIMIT} relabelings), Holm-adjusted within each family (main effects; "
-                               "setting pairs)",
-                       "verdict": f"better/worse when Holm p < {alpha}, the {stats.LEVEL:.0%} interval of the "
-                                  f"difference excludes 0 and |difference| >= {min_effect}; else cannot tell",
+                       "test": "t test of the per-seed differences where both sides share seeds (paired), else "
+                               f"Welch's t (unpaired); {seq_words}; Holm within each family (main effects; setting "
+                               "pairs); the exact sign-flip p of the paired differences is shown as a check",
+                       "verdict": f"better/worse when the Holm-adjusted, look-corrected p <= {plan.alpha} (and beyond "
+                                  f"or within the {plan.margin:g} margin when its interval says so); equivalent when "
+                                  f"TOST, look-corrected, puts the difference inside +-{plan.margin:g} at "
+                                  f"{plan.alpha}; else open, or after the last look cannot tell yet",
                        "degenerate_below": info.get("degenerate_below")},
         "answer": answer,
         "settings": setting_list,
@@ -256,21 +281,16 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
     })
 
 
-def cross_study(results: dict[str, dict[str, Any]], *, reps: int = stats.REPS, seed: int = stats.SEED,
-                alpha: float = stats.ALPHA, min_effect: float = stats.MIN_EFFECT_DB) -> list[dict[str, Any]]:
-    """The best setting of each study against the best of every other study, Holm-adjusted together."""
+def cross_study(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best setting of each study against the best of every other study, Holm-adjusted together; paired by
+    run seed where the studies share seeds (the same seed starts from the same weights and batches)."""
     best = {name: r["settings"][0] for name, r in results.items() if r["settings"] and r["settings"][0]["n"]}
-    pairs = {f"{a} vs {b}": (np.asarray(best[a]["values"], float), np.asarray(best[b]["values"], float))
-             for a, b in combinations(best, 2)}
-    rows = stats.compare_many(pairs, reps=reps, seed=seed, alpha=alpha, min_effect=min_effect) if pairs else []
-    out = []
-    for r, (a, b) in zip(rows, combinations(best, 2)):
-        c = r.comparison
-        out.append(_num({"name": r.name, "kind": "study pair", "factor": None, "a": f"{a}: {best[a]['label']}",
-                         "b": f"{b}: {best[b]['label']}", **{k: v for k, v in asdict(c).items()
-                                                            if k in ("n_a", "n_b", "mean_a", "mean_b", "diff",
-                                                                     "p_improve", "p_value", "test", "reason")},
-                         "diff_ci": list(c.diff_ci), "p_improve_ci": list(c.p_improve_ci),
-                         "p_adjusted": r.p_adjusted, "verdict": r.verdict, "sigma": r.sigma,
-                         "seeds_needed": r.seeds_needed}))
-    return out
+    values = {(name, int(sd)): float(v) for name, s in best.items() for sd, v in zip(s["seeds"], s["values"])}
+    seeds = 1 + max((k for _, k in values), default=0)
+    margin = min((r["study"].get("margin_db") or MARGIN_DB for r in results.values()), default=MARGIN_DB)
+    plan = sequential.Plan(looks=(seeds,), margin=margin)
+    pairs = [sequential.setting_pair(a, b, f"{a}: {best[a]['label']}", f"{b}: {best[b]['label']}")
+             for a, b in combinations(best, 2)]
+    decisions = sequential.decide_look(pairs, values, plan, 1)
+    return [{**_row(q, decisions[q.name], values, plan, True), "kind": "study pair", "name": f"{q.side_a[0]} vs {q.side_b[0]}"}
+            for q in pairs]

@@ -115,6 +115,16 @@ def _log_to_parent(cfg: Config, study: optuna.Study, paths: list[Path]) -> None:
         client.log_artifact(parent, str(p), artifact_path="report")
 
 
+def _decided_through(study: optuna.Study, spec: Any) -> int:
+    """The last look the study decided (a look in progress is not reported as decided); 1 for a fixed design."""
+    if not spec.sequential:
+        return 1
+    from sweeps.run import seq_state
+
+    state = seq_state(study, spec)
+    return state.look if state.done else state.look - 1
+
+
 # the report
 
 
@@ -127,7 +137,8 @@ def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple
     runs["test_psnr"] = runs.run_id.map(collect.test_scores(cfg, runs.run_id.dropna().tolist()))
     info = {"name": spec.name, "description": spec.description, "metric": spec.metric, "direction": spec.direction,
             "seeds": spec.seeds, "niter": cfg.train.niter, "sampler": spec.sampler, "pruner": spec.pruner,
-            "storage": url, "degenerate_below": spec.degenerate_below}
+            "storage": url, "degenerate_below": spec.degenerate_below, "margin_db": spec.margin_db,
+            "looks": list(spec.plan.looks) if spec.sequential else None, "look": _decided_through(study, spec)}
     results = analysis.analyse(runs, info)
     results["appendix"] = {k: v for k, v in _appendix(study, runs).items()}
     parent = study.user_attrs.get("mlflow_parent_run_id")

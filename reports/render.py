@@ -45,17 +45,30 @@ def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return head, rows
 
 
-def _runs_hint(n: Any) -> str:
+def _runs_hint(c: dict[str, Any]) -> str:
     from reports.analysis import MAX_RUNS_HINT
 
-    return "-" if n is None or not math.isfinite(n) else (f"> {MAX_RUNS_HINT}" if n > MAX_RUNS_HINT else f"{n:.0f}")
+    n = c.get("runs_needed")
+    if c["verdict"] not in ("cannot tell yet", "open"):
+        return ""
+    return "-" if n is None or not math.isfinite(n) else (f"> {MAX_RUNS_HINT}" if n > MAX_RUNS_HINT else f"{math.ceil(n)}")
+
+
+def _pairing(c: dict[str, Any]) -> str:
+    if not c.get("paired"):
+        return "unpaired" if c.get("test") != "not run" else "-"
+    corr = c.get("correlation")
+    narrower = c.get("narrower")
+    return (f"paired (r={_f(corr)}" + (f", {100 * narrower:.0f}% narrower" if narrower is not None else "") + ")")
 
 
 def comparisons_table(cmps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = ["comparison", "verdict", "A - B", "interval", "P(A>B)", "interval", "p (Holm)", "n", "runs to resolve"]
-    rows = [[c["name"], c["verdict"], _f(c["diff"], 3), _ci(c["diff_ci"], 3), _f(c["p_improve"]),
-             _ci(c["p_improve_ci"]), _f(c["p_adjusted"], 3), f"{c['n_a']} vs {c['n_b']}",
-             _runs_hint(c.get("seeds_needed"))] for c in cmps]
+    head = ["comparison", "verdict", "look", "runs", "A - B", "interval", "pairing", "P(A>B)", "p (Holm)",
+            "p (TOST)", "sign-flip p", "margin", "more runs to decide"]
+    rows = [[c["name"], c["verdict"] + (f" ({c['margin_note']})" if c.get("margin_note") else ""),
+             f"{c['look']} of {c['looks']}", str(c["runs"]), _f(c["diff"], 3), _ci(c["interval"], 3), _pairing(c),
+             _f(c["prob_improvement"]), _f(c["p_adjusted"], 3), _f(c["p_equivalence"], 3), _f(c.get("sign_flip_p"), 3),
+             f"+-{c['margin_db']:g}", _runs_hint(c)] for c in cmps]
     return head, rows
 
 
@@ -92,15 +105,19 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
     st, th = results["study"], results["thresholds"]
     comp = results["compute"]
     out: list[tuple[str, list[Any]]] = []
+    seeds = (f"seeds per configuration at looks {', '.join(map(str, st['looks']))}, margin +-{st['margin_db']:g}, "
+             f"decided through look {st['look']}" if len(st.get("looks") or []) > 1
+             else f"{st.get('seeds')} seed(s) per configuration, margin +-{st.get('margin_db') or 0:g}")
     intro = [f"{st.get('description') or ''}",
              f"Objective: best `{st['metric']}` on the validation split per run (the course's protocol: 2 frames in, "
-             f"predicted frames scored, z from the prior); {st.get('seeds')} seed(s) per configuration; "
+             f"predicted frames scored, z from the prior); {seeds}; "
              f"{comp['runs']} runs ({comp['complete']} complete, {comp['pruned']} pruned, {comp['failed']} failed)."]
     out.append(("", intro))
     answer = [f"- {line}" for line in results["answer"]] or ["No comparison is possible yet (fewer than two settings "
                                                             "with a complete run)."]
-    answer.append(f"Verdict rule: {th['verdict']}. Intervals: {th['bootstrap']['method']}, "
-                  f"{th['bootstrap']['reps']} resamples, seed {th['bootstrap']['seed']}. Test: {th['test']}. "
+    answer.append(f"Verdict rule: {th['verdict']}. Test: {th['test']}. Intervals of a difference: repeated t "
+                  f"intervals at 1 - {th['alpha']}, valid at whichever look the study stopped; of a setting: "
+                  f"{th['bootstrap']['method']}, {th['bootstrap']['reps']} resamples, seed {th['bootstrap']['seed']}. "
                   f"Seed-noise floor (pooled within-setting std): {_f(results['noise_floor'], 3)}.")
     out.append(("The answer", answer))
     out.append(("Every seed, per setting", [("table", *settings_table(results)), ("figure", "strip")]))

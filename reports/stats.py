@@ -1,32 +1,34 @@
 """Statistics of comparisons over per-seed scores: pure functions on arrays, no I/O, no plotting.
 
-Follows rliable (Agarwal et al., 2021, "Deep RL at the Edge of the Statistical Precipice"): IQM,
-percentile-bootstrap intervals and P(A > B), with the method, repetitions and seed explicit. Every
-random function takes `reps` and `seed` and draws from `np.random.default_rng(seed)`, so a report
-rebuilt from the same runs prints the same numbers.
+One setting: mean, IQM and a percentile-bootstrap interval, as rliable (Agarwal et al. 2021). Two settings:
+a difference of means with a t reference, paired by seed where the two sides share seeds (common random
+numbers: the same initial weights, batches and teacher-forcing coins), Welch's unpaired form where they do
+not. The t reference, not a permutation or sign-flip test, decides: with 3-6 seeds those tests cannot go
+below p = 2 / 2^n (0.25 at n = 3), whatever the data; the exact sign-flip p is reported beside it as a
+check. Repeated looks at a growing study use a group-sequential boundary (Wang & Tsiatis 1987; Pocock
+1977 at shape 0.5), and equivalence is TOST (Schuirmann 1987). Every random function takes `reps` and
+`seed`, so a report rebuilt from the same runs prints the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import combinations
-from statistics import NormalDist
-from typing import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from scipy import special
 
-ALPHA = 0.05  # family-wise error rate, applied to Holm-adjusted p-values
-LEVEL = 0.95  # confidence level of every interval
-# No practical-effect threshold by default: the interval and the Holm-adjusted test already keep seed
-# noise out of the verdicts, and any positive dB cut-off would be a judgement call per study.
-MIN_EFFECT_DB = 0.0
-REPS = 10_000  # bootstrap resamples and Monte-Carlo permutations
+ALPHA = 0.05  # family-wise error rate of better/worse; per-comparison error rate of "equivalent"
+LEVEL = 0.95  # confidence level of the single-look intervals (settings, paired vs unpaired widths)
+POWER = 0.8  # of the "runs it would take" hints
+REPS = 10_000  # bootstrap resamples and Monte-Carlo sign flips
 SEED = 0
-EXACT_LIMIT = 20_000  # enumerate every relabeling when there are at most this many
+EXACT_FLIPS = 16  # enumerate all 2^n sign flips up to this many pairs
+BOUNDARY_DRAWS = 200_000  # Monte-Carlo paths of the group-sequential null (p* to about +-0.0005 near 0.05)
 METHOD = "percentile bootstrap"
-EXACT, MONTE_CARLO, NOT_RUN = "exact permutation", "Monte-Carlo permutation", "not run"
-BETTER, WORSE, CANNOT_TELL = "better", "worse", "cannot tell at this budget"
+PAIRED_T, WELCH_T = "paired t", "Welch t"
 
 Stat = Callable[..., np.ndarray]
 
@@ -45,17 +47,6 @@ def _scores(x: Sequence[float] | np.ndarray, allow_empty: bool = False) -> np.nd
 def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])  # linear interpolation
     return float(lo), float(hi)
-
-
-def _p_improve_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # a: (r, n_a), b: (r, n_b) -> (r,) P(A > B) per row, ties counted half
-    gt = (a[:, :, None] > b[:, None, :]).sum(axis=(1, 2))
-    eq = (a[:, :, None] == b[:, None, :]).sum(axis=(1, 2))
-    return (gt + 0.5 * eq) / (a.shape[1] * b.shape[1])
-
-
-def _mean_diff_rows(pooled_rows: np.ndarray, n_a: int) -> np.ndarray:
-    return pooled_rows[:, :n_a].mean(axis=1) - pooled_rows[:, n_a:].mean(axis=1)
 
 
 def _sum_sq_dev(x: np.ndarray) -> float:
@@ -115,96 +106,170 @@ def summarize(x: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int = 
                    method=METHOD, reps=reps, seed=seed, level=level)
 
 
+
 # two samples
 
 
 def prob_improvement(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """P(A > B) = (#{a_i > b_j} + 0.5 #{a_i == b_j}) / (n_a n_b), the Mann-Whitney form."""
+    """P(A > B) = (#{a_i > b_j} + 0.5 #{a_i == b_j}) / (n_a n_b), the Mann-Whitney form (unpaired)."""
     a, b = _scores(a), _scores(b)
-    return float(_p_improve_rows(a[None], b[None])[0])
+    gt = (a[:, None] > b[None, :]).sum()
+    eq = (a[:, None] == b[None, :]).sum()
+    return float((gt + 0.5 * eq) / (a.size * b.size))
 
 
-def permutation_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, reps: int = REPS,
-                     seed: int = SEED) -> tuple[float, str]:
-    """Two-sided permutation p-value of mean(a) - mean(b), and which test gave it."""
-    # Exact over all C(n_a+n_b, n_a) relabelings when <= EXACT_LIMIT (p = count / C, the observed one
-    # included); else `reps` random relabelings with p = (count + 1) / (reps + 1).
-    a, b = _scores(a), _scores(b)
-    pooled, n_a = np.concatenate([a, b]), a.size
-    observed = abs(_mean_diff_rows(pooled[None], n_a)[0])
-    tol = 1e-12 * float(np.abs(pooled).max())  # relabelings that tie the observed one up to rounding
-    if math.comb(pooled.size, n_a) <= EXACT_LIMIT:
-        chosen = np.array(list(combinations(range(pooled.size), n_a)))
-        in_a = np.zeros((len(chosen), pooled.size), dtype=bool)
-        in_a[np.arange(len(chosen))[:, None], chosen] = True
-        order = np.argsort(~in_a, axis=1, kind="stable")  # group A's indices first, then B's
-        count = int((np.abs(_mean_diff_rows(pooled[order], n_a)) >= observed - tol).sum())
-        return count / len(order), EXACT
-    rng = np.random.default_rng(seed)
-    shuffled = rng.permuted(np.tile(pooled, (reps, 1)), axis=1)
-    count = int((np.abs(_mean_diff_rows(shuffled, n_a)) >= observed - tol).sum())
-    return (count + 1) / (reps + 1), MONTE_CARLO
+def prob_improvement_paired(d: Sequence[float] | np.ndarray) -> float:
+    """P(A > B) in paired form: the share of seeds on which A beat B (ties count half)."""
+    d = _scores(d)
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Setting A against setting B over their per-seed scores (positive diff: A scores higher)."""
+class Estimate:
+    """A difference of means (A - B) with its standard error and t degrees of freedom."""
 
+    diff: float
+    se: float
+    df: float
     n_a: int
     n_b: int
-    mean_a: float
-    mean_b: float
-    diff: float
-    """mean_a - mean_b"""
-    diff_ci: tuple[float, float]
-    """percentile bootstrap, a and b resampled independently; NaN when a side has < 2 seeds"""
-    p_improve: float
-    """P(A > B), ties counted half"""
-    p_improve_ci: tuple[float, float]
-    """percentile bootstrap over the same resamples as diff_ci"""
-    p_value: float
-    """two-sided permutation test of the difference of means, not adjusted for multiplicity"""
+    """paired: both are the number of pairs"""
     test: str
-    method: str
-    reps: int
-    seed: int
-    level: float
-    reason: str | None = None
-    """why no interval or test was computed, else None"""
+    """PAIRED_T or WELCH_T"""
+
+    @property
+    def paired(self) -> bool:
+        return self.test == PAIRED_T
+
+    @property
+    def sd_unit(self) -> float:
+        """The standard deviation one more seed per side divides by sqrt(n): se * sqrt(n)."""
+        n = self.n_a if self.paired else 2 / (1 / self.n_a + 1 / self.n_b)
+        return self.se * math.sqrt(n)
 
 
-def compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int = SEED,
-            level: float = LEVEL) -> Comparison:
-    """Difference of means, P(A > B), their bootstrap intervals, and a permutation p-value."""
+def paired_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Estimate:
+    """Mean of the per-seed differences a_k - b_k, se = sd(d) / sqrt(n), df = n - 1 (needs n >= 2)."""
     a, b = _scores(a), _scores(b)
-    common = dict(n_a=int(a.size), n_b=int(b.size), mean_a=float(a.mean()), mean_b=float(b.mean()),
-                  diff=float(a.mean() - b.mean()), p_improve=prob_improvement(a, b), method=METHOD, reps=reps,
-                  seed=seed, level=level)
+    if a.size != b.size or a.size < 2:
+        raise ValueError(f"paired estimate needs two aligned samples of >= 2 seeds, got {a.size} and {b.size}")
+    d = a - b
+    return Estimate(diff=float(d.mean()), se=float(d.std(ddof=1) / math.sqrt(d.size)), df=float(d.size - 1),
+                    n_a=int(d.size), n_b=int(d.size), test=PAIRED_T)
+
+
+def welch_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Estimate:
+    """mean(a) - mean(b), se = sqrt(s_a^2/n_a + s_b^2/n_b), Welch-Satterthwaite df (needs >= 2 per side)."""
+    a, b = _scores(a), _scores(b)
     if a.size < 2 or b.size < 2:
-        nan2 = (math.nan, math.nan)
-        reason = (f"fewer than 2 seeds ({a.size} vs {b.size}): a single run cannot separate a setting from "
-                  "seed noise; rerun with more seeds (`--confirm`)")
-        return Comparison(**common, diff_ci=nan2, p_improve_ci=nan2, p_value=math.nan, test=NOT_RUN, reason=reason)
-    rng = np.random.default_rng(seed)
-    ra = a[rng.integers(0, a.size, size=(reps, a.size))]
-    rb = b[rng.integers(0, b.size, size=(reps, b.size))]
-    p_value, test = permutation_test(a, b, reps=reps, seed=seed)
-    return Comparison(**common, diff_ci=_percentile_interval(ra.mean(axis=1) - rb.mean(axis=1), level),
-                      p_improve_ci=_percentile_interval(_p_improve_rows(ra, rb), level), p_value=p_value,
-                      test=test)
+        raise ValueError(f"Welch estimate needs >= 2 seeds per side, got {a.size} and {b.size}")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se2 = va + vb
+    df = se2 ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if se2 > 0 else float(a.size + b.size - 2)
+    return Estimate(diff=float(a.mean() - b.mean()), se=float(math.sqrt(se2)), df=float(df), n_a=int(a.size),
+                    n_b=int(b.size), test=WELCH_T)
+
+
+def _t_stat(diff: float, se: float) -> float:
+    if se > 0:
+        return diff / se
+    return 0.0 if diff == 0 else math.copysign(math.inf, diff)  # no spread: any nonzero difference is certain
+
+
+def p_two_sided(e: Estimate) -> float:
+    """Two-sided t p-value of A - B == 0."""
+    return float(2 * special.stdtr(e.df, -abs(_t_stat(e.diff, e.se))))
+
+
+def p_tost(e: Estimate, margin: float) -> tuple[float, float]:
+    """One-sided t p-values of TOST (Schuirmann 1987): (of A - B <= -margin, of A - B >= +margin)."""
+    return (float(special.stdtr(e.df, -_t_stat(e.diff + margin, e.se))),
+            float(special.stdtr(e.df, _t_stat(e.diff - margin, e.se))))
+
+
+def interval(e: Estimate, level: float = LEVEL) -> tuple[float, float]:
+    """Two-sided t interval of A - B at `level`."""
+    h = float(special.stdtrit(e.df, (1 + level) / 2)) * e.se
+    return e.diff - h, e.diff + h
+
+
+def sign_flip_p(d: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int = SEED) -> float:
+    """Two-sided sign-flip permutation p of mean(d) == 0: exact over all 2^n flips up to EXACT_FLIPS pairs,
+    else (count + 1) / (reps + 1) over `reps` random flips. Its floor is 2 / 2^n: 0.25 at n = 3."""
+    d = _scores(d)
+    observed = abs(d.mean())
+    tol = 1e-12 * float(np.abs(d).max() or 1.0)
+    if d.size <= EXACT_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        return float((np.abs(signs @ d / d.size) >= observed - tol).mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(reps, d.size))
+    return float(((np.abs(signs @ d / d.size) >= observed - tol).sum() + 1) / (reps + 1))
+
+
+# repeated looks: a group-sequential boundary
+
+
+def _weights(looks: tuple[int, ...], shape: float) -> np.ndarray:
+    """Wang-Tsiatis boundary shape: reject at look k when |Z_k| >= C (n_k / n_K)^(shape - 1/2)."""
+    n = np.asarray(looks, dtype=float)
+    return (n / n[-1]) ** (shape - 0.5)
+
+
+@lru_cache(maxsize=64)
+def _null_max(looks: tuple[int, ...], shape: float, two_sided: bool) -> np.ndarray:
+    """Sorted max_k |Z_k| / w_k (or Z_k / w_k) over BOUNDARY_DRAWS null paths with n_k seeds at look k."""
+    n = np.asarray(looks, dtype=float)
+    rng = np.random.default_rng(SEED)
+    z = np.cumsum(rng.standard_normal((BOUNDARY_DRAWS, n.size)) * np.sqrt(np.diff(n, prepend=0.0)), axis=1) / np.sqrt(n)
+    return np.sort(((np.abs(z) if two_sided else z) / _weights(looks, shape)).max(axis=1))
+
+
+def _check_looks(look: int, looks: tuple[int, ...]) -> None:
+    if not 1 <= look <= len(looks) or any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
+        raise ValueError(f"look {look} of {looks}: looks are increasing seed counts, look is 1-based")
+
+
+def sequential_p(p: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5, two_sided: bool = True) -> float:
+    """The p-value of a look's test corrected for every planned look: the chance, with no difference, that
+    some look's statistic crosses the boundary that this look's statistic just reaches. p itself with one look."""
+    looks = tuple(int(n) for n in looks)
+    _check_looks(look, looks)
+    if len(looks) == 1 or math.isnan(p):
+        return p
+    z = float(special.ndtri(1 - p / 2 if two_sided else 1 - p))
+    null = _null_max(looks, float(shape), two_sided)
+    c = z / _weights(looks, shape)[look - 1]
+    return float((null.size - np.searchsorted(null, c, side="left")) / null.size)
+
+
+def nominal_level(alpha: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5,
+                  two_sided: bool = True) -> float:
+    """The single-test level at `look` that the boundary spends: sequential_p(p) <= alpha iff p <= this."""
+    looks = tuple(int(n) for n in looks)
+    _check_looks(look, looks)
+    if len(looks) == 1:
+        return alpha
+    null = _null_max(looks, float(shape), two_sided)
+    z = float(np.quantile(null, 1 - alpha)) * _weights(looks, shape)[look - 1]
+    return float(2 * special.ndtr(-z) if two_sided else special.ndtr(-z))
 
 
 # many comparisons
 
 
-def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni step-down adjusted p-values in the input order; NaN stays NaN, not counted in m."""
+def holm(p_values: Sequence[float] | np.ndarray, m: int | None = None) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values in the input order; NaN stays NaN, not counted in m.
+
+    `m`: the family's size when it has hypotheses not in `p_values` that are still unrejected (e.g. closed
+    as equivalent at an earlier look: they keep their share of alpha); default, the valid p-values."""
     p = np.asarray(p_values, dtype=float).reshape(-1)
     out = np.full(p.shape, math.nan)
     valid = np.flatnonzero(~np.isnan(p))
     order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    stepped = (m - np.arange(m)) * p[order]  # k-th smallest (0-based) times m - k
+    if m is not None and m < order.size:
+        raise ValueError(f"family of {m} cannot hold {order.size} p-values")
+    m = order.size if m is None else m
+    stepped = (m - np.arange(order.size)) * p[order]  # k-th smallest (0-based) times m - k
     out[order] = np.minimum(np.maximum.accumulate(stepped), 1.0)
     return out
 
@@ -218,58 +283,31 @@ def noise_floor(groups: Iterable[Sequence[float] | np.ndarray]) -> float:
     return math.sqrt(sum(_sum_sq_dev(g) for g in gs) / dof)
 
 
-def seeds_needed(diff: float, sigma: float, *, alpha: float = ALPHA, power: float = 0.8) -> float:
-    """Seeds per arm to resolve `diff` under per-run noise `sigma`: ceil(2 ((z_{1-a/2} + z_power) sigma / diff)^2)."""
-    # Normal approximation of a two-sided two-sample test; at least 2, inf when diff == 0.
-    if math.isnan(diff) or math.isnan(sigma):
+
+def seeds_to_decide(e: Estimate, margin: float, *, alpha_diff: float, alpha_equiv: float, power: float = POWER,
+                    limit: int = 100_000) -> float:
+    """Seeds per side at which one look of the same t tests would, with `power`, reach a verdict at the
+    observed difference and spread: show the difference (two-sided, level alpha_diff), or, when it lies
+    inside the margin, show equivalence (TOST, one-sided level alpha_equiv). inf when neither can happen."""
+    if not (math.isfinite(e.diff) and math.isfinite(e.se)):
         return math.nan
-    if diff == 0:
-        return math.inf
-    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
-    n = 2 * (z * sigma / abs(diff)) ** 2
-    return float(max(2, math.ceil(n - 1e-9)))  # the slack keeps rounding error from adding a seed
+    sd = e.sd_unit
+    if sd == 0:
+        return 2.0
 
+    def first(effect: float, level: float) -> float:
+        # smallest n in [2, limit) with (t_{n-1}(level) + t_{n-1}(power)) sd / sqrt(n) <= effect (decreasing in n)
+        def reach(n: int) -> float:
+            return float((special.stdtrit(n - 1, level) + special.stdtrit(n - 1, power)) * sd / math.sqrt(n))
 
-def verdict(cmp: Comparison, p_adjusted: float, *, alpha: float = ALPHA, min_effect: float = MIN_EFFECT_DB) -> str:
-    """BETTER/WORSE iff >= 2 seeds a side, p_adjusted < alpha, diff_ci excludes 0 and |diff| >= min_effect."""
-    if cmp.n_a < 2 or cmp.n_b < 2 or not p_adjusted < alpha:
-        return CANNOT_TELL
-    lo, hi = cmp.diff_ci
-    if lo > 0 and cmp.diff >= min_effect:
-        return BETTER
-    if hi < 0 and -cmp.diff >= min_effect:
-        return WORSE
-    return CANNOT_TELL
+        if effect <= 0 or reach(limit - 1) > effect:
+            return math.inf
+        lo, hi = 2, limit - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if reach(mid) <= effect else (mid + 1, hi)
+        return float(lo)
 
-
-@dataclass(frozen=True)
-class Row:
-    """One named comparison of a study's report, with its multiplicity-adjusted verdict."""
-
-    name: str
-    comparison: Comparison
-    p_adjusted: float
-    """Holm-adjusted over every pair passed to compare_many together"""
-    verdict: str
-    sigma: float
-    """pooled within-arm std of the two arms"""
-    seeds_needed: float
-    """seeds per arm to resolve the observed diff at this noise (alpha, power 0.8)"""
-    alpha: float
-    min_effect: float
-
-
-def compare_many(pairs: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, reps: int = REPS,
-                 seed: int = SEED, level: float = LEVEL, alpha: float = ALPHA,
-                 min_effect: float = MIN_EFFECT_DB) -> list[Row]:
-    """Compare each named (a, b) pair, Holm-adjust across all of them, and give each a verdict."""
-    # Every pair uses the same seed, so a pair's intervals do not depend on which other pairs are given.
-    cmps = {name: compare(a, b, reps=reps, seed=seed, level=level) for name, (a, b) in pairs.items()}
-    adjusted = holm([c.p_value for c in cmps.values()])
-    rows = []
-    for (name, c), p_adj in zip(cmps.items(), adjusted):
-        sigma = noise_floor(pairs[name])
-        rows.append(Row(name=name, comparison=c, p_adjusted=float(p_adj),
-                        verdict=verdict(c, float(p_adj), alpha=alpha, min_effect=min_effect), sigma=sigma,
-                        seeds_needed=seeds_needed(c.diff, sigma, alpha=alpha), alpha=alpha, min_effect=min_effect))
-    return rows
+    n_diff = first(abs(e.diff), 1 - alpha_diff / 2)
+    n_equiv = first(margin - abs(e.diff), 1 - alpha_equiv)
+    return min(n_diff, n_equiv)

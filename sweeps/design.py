@@ -56,16 +56,22 @@ def grid_points(grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
 
 
-def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable[Run]) -> list[tuple[dict[str, Any], int]]:
+def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable[Run],
+                 targets: Mapping[str, int] | None = None) -> list[tuple[dict[str, Any], int]]:
     """(params, seed_index) of a design's search runs (every point x every seed) that have no trial yet.
+
+    `targets`: config_id -> seeds of a sequential design's current look (a point not in it gets `seeds`).
 
     A trial of any state counts as present: WAITING/RUNNING ones will run, COMPLETE/PRUNED ones ran,
     and a FAIL is either a result (a diverged run: it would diverge again) or a lost run, which the
     stale-trial callback re-queues within a command and `lost_runs` at the next one.
     """
     have = {(r.config_id, r.seed_index) for r in runs if r.phase == SEARCH}
+    points = list(points)
+    want = {config_id(p): (targets or {}).get(config_id(p), seeds) for p in points}
     # seed by seed: the whole design with one seed first, so a stopped study is still balanced
-    return [(dict(p), k) for k in range(seeds) for p in points if (config_id(p), k) not in have]
+    return [(dict(p), k) for k in range(max(want.values(), default=0)) for p in points
+            if k < want[config_id(p)] and (config_id(p), k) not in have]
 
 
 def lost_runs(runs: Iterable[Run]) -> list[Run]:

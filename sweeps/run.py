@@ -29,6 +29,7 @@ from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
 from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
+from sweeps import sequential
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
 from sweeps.space import make_pruner, make_sampler
@@ -102,12 +103,64 @@ def runs_of(study: optuna.Study) -> list[Run]:
             for t in study.get_trials(deepcopy=False)]
 
 
+def usable_values(study: optuna.Study) -> dict[tuple[str, int], float]:
+    """(config_id, seed_index) -> value of every search run the verdicts may use: complete, finite, not degenerate."""
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if a.get("phase", SEARCH) == SEARCH and "config_id" in a and t.value is not None and not a.get("degenerate"):
+            if t.value == t.value and abs(t.value) != float("inf"):
+                out[(a["config_id"], int(a["seed_index"]))] = float(t.value)
+    return out
+
+
+def seq_state(study: optuna.Study, spec: StudySpec) -> sequential.State:
+    """The sequential design's look and seed targets as stored on the study (look 1 when none is stored)."""
+    return sequential.State.from_json(study.user_attrs.get("sequential"), [config_id(p) for p in spec.design], spec.plan)
+
+
+def questions_of(spec: StudySpec) -> list[sequential.Question]:
+    """The design's questions: every main effect of the grid."""
+    return sequential.main_effects({config_id(p): p for p in spec.design})
+
+
 def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
-    """Queue every (grid point, seed) of the design that has no trial yet; returns how many were queued."""
-    todo = missing_runs(spec.design, spec.seeds, runs_of(study))
+    """Queue every (grid point, seed) of the design (of its current look) that has no trial yet; returns how many."""
+    targets = seq_state(study, spec).targets if spec.sequential else None
+    todo = missing_runs(spec.design, spec.seeds, runs_of(study), targets)
     for params, k in todo:
         study.enqueue_trial(params, user_attrs={"config_id": config_id(params), "seed_index": k, "phase": SEARCH})
     return len(todo)
+
+
+def look_line(state: sequential.State, decisions: dict[str, sequential.Decision], spec: StudySpec) -> str:
+    """'look 1 (3 seeds): kl.mode: cyclical vs monotonic equivalent, ... -> 4 configurations get seed 4'."""
+    done = state.done
+    look = state.look if done else state.look - 1
+    verdicts = ", ".join(f"{name} {d.verdict}" + (f" ({d.margin})" if d.margin else "") for name, d in decisions.items())
+    head = f"study {spec.name}: look {look} of {len(spec.plan.looks)} ({spec.plan.looks[look - 1]} seeds): {verdicts}"
+    if done:
+        return head + " -> done"
+    grown = sorted({c for c, n in state.targets.items() if n == spec.plan.looks[state.look - 1]})
+    return head + f" -> {len(grown)} configuration(s) get {spec.plan.looks[state.look - 1]} seeds"
+
+
+def advance_look(study: optuna.Study, spec: StudySpec) -> int:
+    """A sequential study whose current look has all its runs: decide the look (sweeps.sequential.advance), store
+    the new look and seed targets, queue its runs; returns how many were queued. Call under the ask lock."""
+    if not spec.sequential:
+        return 0
+    state = seq_state(study, spec)
+    if state.done:
+        return 0
+    runs = runs_of(study)
+    busy = any(r.state in ("WAITING", "RUNNING") and r.phase == SEARCH for r in runs)
+    if busy or missing_runs(spec.design, spec.seeds, runs, state.targets) or lost_runs(runs):
+        return 0
+    new, decisions = sequential.advance(questions_of(spec), usable_values(study), spec.plan, state)
+    study.set_user_attr("sequential", new.as_json())
+    print(look_line(new, decisions, spec), flush=True)
+    return enqueue_grid(study, spec)
 
 
 def requeue_lost(study: optuna.Study) -> int:
@@ -185,7 +238,10 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
     try:
         requeue_lost(study)
         if spec.sampler == "grid":
+            if spec.sequential and "sequential" not in study.user_attrs:
+                study.set_user_attr("sequential", seq_state(study, spec).as_json())
             enqueue_grid(study, spec)
+            advance_look(study, spec)  # a look whose last run ended as the study was stopped
     finally:
         lock.release()
     if cfg.tracking.enabled:
@@ -269,8 +325,12 @@ def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
     lost with no retry left (the same command again queues them)."""
     c = _counts(study)
     runs = runs_of(study)
-    short = bool(missing_runs(spec.design, spec.seeds, runs)) if spec.grid else \
-        len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
+    if spec.grid:
+        state = seq_state(study, spec) if spec.sequential else None
+        short = bool(missing_runs(spec.design, spec.seeds, runs, state.targets if state else None))
+        short |= state is not None and not state.done
+    else:
+        short = len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
     return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short or bool(lost_runs(runs))
 
 
@@ -286,7 +346,8 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
                      "cond_gain": t.user_attrs.get("cond_gain"), "copy_last": t.user_attrs.get("copy_last_psnr"),
                      "note": t.user_attrs.get("fail_reason", "")})
     lines = [f"study {spec.name}: " + ", ".join(f"{n} {s.name.lower()}" for s, n in _counts(study).items() if n)
-             + f" run(s), {spec.seeds} seed(s) per configuration"]
+             + " run(s), " + (f"seeds at looks {', '.join(map(str, spec.plan.looks))} (margin {spec.margin_db:g} dB)"
+                              if spec.sequential else f"{spec.seeds} seed(s) per configuration")]
     if rows:
         df = pd.DataFrame(rows)
         keys = ["config", "phase"] + [c for c in df.columns if c not in ("config", "phase", "state", "value", "degenerate",
@@ -312,6 +373,17 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
         failed = df[df.note.astype(bool)]
         for _, f in failed.iterrows():
             lines.append(f"  failed run of {f.config}: {f.note}")
+    if spec.sequential:
+        state = seq_state(study, spec)
+        through = state.look if state.done else state.look - 1
+        if through:
+            decisions = sequential.replay(questions_of(spec), usable_values(study), spec.plan, through)
+            lines.append(f"verdicts after look {through} of {len(spec.plan.looks)}:")
+            for name, d in decisions.items():
+                more = (f", about {d.seeds_needed:.0f} seeds per configuration would decide"
+                        if d.verdict == sequential.CANNOT_TELL and d.seeds_needed == d.seeds_needed else "")
+                lines.append(f"  {name}: {d.verdict}{' (' + d.margin + ')' if d.margin else ''} at look {d.look}, "
+                             f"{d.diff:+.2f} [{d.interval[0]:+.2f}, {d.interval[1]:+.2f}], {d.runs} runs{more}")
     lost = lost_runs(runs_of(study))
     if lost:
         lines.append(f"{len(lost)} run(s) lost to kills or stops with no retry left (trials "
@@ -366,12 +438,12 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
         try:
             optuna.storages.fail_stale_trials(study)
             c = _counts(study)
-            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target * spec.seeds:  # failed runs do not count: never-ending
+            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target * spec.max_seeds:  # failed runs do not count: never-ending
                 print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed runs", flush=True)
                 return ran
             runs = runs_of(study)
             new_config = spec.sampler != "grid" and len(search_configs(runs)) < target
-            if new_config and sum(r.phase == SEARCH for r in runs) >= 3 * target * spec.seeds:
+            if new_config and sum(r.phase == SEARCH for r in runs) >= 3 * target * spec.max_seeds:
                 print(f"worker {index}: the space gave the same configurations again and again; stopping at "
                       f"{len(search_configs(runs))} of {target} configurations", flush=True)
                 return ran
@@ -381,6 +453,8 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
                 ran += 1
             elif c[TrialState.RUNNING]:
                 wait = True  # someone else is running the last runs: stay to retry them if their worker dies
+            elif advance_look(study, spec):
+                wait = False  # this look's runs are done: the next look's seeds are queued
             else:
                 return ran
         finally:

@@ -22,7 +22,10 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
-            "space", "grid", "heartbeat_seconds", "degenerate_below"}
+            "space", "grid", "heartbeat_seconds", "degenerate_below", "margin_db"}
+# The smallest difference that matters when a spec does not say: one grading bar of the course (>= 25 dB full
+# marks, then one bar per dB). A spec states its own, with why, in `margin_db`.
+MARGIN_DB = 1.0
 # Settings that change where and how fast a study runs, not what it finds: free to differ between reruns.
 IDENTITY_FREE = ("run.out_dir", "run.threads", "run.device", "run.prefetch", "train.progress", "tracking.uri",
                  "tracking.system_metrics", "tracking.outage_wait_s", "data.cache_dir")
@@ -67,6 +70,24 @@ class StudySpec:
     heartbeat_seconds: int = 10
     description: str = ""
     degenerate_below: float = DEGENERATE_BELOW_DB
+    looks: tuple[int, ...] = ()
+    """seeds per configuration at each look of a sequential design; () = `seeds` at one look"""
+    margin_db: float = MARGIN_DB
+
+    @property
+    def sequential(self) -> bool:
+        return len(self.looks) > 1
+
+    @property
+    def max_seeds(self) -> int:
+        return self.looks[-1] if self.looks else self.seeds
+
+    @property
+    def plan(self) -> Any:
+        """The decision rule (sweeps.sequential.Plan): looks, margin."""
+        from sweeps.sequential import Plan
+
+        return Plan(looks=self.looks or (self.seeds,), margin=self.margin_db)
 
     @property
     def design(self) -> list[dict[str, Any]]:
@@ -92,7 +113,8 @@ class StudySpec:
             cfg.pop(key, None)
         return {"config": cfg, "space": {k: {f: v for f, v in vars(d).items()} for k, d in self.space.items()},
                 "grid": {k: list(v) for k, v in self.grid.items()}, "objective": [self.metric, self.direction],
-                "seeds": self.seeds}
+                # a sequential design's margin decides which runs exist; a fixed one's only what the report says
+                "seeds": {"looks": list(self.looks), "margin_db": self.margin_db} if self.sequential else self.seeds}
 
     def fingerprint(self, extra: list[str] | None = None) -> str:
         """A short hash of identity()."""
@@ -140,6 +162,26 @@ def _parse_dist(path: str, raw: Any) -> Dist:
         _req(kind == "float" or float(step).is_integer(), f"{where}.step: int steps must be integers, got {step}")
         _req(not log, f"{where}: log and step cannot be combined")  # Optuna refuses it at the first trial
     return Dist(type=kind, low=low, high=high, log=log, step=step)
+
+
+def _parse_seeds(raw: Any) -> tuple[int, tuple[int, ...]]:
+    """`seeds: 3` (one look) or `seeds: {min: 3, max: 5, step: 1}` (looks at 3, 4, 5 seeds) -> (first, looks)."""
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"min", "max", "step"}
+        _req(not unknown, f"seeds: unknown field(s) {', '.join(sorted(unknown))} (expected min, max, step)")
+        vals = {k: raw.get(k, 1 if k == "step" else None) for k in ("min", "max", "step")}
+        for k, v in vals.items():
+            _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"seeds.{k}: expected a positive integer, got {v!r}")
+        lo, hi, step = vals["min"], vals["max"], vals["step"]
+        _req(lo >= 2, f"seeds.min: a sequential design needs at least 2 seeds at its first look, got {lo}")
+        _req(hi > lo, f"seeds: max ({hi}) must be above min ({lo}); for a fixed number write `seeds: {lo}`")
+        looks = list(range(lo, hi + 1, step))
+        if looks[-1] != hi:
+            looks.append(hi)
+        return lo, tuple(looks)
+    _req(isinstance(raw, int) and not isinstance(raw, bool) and raw > 0,
+         f"seeds: expected a positive integer or {{min: 3, max: 6}}, got {raw!r}")
+    return raw, ()
 
 
 def _corners(d: Dist) -> list[Any]:
@@ -232,13 +274,19 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     n_trials = trials if trials is not None else raw.get("trials", n_grid if grid else 10)
     if grid:
         n_trials = min(n_trials, n_grid) if isinstance(n_trials, int) and not isinstance(n_trials, bool) else n_trials
-    for key, v in (("trials", n_trials), ("seeds", raw.get("seeds", 1)),
-                   ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
+    seeds, looks = _parse_seeds(raw.get("seeds", 1))
+    _req(not looks or s_type == "grid", f"seeds: a range (sequential looks) needs sampler grid, not {s_type}")
+    _req(not looks or p_type == "none", f"pruner.type: {p_type} with a sequential design: each look needs every run "
+                                        "of its configurations (use pruner: none)")
+    margin = raw.get("margin_db", MARGIN_DB)
+    _req(isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
+         f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}")
+    for key, v in (("trials", n_trials), ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
         _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
     degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
     _req(isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
          f"degenerate_below: expected a number of dB, got {degenerate_below!r}")
-    _req(not (p_type in ("hyperband", "successive_halving") and raw.get("seeds", 1) > 1),
+    _req(not (p_type in ("hyperband", "successive_halving") and (seeds > 1 or looks)),
          f"pruner.type: {p_type} judges single runs; with seeds > 1 use median (it judges configurations) or none")
     ints = {"sampler.seed": sampler.get("seed", 1), "sampler.startup_trials": sampler.get("startup_trials", 4),
             "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
@@ -248,10 +296,11 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
 
     spec = StudySpec(
         name=str(raw.get("name", path.stem)), experiment=raw["experiment"], overrides=dict(overrides),
-        metric=metric, direction=direction, trials=n_trials, seeds=raw.get("seeds", 1), sampler=s_type,
+        metric=metric, direction=direction, trials=n_trials, seeds=seeds, sampler=s_type,
         sampler_seed=ints["sampler.seed"], startup_trials=ints["sampler.startup_trials"], pruner=p_type,
         warmup_epochs=ints["pruner.warmup_epochs"], pruner_startup_trials=ints["pruner.startup_trials"],
         space=space, grid=grid, heartbeat_seconds=raw.get("heartbeat_seconds", 10),
-        description=str(raw.get("description", "")), degenerate_below=float(degenerate_below))
+        description=str(raw.get("description", "")), degenerate_below=float(degenerate_below), looks=looks,
+        margin_db=float(margin))
     _check_paths(spec, extra)
     return spec

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from browser import chromium_path, ci, external_references, open_page
 from reports import analysis, stats
+from sweeps import sequential
 from reports import build as build_mod
 from sweeps import run as run_mod
 
@@ -69,30 +70,58 @@ def test_main_effects_and_pairs_with_their_verdicts() -> None:
     res = analysis.analyse(runs, INFO, reps=2000)
     by_name = {c["name"]: c for c in res["comparisons"]}
     tf = by_name["tf.start_decay_epoch: 1 vs 4"]
-    # level 1: early + early+0.05 (6 runs), level 4: late + the two usable late+0.05 runs (degenerate seed dropped)
-    a = np.array(early + [v + 0.05 for v in early])
-    b = np.array(late + [25.05, 25.25])
-    assert (tf["n_a"], tf["n_b"]) == (6, 5)
-    assert tf["diff"] == pytest.approx(a.mean() - b.mean())
-    assert tf["p_improve"] == 0.0 and tf["verdict"] == stats.WORSE
-    # exact test over C(11, 6) = 462 relabelings: only the observed one reaches |diff| (groups of 6 and 5
-    # are not mirror images, so the opposite split is less extreme)
-    assert tf["p_value"] == pytest.approx(1 / 462)
+    # paired by seed within each KL mode: seeds 0, 1 have both cells, seed 2 only the monotonic one
+    # (cyclical/4 seed 2 is degenerate): D = [-1.0, -1.1, -0.9] on (mean of cells) -> diff -1.0
+    assert tf["paired"] and tf["test"] == "paired t" and tf["pair_seeds"] == [0, 1, 2]
+    assert tf["diff"] == pytest.approx(-1.0) and tf["prob_improvement"] == 0.0
+    assert tf["verdict"] == sequential.WORSE and tf["runs"] == 11 and tf["look"] == 1
+    assert tf["p_value"] == pytest.approx(stats.p_two_sided(stats.paired_estimate([-1.0, -1.1, -0.9], [0, 0, 0])))
+    assert tf["sign_flip_p"] == 0.25  # 3 pairs: its floor, shown, never deciding
     kl = by_name["kl.mode: cyclical vs monotonic"]
-    assert kl["verdict"] == stats.CANNOT_TELL and (kl["n_a"], kl["n_b"]) == (5, 6)
+    assert kl["diff"] == pytest.approx(0.05) and kl["verdict"] == sequential.BETTER  # no spread at all: certain
+    assert kl["margin_note"] == "within the margin" and kl["margin_db"] == 1.0
     # Holm within each family: the 2 main effects, then the best setting against the 3 others
     for kind, size in (("main effect", 2), ("setting pair", 3)):
         family = [c for c in res["comparisons"] if c["kind"] == kind]
         assert len(family) == size
-        assert [c["p_adjusted"] for c in family] == pytest.approx(stats.holm([c["p_value"] for c in family]).tolist())
+        assert [c["p_adjusted"] for c in family] == pytest.approx(stats.holm([c["p_sequential"] for c in family]).tolist())
     # the best setting is ranked on its usable seeds; the degenerate run is listed apart
     best = res["settings"][0]
     assert best["label"] == "kl.mode=cyclical, tf.start_decay_epoch=4" and best["n"] == 2
     assert best["values"] == pytest.approx([25.05, 25.25]) and best["degenerate"] == 1
     assert [d["seed"] for d in res["degenerate"]] == [3]
     assert res["noise_floor"] == pytest.approx(stats.noise_floor([early, early, late, [25.05, 25.25]]))
-    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse** by") for line in res["answer"])
+    # -1.0 dB with an interval reaching past -1 on one side and short of it on the other: no margin word
+    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse**: -1.00 dB [") for line in res["answer"])
+    for c in res["comparisons"]:  # what results.json promises for every comparison
+        assert {"verdict", "look", "runs", "paired", "margin_db", "p_adjusted", "interval", "prob_improvement"} <= set(c)
     json.dumps(res)  # results.json-ready
+
+
+def test_noise_shared_by_seed_is_paired_away_and_equivalence_is_a_verdict() -> None:
+    seed_effect = [-0.8, 0.0, 0.7, -0.3, 0.5, 0.2]
+    base = {("monotonic", 1): 24.0, ("cyclical", 1): 24.02, ("monotonic", 4): 25.0, ("cyclical", 4): 25.0}
+    wiggle = [0.02, -0.03, 0.01, 0.0, -0.01, 0.02]
+    runs = hand_runs({c: [m + s + (w if c[0] == "cyclical" else 0) for s, w in zip(seed_effect, wiggle)]
+                      for c, m in base.items()})
+    res = analysis.analyse(runs, {**INFO, "margin_db": 0.25}, reps=500)
+    kl = next(c for c in res["comparisons"] if c["factor"] == "kl.mode")
+    assert kl["verdict"] == sequential.EQUIVALENT and kl["correlation"] > 0.99 and kl["narrower"] > 0.9
+    assert kl["width_paired"] < 0.1 * kl["width_unpaired"]
+    assert "**equivalent within +-0.25 dB**" in " ".join(res["answer"])
+
+
+def test_a_sequential_study_reports_the_look_each_verdict_was_reached_at() -> None:
+    tf1, tf4 = [24.0, 24.3, 23.9, 24.2, 24.1], [25.0, 25.2, 25.1, 24.9, 25.3]
+    wig = [0.3, -0.4, 0.2, -0.1, 0.5]
+    runs = hand_runs({("monotonic", 1): tf1, ("cyclical", 1): [v + w for v, w in zip(tf1, wig)],
+                      ("monotonic", 4): tf4, ("cyclical", 4): [v + w for v, w in zip(tf4, wig)]})
+    info = {**INFO, "looks": [3, 4, 5], "look": 2, "margin_db": 0.1}
+    res = analysis.analyse(runs, info, reps=300)
+    by = {c["factor"]: c for c in res["comparisons"] if c["kind"] == "main effect"}
+    assert by["tf.start_decay_epoch"]["looks"] == 3 and by["tf.start_decay_epoch"]["verdict"] == sequential.WORSE
+    assert by["kl.mode"]["verdict"] == sequential.OPEN and by["kl.mode"]["look"] == 2 and by["kl.mode"]["seeds"] == 4
+    assert res["study"]["looks"] == [3, 4, 5] and res["study"]["look"] == 2
 
 
 def test_single_seed_studies_never_give_a_verdict() -> None:
@@ -100,7 +129,7 @@ def test_single_seed_studies_never_give_a_verdict() -> None:
     res = analysis.analyse(runs, {**INFO, "seeds": 1}, reps=500)
     assert "cannot separate settings from seed noise" in res["answer"][0] and "--confirm" in res["answer"][0]
     pair = [c for c in res["comparisons"] if c["kind"] == "setting pair"][0]
-    assert pair["verdict"] == stats.CANNOT_TELL and "fewer than 2 seeds" in pair["reason"]
+    assert pair["verdict"] == sequential.CANNOT_TELL and "fewer than 2 seeds" in pair["reason"]
 
 
 def test_compute_counts_what_pruning_saved() -> None:
@@ -184,7 +213,7 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
     assert results["copy_last"] == pytest.approx(np.mean([t.user_attrs["copy_last_psnr"] for t in everything]))
     assert results["compute"]["runs"] == 6 and results["compute"]["epochs_trained"] == 12
     for c in results["comparisons"]:
-        assert c["verdict"] in (stats.BETTER, stats.WORSE, stats.CANNOT_TELL)
+        assert c["verdict"] in (sequential.BETTER, sequential.WORSE, sequential.EQUIVALENT, sequential.CANNOT_TELL)
 
     # one self-contained page: no file or URL outside itself; everything also in MLflow
     page = (out / "index.html").read_text()
@@ -221,10 +250,10 @@ def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
 
 def test_cross_study_compares_the_best_setting_of_each_study() -> None:
     fixed = analysis.analyse(hand_runs({("monotonic", 4): [25.0, 25.1, 25.2]}), {**INFO, "name": "fixed"}, reps=500)
-    learned = analysis.analyse(hand_runs({("monotonic", 4): [25.6, 25.7, 25.8], ("cyclical", 4): [24.0, 24.1, 24.2]}),
+    learned = analysis.analyse(hand_runs({("monotonic", 4): [25.6, 25.75, 25.8], ("cyclical", 4): [24.0, 24.1, 24.2]}),
                                {**INFO, "name": "learned"}, reps=500)
-    (c,) = analysis.cross_study({"fixed": fixed, "learned": learned}, reps=500)
+    (c,) = analysis.cross_study({"fixed": fixed, "learned": learned})
     assert c["a"].startswith("fixed: ") and c["b"] == "learned: kl.mode=monotonic"  # what varies in its study
-    assert c["diff"] == pytest.approx(-0.6) and c["p_improve"] == 0.0
-    assert c["p_value"] == pytest.approx(2 / 20)  # exact, 3 vs 3: even a clean split cannot go below 0.1
-    assert c["verdict"] == stats.CANNOT_TELL
+    # the same run seeds (1, 2, 3) in both studies: paired, d = [-0.6, -0.65, -0.6]
+    assert c["paired"] and c["diff"] == pytest.approx(-0.6 - 0.05 / 3) and c["prob_improvement"] == 0.0
+    assert c["verdict"] == sequential.WORSE and c["kind"] == "study pair"

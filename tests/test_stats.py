@@ -120,75 +120,128 @@ def test_prob_improvement_counts_ties_half(a, b, expected):
     assert stats.prob_improvement(a, b) == pytest.approx(expected, abs=1e-15)
 
 
-# permutation test
+def test_paired_prob_improvement_is_the_share_of_seeds_won():
+    # seeds won 2 (0.5, 1), tied 1 (0), lost 1 (-2): (2 + 0.5) / 4
+    assert stats.prob_improvement_paired([0.5, 0.0, -2.0, 1.0]) == 0.625
 
 
-def test_exact_permutation_p_value():
-    # C(6,3) = 20 relabelings; only [1,2,3]|[4,5,6] and [4,5,6]|[1,2,3] reach |diff| >= 3 -> 2/20
-    assert stats.permutation_test([1, 2, 3], [4, 5, 6]) == (pytest.approx(0.1), "exact permutation")
-    assert stats.permutation_test([1, 2, 3], [1, 2, 3]) == (1.0, "exact permutation")
-    # unequal sizes: C(3,1)=3 relabelings of [0 | 1, 2]: |0 - 1.5|=1.5, |1 - 1|=0, |2 - 0.5|=1.5 -> 2/3
-    assert stats.permutation_test([0], [1, 2])[0] == pytest.approx(2 / 3)
+# t estimates: paired and Welch, by hand
 
 
-def test_monte_carlo_permutation_when_enumeration_is_too_large():
-    a, b = np.arange(12.0), np.arange(12.0) + 100  # C(24,12) = 2704156 > 20000
-    p, test = stats.permutation_test(a, b, reps=999, seed=0)
-    # none of 999 random relabelings is the fully separated one (chance ~2/2.7M each): (0 + 1) / (999 + 1)
-    assert (p, test) == (1 / 1000, "Monte-Carlo permutation")
+def test_paired_estimate_by_hand():
+    # d = [1, 1, 2.5]: mean 1.5, sd = sqrt((0.25 + 0.25 + 1) / 2) = sqrt(0.75), se = sd / sqrt(3) = 0.5
+    e = stats.paired_estimate([1, 2, 3.5], [0, 1, 1])
+    assert (e.diff, e.se, e.df, e.n_a, e.n_b, e.test, e.paired) == (1.5, pytest.approx(0.5), 2.0, 3, 3, "paired t", True)
+    assert e.sd_unit == pytest.approx(math.sqrt(0.75))
+    # t = 3 on 2 df: two-sided p = 1 - 3 / sqrt(3^2 + 2) = 1 - 3/sqrt(11) (closed form of the t(2) cdf)
+    assert stats.p_two_sided(e) == pytest.approx(1 - 3 / math.sqrt(11), rel=1e-12)
+    # t(2) quantile 0.975 = 4.302653: 1.5 +- 4.302653 * 0.5
+    assert stats.interval(e) == pytest.approx((1.5 - 2.1513265, 1.5 + 2.1513265), abs=1e-6)
+    with pytest.raises(ValueError, match="aligned"):
+        stats.paired_estimate([1, 2], [1, 2, 3])
 
 
-def test_monte_carlo_p_value_equals_a_naive_count_on_the_same_draws():
-    a = [0.3, 1.7, 2.2, 4.9, 10.6, 6.1, 3.3, 2.8, 5.5, 7.0]
-    b = [x + 1.5 for x in reversed(a)]  # C(20,10) = 184756 > 20000
-    p, test = stats.permutation_test(a, b, reps=999, seed=0)
-    shuffled = np.random.default_rng(0).permuted(np.tile(a + b, (999, 1)), axis=1)
-    observed = abs(naive_mean(a) - naive_mean(b))
-    count = sum(abs(naive_mean(row[:10]) - naive_mean(row[10:])) >= observed - 1e-9 for row in shuffled)
-    assert test == "Monte-Carlo permutation"
-    assert p == pytest.approx((count + 1) / 1000) and p == pytest.approx(0.303)
+def test_pairing_removes_the_shared_seed_effect():
+    seed_effect = np.array([-1.0, 0.5, 2.0, -0.3, 0.8])
+    a, b = 25 + seed_effect + [0.31, 0.29, 0.30, 0.32, 0.28], 25 + seed_effect
+    paired, unpaired = stats.paired_estimate(a, b), stats.welch_estimate(a, b)
+    assert paired.diff == pytest.approx(unpaired.diff) == pytest.approx(0.3)
+    assert stats.p_two_sided(paired) < 1e-5 < 0.5 < stats.p_two_sided(unpaired)
 
 
-def test_monte_carlo_agrees_with_exact(monkeypatch):
-    a, b = np.arange(8.0), np.arange(8.0) + 3  # C(16,8) = 12870 -> exact
-    exact, test = stats.permutation_test(a, b)
-    assert test == "exact permutation"
-    monkeypatch.setattr(stats, "EXACT_LIMIT", 0)
-    mc, test = stats.permutation_test(a, b, reps=10_000, seed=0)
-    assert test == "Monte-Carlo permutation"
-    assert mc == pytest.approx(exact, abs=0.01)
+def test_welch_estimate_by_hand():
+    # a: mean 2, var 1 -> 1/3; b: mean 5, var 20/3 -> 5/3; se = sqrt(2); df = 2^2 / ((1/3)^2/2 + (5/3)^2/3)
+    e = stats.welch_estimate([1, 2, 3], [2, 4, 6, 8])
+    assert (e.diff, e.test, e.paired, e.n_a, e.n_b) == (-3.0, "Welch t", False, 3, 4)
+    assert e.se == pytest.approx(math.sqrt(2)) and e.df == pytest.approx(4 / (1 / 18 + 25 / 27))
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        stats.welch_estimate([1.0], [1.0, 2.0])
 
 
-# compare
+def test_no_spread_makes_any_difference_certain_and_none_impossible():
+    e = stats.paired_estimate([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert e.se == 0 and stats.p_two_sided(e) == 0.0 and stats.p_tost(e, 0.5) == (0.0, 1.0)
+    same = stats.paired_estimate([2.0, 3.0], [2.0, 3.0])
+    assert stats.p_two_sided(same) == 1.0 and stats.p_tost(same, 0.5) == (0.0, 0.0)
 
 
-def test_compare_fields_and_intervals_equal_a_naive_loop():
-    a, b = [1.0, 2.0, 3.0, 6.0], [4.0, 5.0, 6.0]
-    c = stats.compare(a, b, reps=500, seed=7, level=0.9)
-    assert (c.n_a, c.n_b, c.mean_a, c.mean_b, c.diff) == (4, 3, 3.0, 5.0, -2.0)
-    # of the 4*3=12 pairs only a=6 wins or ties: 6>4, 6>5, 6==6 -> (2 + 0.5) / 12
-    assert c.p_improve == pytest.approx(2.5 / 12)
-    assert (c.test, c.method, c.reps, c.seed, c.level, c.reason) == (
-        "exact permutation", "percentile bootstrap", 500, 7, 0.9, None)
-    assert c.p_value == stats.permutation_test(a, b)[0]
-    rng = np.random.default_rng(7)
-    ia, ib = rng.integers(0, 4, size=(500, 4)), rng.integers(0, 3, size=(500, 3))
-    diffs, probs = [], []
-    for ra, rb in zip(ia, ib):
-        sa, sb = [a[i] for i in ra], [b[j] for j in rb]
-        diffs.append(naive_mean(sa) - naive_mean(sb))
-        probs.append(sum((x > y) + 0.5 * (x == y) for x in sa for y in sb) / 12)
-    assert c.diff_ci == pytest.approx(naive_interval(diffs, 0.9), rel=1e-12)
-    assert c.p_improve_ci == pytest.approx(naive_interval(probs, 0.9), rel=1e-12)
+# TOST at the margin
 
 
-def test_compare_with_one_seed_gives_no_interval_and_says_why():
-    c = stats.compare([25.0], [24.0, 24.5])
-    assert c.diff == 0.75 and c.p_improve == 1.0
-    assert all(math.isnan(v) for v in (*c.diff_ci, *c.p_improve_ci, c.p_value))
-    assert c.test == "not run"
-    assert "fewer than 2 seeds" in c.reason and "--confirm" in c.reason
-    assert stats.verdict(c, 0.0) == stats.CANNOT_TELL
+def test_tost_p_is_one_half_exactly_at_the_margin_and_symmetric():
+    # d = [0.8, 1.2]: mean 1.0 = the margin: the upper one-sided statistic is 0 -> p = 0.5 on any df
+    e = stats.paired_estimate([1.8, 2.2], [1.0, 1.0])
+    lower, upper = stats.p_tost(e, 1.0)
+    assert upper == pytest.approx(0.5) and lower < 0.05
+    mirror = stats.paired_estimate([1.0, 1.0], [1.8, 2.2])
+    assert stats.p_tost(mirror, 1.0) == pytest.approx((upper, lower))
+
+
+def test_tost_equivalence_iff_the_90_interval_lies_inside_the_margin():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        d = rng.normal(rng.uniform(-1, 1), 0.4, size=5)
+        e = stats.paired_estimate(d, np.zeros(5))
+        lo, hi = stats.interval(e, 0.90)
+        inside = -0.8 < lo and hi < 0.8
+        assert (max(stats.p_tost(e, 0.8)) < 0.05) == inside
+
+
+# sign flips
+
+
+def test_exact_sign_flip_p_values():
+    # [1, 2, 3]: 8 flips; |mean| >= 2 only for all + and all - -> 2/8: the floor 2 / 2^n
+    assert stats.sign_flip_p([1, 2, 3]) == 0.25
+    # [1, -2, 3, 4, 5]: |sum| >= 11 for sums 11, 13, 15 and their negatives: (+1-2+3+4+5=11), (+1+2+3+4+5=15),
+    # (-1+2+3+4+5=13) -> 6 of 32
+    assert stats.sign_flip_p([1, -2, 3, 4, 5]) == 6 / 32
+    assert stats.sign_flip_p([0.0, 0.0]) == 1.0
+
+
+def test_monte_carlo_sign_flips_beyond_the_exact_limit(monkeypatch):
+    d = np.array([0.4, -0.1, 0.3, 0.5, 0.2, -0.2, 0.6, 0.1])
+    exact = stats.sign_flip_p(d)
+    monkeypatch.setattr(stats, "EXACT_FLIPS", 4)
+    assert stats.sign_flip_p(d, reps=20_000, seed=0) == pytest.approx(exact, abs=0.01)
+
+
+# the group-sequential boundary
+
+
+def test_one_look_leaves_p_alone():
+    assert stats.sequential_p(0.031, 1, (5,)) == 0.031
+    assert stats.nominal_level(0.05, 1, (5,)) == 0.05
+
+
+@pytest.mark.parametrize("k, pocock", [(2, 0.0294), (3, 0.0221), (5, 0.0158)])
+def test_equal_looks_reproduce_pococks_published_levels(k, pocock):
+    # Pocock (1977), two-sided 0.05 over k equally spaced looks
+    looks = tuple(range(2, 2 * k + 1, 2))
+    assert stats.nominal_level(0.05, 1, looks) == pytest.approx(pocock, abs=4e-4)
+    assert stats.nominal_level(0.05, k, looks) == pytest.approx(pocock, abs=4e-4)
+
+
+def test_sequential_p_inverts_the_nominal_level():
+    looks = (3, 4, 5, 6)
+    for look in (1, 3):
+        level = stats.nominal_level(0.05, look, looks)
+        assert stats.sequential_p(level * 0.98, look, looks) <= 0.05 < stats.sequential_p(level * 1.02, look, looks)
+    one = stats.nominal_level(0.05, 2, looks, two_sided=False)
+    assert 0.02 < one < 0.05 and stats.sequential_p(one * 0.98, 2, looks, two_sided=False) <= 0.05
+
+
+def test_obrien_fleming_keeps_alpha_for_the_last_look():
+    looks = (3, 4, 5, 6)
+    first, last = (stats.nominal_level(0.05, k, looks, shape=0.0) for k in (1, 4))
+    assert first < 0.01 and 0.035 < last < 0.05
+
+
+def test_looks_must_increase():
+    with pytest.raises(ValueError, match="increasing"):
+        stats.sequential_p(0.01, 1, (4, 3))
+    with pytest.raises(ValueError, match="1-based"):
+        stats.sequential_p(0.01, 3, (3, 4))
 
 
 # Holm
@@ -204,6 +257,10 @@ def test_holm():
     assert stats.holm([0.5, 0.5, 0.9]).tolist() == [1.0, 1.0, 1.0]
     assert stats.holm([0.02, 0.02]).tolist() == [0.04, 0.04]
     assert stats.holm([]).size == 0
+    # a family of 3 with one member outside the list (closed as equivalent earlier): m = 3, not 2
+    assert stats.holm([0.01, 0.02], m=3) == pytest.approx([0.03, 0.04])
+    with pytest.raises(ValueError, match="family"):
+        stats.holm([0.01, 0.02], m=1)
 
 
 # noise and budget
@@ -216,72 +273,24 @@ def test_noise_floor_pools_within_group_variance():
     assert math.isnan(stats.noise_floor([]))
 
 
-@pytest.mark.parametrize("diff, sigma, expected", [
-    (1.0, 1.0, 16),  # 2 * (1.959964 + 0.841621)^2 = 15.698 -> 16
-    (-1.0, 1.0, 16),
-    (2.0, 1.0, 4),  # 15.698 / 4 = 3.92 -> 4
-    (1.0, 0.1, 2),  # 0.157 -> at least 2
-    (0.0, 1.0, math.inf),
-])
-def test_seeds_needed(diff, sigma, expected):
-    assert stats.seeds_needed(diff, sigma) == expected
+# runs it would take
 
 
-def test_seeds_needed_unknown_noise_and_other_alpha():
-    assert math.isnan(stats.seeds_needed(1.0, float("nan")))
-    # alpha=0.01: 2 * (2.575829 + 0.841621)^2 = 23.35 -> 24
-    assert stats.seeds_needed(1.0, 1.0, alpha=0.01) == 24
+def test_seeds_to_decide_follows_the_t_tests():
+    e = stats.paired_estimate([1.0, 2.0, 1.5, 0.5], [0.0, 0.0, 0.0, 0.0])  # diff 1.25, sd 0.645
+    n = stats.seeds_to_decide(e, margin=0.5, alpha_diff=0.05, alpha_equiv=0.05)
+    sd = e.sd_unit
+    from scipy import stats as ss
 
-
-# verdicts
-
-
-def test_verdict_flips_at_alpha_and_min_effect():
-    c = stats.compare([4, 5, 6], [1, 2, 3])  # diff 3; any resampled diff >= min(a) - max(b) = 1 > 0
-    assert c.p_value == pytest.approx(0.1) and c.diff_ci[0] > 0
-    assert stats.verdict(c, 0.1, alpha=0.1 + 1e-9) == stats.BETTER
-    assert stats.verdict(c, 0.1, alpha=0.1 - 1e-9) == stats.CANNOT_TELL
-    assert stats.verdict(c, 0.1, alpha=0.1) == stats.CANNOT_TELL  # strict: p < alpha
-    assert stats.verdict(c, 0.1, alpha=0.2, min_effect=3.0) == stats.BETTER
-    assert stats.verdict(c, 0.1, alpha=0.2, min_effect=3.0 + 1e-9) == stats.CANNOT_TELL
-    mirror = stats.compare([1, 2, 3], [4, 5, 6])
-    assert stats.verdict(mirror, 0.1, alpha=0.2) == stats.WORSE
-    assert stats.verdict(mirror, 0.1, alpha=0.2, min_effect=3.0 + 1e-9) == stats.CANNOT_TELL
-
-
-def test_verdict_needs_the_interval_to_exclude_zero():
-    c = stats.compare([1, 2, 3, 10], [2, 3, 4])
-    assert c.diff_ci[0] < 0 < c.diff_ci[1]
-    assert stats.verdict(c, 0.0) == stats.CANNOT_TELL
+    reach = lambda k: (ss.t.ppf(0.975, k - 1) + ss.t.ppf(0.8, k - 1)) * sd / math.sqrt(k)  # noqa: E731
+    assert reach(n) <= 1.25 < reach(n - 1)
+    # inside the margin: equivalence is the nearer verdict
+    small = stats.paired_estimate([0.1, -0.1, 0.05, 0.0], [0, 0, 0, 0])
+    assert stats.seeds_to_decide(small, 1.0, alpha_diff=0.05, alpha_equiv=0.05) == 2
+    zero = stats.paired_estimate([0.3, -0.3], [0, 0])
+    assert stats.seeds_to_decide(zero, 0.0001, alpha_diff=0.05, alpha_equiv=0.05) == math.inf
 
 
 def test_constants_the_report_prints():
-    assert (stats.ALPHA, stats.LEVEL, stats.MIN_EFFECT_DB) == (0.05, 0.95, 0.0)
-    assert stats.CANNOT_TELL == "cannot tell at this budget"
-
-
-# many comparisons
-
-
-def test_compare_many_holm_adjusts_across_pairs():
-    pairs = {"kl: cyclical vs monotonic": ([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]),
-             "lr: 2e-3 vs 1e-3": ([1.0, 2.0, 3.0, 6.0], [4.0, 5.0, 6.0]),
-             "skips: on vs off": ([3.0], [1.0, 2.0]),
-             "tfr: 1 vs 0.5": ([1.0, 2.0], [1.0, 2.0])}
-    rows = stats.compare_many(pairs, reps=500, seed=0, alpha=0.2)
-    assert [r.name for r in rows] == list(pairs)
-    raw = [r.comparison.p_value for r in rows]
-    assert np.allclose([r.p_adjusted for r in rows], stats.holm(raw), equal_nan=True)
-    # 3 testable pairs: 0.1 * 3 = 0.3 -> no longer below alpha=0.2 once adjusted
-    assert rows[0].comparison.p_value == pytest.approx(0.1) and rows[0].p_adjusted == pytest.approx(0.3)
-    assert [r.verdict for r in rows] == [stats.CANNOT_TELL] * 4
-    assert math.isnan(rows[2].p_adjusted) and "fewer than 2 seeds" in rows[2].comparison.reason
-    for r, (a, b) in zip(rows, pairs.values()):
-        assert r.sigma == stats.noise_floor([a, b])
-        assert r.seeds_needed == stats.seeds_needed(r.comparison.diff, r.sigma, alpha=0.2)
-        assert r.comparison == stats.compare(a, b, reps=500, seed=0)
-    # identical arms: diff 0 -> no finite number of seeds resolves it
-    assert rows[3].comparison.p_value == 1.0 and rows[3].seeds_needed == math.inf
-    # alone, the first pair is not adjusted and is resolved at alpha=0.2
-    alone = stats.compare_many({"kl": pairs["kl: cyclical vs monotonic"]}, reps=500, seed=0, alpha=0.2)
-    assert alone[0].p_adjusted == pytest.approx(0.1) and alone[0].verdict == stats.BETTER
+    assert (stats.ALPHA, stats.LEVEL) == (0.05, 0.95)
+    assert (stats.PAIRED_T, stats.WELCH_T) == ("paired t", "Welch t")
