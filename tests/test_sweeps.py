@@ -176,6 +176,15 @@ BAD_SPECS = {
     "zero heartbeat": ({"heartbeat_seconds": 0}, "heartbeat_seconds: expected a positive integer"),
     "unknown metric": ({"objective": {"metric": "train/loss"}}, "objective.metric"),
     "unknown experiment": ({"experiment": "nosuch"}, "experiment not found: nosuch"),
+    "seed range on a sampled study": ({"seeds": {"min": 3, "max": 5}}, "seeds: a range (sequential looks) needs sampler grid"),
+    "seed range upside down": ({"seeds": {"min": 5, "max": 3}}, "seeds: max (3) must be above min (5)"),
+    "seed range from one seed": ({"seeds": {"min": 1, "max": 3}}, "seeds.min: a sequential design needs at least 2"),
+    "seed range with an unknown field": ({"seeds": {"min": 3, "most": 5}}, "seeds: unknown field(s) most"),
+    "seeds not a number": ({"seeds": "three"}, "seeds: expected a positive integer or"),
+    "margin of zero": ({"margin_db": 0}, "margin_db: expected a positive number of dB"),
+    "sequential grid with pruning": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": [1, 2]},
+                                      "seeds": {"min": 2, "max": 4}, "pruner": {"type": "median"}},
+                                     "pruner.type: median with a sequential design"),
 }
 
 
@@ -518,3 +527,40 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
     with pytest.raises(ConfigError, match="unable to open database file"):
         run_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
     assert len(calls) == 1
+
+
+# sequential looks
+
+
+@pytest.mark.slow
+def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same_look(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a margin no tiny model can meet: every question stays open until the last look
+    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
+                      grid={"kl.mode": ["monotonic", "cyclical"]}, seeds={"min": 2, "max": 3}, margin_db=1e-6,
+                      degenerate_below=-100.0)
+    # the first command stops right after look 1's last run, before the look is decided
+    real_advance = run_mod.advance_look
+    monkeypatch.setattr(run_mod, "advance_look", lambda study, spec: 0)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 1  # the study is not finished: FAILED
+    study = load_study(tmp_path)
+    assert states(study) == ["COMPLETE"] * 4
+    assert study.user_attrs["sequential"] == {"look": 1, "targets": {t.user_attrs["config_id"]: 2 for t in study.get_trials()},
+                                              "done": False}
+    assert "verdicts after look" not in capsys.readouterr().out  # nothing is decided yet
+
+    monkeypatch.setattr(run_mod, "advance_look", real_advance)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert states(study) == ["COMPLETE"] * 6
+    assert sorted((t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials) == sorted(
+        (c, k) for c in {t.user_attrs["config_id"] for t in trials} for k in range(3))
+    assert study.user_attrs["sequential"]["look"] == 2 and study.user_attrs["sequential"]["done"] is True
+    assert "look 1 of 2 (2 seeds): kl.mode: cyclical vs monotonic open -> 2 configuration(s) get 3 seeds" in out
+    assert "verdicts after look 2 of 2:" in out and "kl.mode: cyclical vs monotonic: cannot tell yet at look 2" in out
+
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # done: a rerun adds nothing
+    assert len(load_study(tmp_path).get_trials()) == 6
