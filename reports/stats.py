@@ -249,9 +249,14 @@ def nominal_level(alpha: float, look: int, looks: tuple[int, ...], *, shape: flo
     _check_looks(look, looks)
     if len(looks) == 1:
         return alpha
-    null = _null_max(looks, float(shape), two_sided)
-    z = float(np.quantile(null, 1 - alpha)) * _weights(looks, shape)[look - 1]
+    z = _boundary(alpha, looks, float(shape), two_sided) * _weights(looks, shape)[look - 1]
     return float(2 * special.ndtr(-z) if two_sided else special.ndtr(-z))
+
+
+@lru_cache(maxsize=256)
+def _boundary(alpha: float, looks: tuple[int, ...], shape: float, two_sided: bool) -> float:
+    """C of the boundary: the 1 - alpha quantile of the null's max statistic."""
+    return float(np.quantile(_null_max(looks, shape, two_sided), 1 - alpha))
 
 
 # many comparisons

@@ -163,6 +163,66 @@ def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     return enqueue_grid(study, spec)
 
 
+def race_lanes(study: optuna.Study, spec: StudySpec) -> tuple[dict[str, sequential.Lane], list[str]]:
+    """The race as stored on the study, every search configuration in it (a new one races from `min` seeds),
+    and the configurations in the order the study started them."""
+    raw = study.user_attrs.get("race") or {}
+    lanes = {c: sequential.Lane.from_json(v) for c, v in raw.items()}
+    order: list[str] = []
+    for r in sorted(runs_of(study), key=lambda r: r.number):
+        if r.phase == SEARCH and r.config_id is not None and r.config_id not in order:
+            order.append(r.config_id)
+            lanes.setdefault(r.config_id, sequential.Lane(target=spec.plan.looks[0]))
+    return lanes, order
+
+
+def advance_race(study: optuna.Study, spec: StudySpec) -> int:
+    """A racing study: decide every configuration whose seeds are all finished against the leader
+    (sweeps.sequential.race), store the race, and queue the seeds it hands out; returns how many were queued.
+    Call under the ask lock."""
+    if not spec.racing:
+        return 0
+    lanes, order = race_lanes(study, spec)
+    runs = [r for r in runs_of(study) if r.phase == SEARCH and r.config_id is not None]
+    lost = {r.config_id for r in lost_runs(runs)}
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.config_id, []).append(r)
+
+    def finished(c: str, target: int) -> bool:
+        rs = by.get(c, [])
+        have = {r.seed_index for r in rs}
+        return (c not in lost and all(k in have for k in range(target))
+                and not any(r.state in ("WAITING", "RUNNING") for r in rs))
+
+    pruned = {c for c in order if any(r.state == "PRUNED" for r in by.get(c, []))}
+    values = usable_values(study)
+    new = lanes
+    for _ in range(2 * len(order) + 1):  # a decision can hand out seeds that the next one waits on, or free a lead
+        done = {c for c in order if finished(c, new[c].target)}
+        again = sequential.race(new, order, done, values, spec.plan, maximize=spec.direction == "maximize",
+                                pruned=pruned)
+        if again == new:
+            break
+        new = again
+    if new != lanes or "race" not in study.user_attrs:
+        study.set_user_attr("race", {c: lane.as_json() for c, lane in new.items()})
+        for c in order:
+            if new[c].status != lanes[c].status and new[c].status != sequential.RACING:
+                print(f"study {spec.name}: configuration {c} {new[c].status}"
+                      + (f" (vs {new[c].against}, {new[c].diff:+.2f} at {new[c].target} seeds)" if new[c].against else ""),
+                      flush=True)
+    queued = 0
+    params = {r.config_id: r.params for r in runs if r.params}
+    for c in order:
+        have = {r.seed_index for r in by.get(c, [])}
+        for k in range(new[c].target):
+            if k not in have and c in params:
+                study.enqueue_trial(params[c], user_attrs={"config_id": c, "seed_index": k, "phase": SEARCH})
+                queued += 1
+    return queued
+
+
 def requeue_lost(study: optuna.Study) -> int:
     """Queue again every run lost to Ctrl-C / SIGTERM, a kill or a crash that has no retry left (design.lost_runs:
     same configuration, seed and phase, tagged `retry_of`); returns how many."""
@@ -242,6 +302,7 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
                 study.set_user_attr("sequential", seq_state(study, spec).as_json())
             enqueue_grid(study, spec)
             advance_look(study, spec)  # a look whose last run ended as the study was stopped
+        advance_race(study, spec)
     finally:
         lock.release()
     if cfg.tracking.enabled:
@@ -331,6 +392,9 @@ def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
         short |= state is not None and not state.done
     else:
         short = len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
+        if spec.racing:
+            lanes, _ = race_lanes(study, spec)
+            short |= any(lane.status == sequential.RACING for lane in lanes.values())
     return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short or bool(lost_runs(runs))
 
 
@@ -367,7 +431,7 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
             params = {k: b[k].item() if hasattr(b[k], "item") else b[k] for k in keys[2:]}
             lines.append(f"best configuration {b.config}: {spec.metric} mean {b['mean']:.2f} over {int(b.done)} seed(s) "
                          f"(copy-last {done.copy_last.mean():.2f}) params {params}")
-            if spec.seeds < 2:
+            if spec.seeds < 2 and not spec.racing:
                 lines.append("one seed per configuration: the ranking cannot be told apart from seed noise; "
                              f"`cvae sweep {spec.name} --confirm 3 --seeds 3` re-runs the top 3 with fresh seeds")
         failed = df[df.note.astype(bool)]
@@ -384,6 +448,12 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
                         if d.verdict == sequential.CANNOT_TELL and d.seeds_needed == d.seeds_needed else "")
                 lines.append(f"  {name}: {d.verdict}{' (' + d.margin + ')' if d.margin else ''} at look {d.look}, "
                              f"{d.diff:+.2f} [{d.interval[0]:+.2f}, {d.interval[1]:+.2f}], {d.runs} runs{more}")
+    if spec.racing:
+        lanes, order = race_lanes(study, spec)
+        lines.append(f"race (seeds {', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g}): "
+                     + "; ".join(f"{c} {lanes[c].status} at {lanes[c].target} seeds"
+                                 + (f" vs {lanes[c].against} ({lanes[c].diff:+.2f})" if lanes[c].against else "")
+                                 for c in order))
     lost = lost_runs(runs_of(study))
     if lost:
         lines.append(f"{len(lost)} run(s) lost to kills or stops with no retry left (trials "
@@ -437,6 +507,7 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
         lock.acquire()
         try:
             optuna.storages.fail_stale_trials(study)
+            advance_race(study, spec)  # seeds the race hands out are queued before anything else is asked
             c = _counts(study)
             if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target * spec.max_seeds:  # failed runs do not count: never-ending
                 print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed runs", flush=True)
@@ -453,7 +524,7 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
                 ran += 1
             elif c[TrialState.RUNNING]:
                 wait = True  # someone else is running the last runs: stay to retry them if their worker dies
-            elif advance_look(study, spec):
+            elif advance_look(study, spec) or advance_race(study, spec):
                 wait = False  # this look's runs are done: the next look's seeds are queued
             else:
                 return ran

@@ -174,6 +174,10 @@ def _runs_used(q: Question, values: Values, seeds: int) -> int:
 
 def measure(q: Question, values: Values, plan: Plan, look: int) -> Decision:
     """The look's numbers for one question (no verdict yet: OPEN); Holm and the verdict come from decide_look."""
+    return _measure(q, values, plan, look)[0]
+
+
+def _measure(q: Question, values: Values, plan: Plan, look: int) -> tuple[Decision, stats.Estimate | None]:
     n = plan.looks[look - 1]
     ks, pa, pb, va, vb = evidence(q, values, n)
     base = Decision(name=q.name, verdict=OPEN, look=look, seeds=n, runs=_runs_used(q, values, n), test="not run",
@@ -193,7 +197,7 @@ def measure(q: Question, values: Values, plan: Plan, look: int) -> Decision:
         w_u = math.nan
     else:
         return replace(base, reason=f"fewer than 2 seeds a side ({va.size} vs {vb.size}): one run cannot separate a "
-                                    "setting from seed noise")
+                                    "setting from seed noise"), None
     looks, shape = plan.looks, plan.shape
     a2 = stats.nominal_level(plan.alpha, look, looks, shape=shape)
     p = stats.p_two_sided(e)
@@ -204,8 +208,7 @@ def measure(q: Question, values: Values, plan: Plan, look: int) -> Decision:
     return replace(base, test=e.test, n_a=e.n_a, n_b=e.n_b, diff=e.diff, interval=stats.interval(e, 1 - a2),
                    p_value=p, p_sequential=stats.sequential_p(p, look, looks, shape=shape), p_equivalence=p_eq,
                    width_paired=w_p if e.paired else math.nan, width_unpaired=w_u if e.paired else w_p,
-                   **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired},
-                   seeds_needed=stats.seeds_to_decide(e, plan.margin, alpha_diff=plan.alpha, alpha_equiv=plan.alpha))
+                   **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired}), e
 
 
 # decisions
@@ -230,7 +233,9 @@ def decide_look(questions: Iterable[Question], values: Values, plan: Plan, look:
     out: dict[str, Decision] = {}
     todo = [q for q in qs if q.name not in prior or prior[q.name].verdict == OPEN]
     shown = sum(prior[q.name].verdict in (BETTER, WORSE) for q in qs if q.name in prior)
-    measured = {q.name: measure(q, values, plan, look) for q in todo}
+    measured, estimates = {}, {}
+    for q in todo:
+        measured[q.name], estimates[q.name] = _measure(q, values, plan, look)
     adjusted = stats.holm([measured[q.name].p_sequential for q in todo],
                           m=max(len(qs) - shown, sum(not math.isnan(measured[q.name].p_sequential) for q in todo)))
     last = look == len(plan.looks)
@@ -245,6 +250,9 @@ def decide_look(questions: Iterable[Question], values: Values, plan: Plan, look:
             d = replace(d, verdict=EQUIVALENT)
         elif last:
             d = replace(d, verdict=CANNOT_TELL)
+        e = estimates[q.name]
+        if d.verdict in (OPEN, CANNOT_TELL) and e is not None:
+            d = replace(d, seeds_needed=stats.seeds_to_decide(e, plan.margin, alpha_diff=plan.alpha, alpha_equiv=plan.alpha))
         out[q.name] = d
     return {q.name: out[q.name] for q in qs}
 
@@ -302,3 +310,74 @@ def advance(questions: Iterable[Question], values: Values, plan: Plan, state: St
     nxt = state.look + 1
     targets = {c: (plan.looks[nxt - 1] if c in grow else n) for c, n in state.targets.items()}
     return State(look=nxt, targets=targets, done=False), decisions
+
+
+# racing: sampled studies (F-Race style: each new configuration against the leader, on shared seeds)
+
+RACING, LEADS, OUT, TIED, UNDECIDED = "racing", "leads", "out", "tied", "undecided"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One configuration of a race: its seed target, where it stands, and against whom it was decided."""
+
+    target: int
+    status: str = RACING
+    against: str | None = None
+    look: int = 1
+    diff: float = math.nan
+    """its mean minus the leader's on their shared seeds, at the decision"""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status, "against": self.against, "look": self.look,
+                "diff": None if math.isnan(self.diff) else self.diff}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "Lane":
+        diff = raw.get("diff")
+        return cls(target=int(raw["target"]), status=raw.get("status", RACING), against=raw.get("against"),
+                   look=int(raw.get("look", 1)), diff=math.nan if diff is None else float(diff))
+
+
+def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Values, plan: Plan,
+         maximize: bool = True, pruned: set[str] = frozenset()) -> dict[str, Lane]:
+    """One pass over the racing configurations whose seeds are all finished (`done`), in `order`: each is tested
+    against the leader on the seeds both have, at the look its seed count is (the same paired test, boundary
+    and margin as a grid's questions). Better: it leads, the old leader is out. Worse: out. Equivalent: tied
+    (within the margin of the leader: no more seeds). Open: the next look's seeds. Cannot tell after the last
+    look: undecided. A leader with fewer seeds than its challenger first gets seeds up to the challenger's."""
+    out = dict(lanes)
+    for c in order:
+        lane = out[c]
+        if lane.status != RACING or c not in done:
+            continue
+        if c in pruned:
+            out[c] = replace(lane, status=OUT, against=None)
+            continue
+        leader = next((x for x in order if out[x].status == LEADS), None)
+        if leader is None:
+            out[c] = replace(lane, status=LEADS)
+            continue
+        if out[leader].target < lane.target:
+            out[leader] = replace(out[leader], target=lane.target)  # the leader needs the challenger's seeds
+            continue
+        if leader not in done:
+            continue
+        look = plan.looks.index(lane.target) + 1 if lane.target in plan.looks else len(plan.looks)
+        q = setting_pair(c, leader, c, leader)
+        d = decide_look([q], values, plan, look)[q.name]
+        verdict = d.verdict if maximize or d.verdict not in (BETTER, WORSE) else (WORSE if d.verdict == BETTER else BETTER)
+        decided = replace(lane, against=leader, look=look, diff=d.diff)
+        if verdict == BETTER:
+            out[c] = replace(decided, status=LEADS)
+            out[leader] = replace(out[leader], status=OUT, against=c)
+        elif verdict == WORSE:
+            out[c] = replace(decided, status=OUT)
+        elif verdict == EQUIVALENT:
+            out[c] = replace(decided, status=TIED)
+        elif verdict == CANNOT_TELL:
+            out[c] = replace(decided, status=UNDECIDED)
+        else:
+            nxt = next(n for n in plan.looks if n > lane.target)
+            out[c] = replace(decided, target=nxt)
+    return out

@@ -130,3 +130,55 @@ def run_case(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: No
             "family_false_difference": family_false / n, "family_false_difference_upper95": upper95(family_false, n),
             "mean_runs": float(np.mean(runs)), "runs_quantiles": np.quantile(runs, [0.1, 0.5, 0.9]).tolist(),
             "looks": {str(k): looks.count(k) / n for k in range(1, len(plan.looks) + 1)}}
+
+
+# the proof: every case the issue's targets name
+
+
+TARGET_FALSE_DIFFERENCE, TARGET_FALSE_DIFFERENCE_UPPER = 0.05, 0.06
+TARGET_FALSE_EQUIVALENT, TARGET_POWER = 0.05, 0.80
+
+
+def cases(factors: list[str], margin: float) -> dict[str, dict[str, float]]:
+    """True main effects of the standard cases for a two-factor design."""
+    f, g = factors
+    return {"no difference": {f: 0.0, g: 0.0}, "at the margin": {f: margin, g: -margin},
+            "twice the margin": {f: 2 * margin, g: -2 * margin}, "one real, one null": {f: 2 * margin, g: 0.0}}
+
+
+def judge(case: str, result: dict[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The case's error rate against its target: false better/worse (per family) where an effect is 0, false
+    "equivalent" where an effect is +-margin, power where it is +-2 margin."""
+    questions = {q.name: q for q in seq.main_effects(configs)}
+    effects = result["effects"]
+    out: dict[str, Any] = {}
+    if any(v == 0 for v in effects.values()):
+        out["false_difference"] = {"rate": result["family_false_difference"],
+                                   "upper95": result["family_false_difference_upper95"],
+                                   "target": f"<= {TARGET_FALSE_DIFFERENCE:.0%}, upper bound <= {TARGET_FALSE_DIFFERENCE_UPPER:.0%}",
+                                   "pass": result["family_false_difference"] <= TARGET_FALSE_DIFFERENCE
+                                   and result["family_false_difference_upper95"] <= TARGET_FALSE_DIFFERENCE_UPPER}
+    at_margin = [n for n, q in questions.items() if effects[q.factor] != 0 and case == "at the margin"]
+    if at_margin:
+        rate = max(result["verdicts"][n][seq.EQUIVALENT] for n in at_margin)
+        k = round(rate * result["studies"])
+        out["false_equivalent"] = {"rate": rate, "upper95": upper95(k, result["studies"]),
+                                   "target": f"<= {TARGET_FALSE_EQUIVALENT:.0%}", "pass": rate <= TARGET_FALSE_EQUIVALENT}
+    real = [n for n, q in questions.items() if effects[q.factor] != 0 and case != "at the margin"]
+    if real:
+        power = min(result["verdicts"][n][seq.BETTER if effects[questions[n].factor] > 0 else seq.WORSE] for n in real)
+        out["power"] = {"rate": power, "target": f">= {TARGET_POWER:.0%}", "pass": power >= TARGET_POWER}
+    return out
+
+
+def fixed_design_runs(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str,
+                      effects: Mapping[str, float], power: float, n: int, seed: int, most: int = 40) -> dict[str, Any]:
+    """The smallest fixed number of seeds (one look, the same tests) whose power reaches `power`: its runs."""
+    questions = seq.main_effects(configs)
+    for seeds in range(2, most + 1):
+        fixed = seq.Plan(looks=(seeds,), margin=plan.margin, alpha=plan.alpha)
+        r = run_case(configs, fixed, noise, kind, effects, n, seed)
+        got = min(r["verdicts"][q.name][seq.BETTER if effects[q.factor] > 0 else seq.WORSE] for q in questions)
+        if got >= power:
+            return {"seeds": seeds, "runs": seeds * len(configs), "power": got}
+    return {"seeds": None, "runs": None, "power": None}

@@ -79,6 +79,11 @@ class StudySpec:
         return len(self.looks) > 1
 
     @property
+    def racing(self) -> bool:
+        """A sampled study with a seed range: each new configuration races the leader on shared seeds."""
+        return self.sequential and self.sampler != "grid"
+
+    @property
     def max_seeds(self) -> int:
         return self.looks[-1] if self.looks else self.seeds
 
@@ -275,9 +280,8 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     if grid:
         n_trials = min(n_trials, n_grid) if isinstance(n_trials, int) and not isinstance(n_trials, bool) else n_trials
     seeds, looks = _parse_seeds(raw.get("seeds", 1))
-    _req(not looks or s_type == "grid", f"seeds: a range (sequential looks) needs sampler grid, not {s_type}")
-    _req(not looks or p_type == "none", f"pruner.type: {p_type} with a sequential design: each look needs every run "
-                                        "of its configurations (use pruner: none)")
+    _req(not looks or s_type != "grid" or p_type == "none", f"pruner.type: {p_type} with a sequential design: each "
+                                                             "look needs every run of its configurations (use pruner: none)")
     margin = raw.get("margin_db", MARGIN_DB)
     _req(isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
          f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}")

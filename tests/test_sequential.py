@@ -171,3 +171,44 @@ def test_plan_checks_its_looks_and_margin():
         seq.Plan(looks=(3, 3), margin=1.0)
     with pytest.raises(ValueError, match="margin"):
         seq.Plan(looks=(3,), margin=0.0)
+
+
+# racing
+
+
+def _race_values(means: dict[str, float], seeds: int, spread: float = 0.05) -> dict[tuple[str, int], float]:
+    rng = np.random.default_rng(4)
+    shared = rng.normal(0, 1.0, seeds)  # a seed effect every configuration shares: pairing removes it
+    return {(c, k): m + shared[k] + rng.normal(0, spread) for c, m in means.items() for k in range(seeds)}
+
+
+def test_race_the_first_configuration_leads_a_worse_one_is_out_a_better_one_takes_the_lead():
+    plan = seq.Plan(looks=(2, 3, 4), margin=0.2)
+    vals = _race_values({"a": 25.0, "b": 23.0, "c": 27.0, "d": 25.02}, 4)
+    lanes = {c: seq.Lane(target=2) for c in "abcd"}
+    lanes = seq.race(lanes, list("abcd"), {"a"}, vals, plan)
+    assert lanes["a"].status == seq.LEADS and lanes["b"].status == seq.RACING  # b not finished yet: untouched
+    # a 2 dB gap with a shared seed effect: decided once 3 seeds give the paired test a level it can reach
+    for _ in range(3):
+        done = {c for c in "abcd" if lanes[c].target <= 4}
+        lanes = seq.race(lanes, list("abcd"), done, vals, plan)
+    assert lanes["b"].status == seq.OUT and lanes["b"].against in ("a", "c")
+    assert lanes["c"].status == seq.LEADS and lanes["a"].status == seq.OUT and lanes["a"].against == "c"
+    assert lanes["d"].status in (seq.OUT, seq.TIED)  # 0.02 dB from a, 2 dB below c
+
+
+def test_race_a_leader_behind_its_challenger_gets_seeds_first():
+    plan = seq.Plan(looks=(2, 3, 4), margin=0.01)
+    lanes = {"a": seq.Lane(target=2, status=seq.LEADS), "b": seq.Lane(target=3)}
+    vals = _race_values({"a": 25.0, "b": 25.1}, 4, spread=0.3)
+    out = seq.race(lanes, ["a", "b"], {"a", "b"}, vals, plan)
+    assert out["a"].target == 3 and out["b"].status == seq.RACING and out["b"].target == 3
+    assert seq.race(lanes, ["a", "b"], {"a", "b"}, vals, plan, pruned={"b"})["b"].status == seq.OUT
+
+
+def test_race_minimising_flips_better_and_lanes_round_trip():
+    plan = seq.Plan(looks=(3,), margin=0.1)
+    vals = _race_values({"a": 25.0, "b": 20.0}, 3)
+    lanes = seq.race({"a": seq.Lane(3, seq.LEADS), "b": seq.Lane(3)}, ["a", "b"], {"a", "b"}, vals, plan, maximize=False)
+    assert lanes["b"].status == seq.LEADS and lanes["a"].status == seq.OUT  # lower is better
+    assert seq.Lane.from_json(lanes["b"].as_json()) == lanes["b"]

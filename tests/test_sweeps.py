@@ -176,7 +176,8 @@ BAD_SPECS = {
     "zero heartbeat": ({"heartbeat_seconds": 0}, "heartbeat_seconds: expected a positive integer"),
     "unknown metric": ({"objective": {"metric": "train/loss"}}, "objective.metric"),
     "unknown experiment": ({"experiment": "nosuch"}, "experiment not found: nosuch"),
-    "seed range on a sampled study": ({"seeds": {"min": 3, "max": 5}}, "seeds: a range (sequential looks) needs sampler grid"),
+    "seed range with single-run pruning": ({"seeds": {"min": 2, "max": 4}, "pruner": {"type": "hyperband"}},
+                                           "pruner.type: hyperband judges single runs"),
     "seed range upside down": ({"seeds": {"min": 5, "max": 3}}, "seeds: max (3) must be above min (5)"),
     "seed range from one seed": ({"seeds": {"min": 1, "max": 3}}, "seeds.min: a sequential design needs at least 2"),
     "seed range with an unknown field": ({"seeds": {"min": 3, "most": 5}}, "seeds: unknown field(s) most"),
@@ -564,3 +565,24 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
 
     assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # done: a rerun adds nothing
     assert len(load_study(tmp_path).get_trials()) == 6
+
+
+@pytest.mark.slow
+def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, data_cache, trials=3, seeds={"min": 2, "max": 3}, margin_db=1e-6,
+                      degenerate_below=-100.0)
+    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    race = study.user_attrs["race"]
+    configs = {t.user_attrs["config_id"] for t in trials}
+    assert set(race) == configs and len(configs) == 3
+    assert all(lane["status"] != "racing" for lane in race.values())
+    assert [lane["status"] for lane in race.values()].count("leads") == 1
+    pairs = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials]
+    assert len(pairs) == len(set(pairs))  # no (configuration, seed) twice
+    for c, lane in race.items():  # each configuration ran exactly the seeds its lane asked for
+        assert sorted(k for cid, k in pairs if cid == c) == list(range(lane["target"]))
+    assert states(study) == ["COMPLETE"] * len(trials) and 6 <= len(trials) <= 9
+    assert "race (seeds 2, 3, margin 1e-06):" in capsys.readouterr().out
