@@ -22,7 +22,7 @@ OUT ?= runs
 warn_exposed = case '$(HOST)' in 127.0.0.1|localhost|::1) ;; *) echo "warning: HOST=$(HOST) exposes this server, without authentication, to every machine that can reach this one" >&2;; esac
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test sweep worker ui dashboard report confirm bench bench-sweep schedules preview clean
+.PHONY: help install train eval test sweep worker ui dashboard report confirm bench bench-sweep bench-decisions schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ confirm: $(STAMP) ## re-run the top K configurations with N fresh seeds: make co
 
 bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step, FLOP/s, data, eval) -> bench/results.json
 	$(BIN)/python -m benchmarks.run
+
+bench-decisions: $(STAMP) ## error rates of the demo's decision rule, 20,000 simulated studies per case (about 10 minutes) -> bench/decisions.json
+	$(BIN)/python -m benchmarks.decisions $(ARGS)
 
 bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (12-15 minutes) -> bench/sweep.json
 	$(BIN)/python -m benchmarks.sweep

@@ -7,7 +7,9 @@ hands out the next look's seeds exactly as the coordinator does. Noise models ar
 per-seed values of a study (`fit`):
 
 - normal: each seed's row ~ N(0, S), S the measured covariance of the residuals across configurations;
-- resampled: each seed's row is a measured residual row drawn with replacement (scaled by sqrt(n/(n-1)));
+- resampled: each seed's row is a measured residual row drawn with replacement (scaled by sqrt(n/(n-1))),
+  a run that was degenerate where it was measured (a model that ignored its condition) is degenerate again:
+  the run is paid for and its value left out, as the report leaves it out;
 - heavy: normal, and each run loses `bad_db` with probability `bad_p` (one seed in twelve 2 dB low was
   seen in the demo study: a 3-seed mean moves by 0.7 dB).
 """
@@ -23,6 +25,7 @@ import numpy as np
 from sweeps import sequential as seq
 
 NOISES = ("normal", "resampled", "heavy")
+SMOOTH = 0.3  # the smoothed bootstrap's kernel, as a share of each configuration's spread
 BAD_P, BAD_DB = 1 / 12, 2.0  # the heavy tail seen in a demo study: 1 run of 12 at 21.19 dB, its siblings 23.1-23.3
 
 
@@ -32,6 +35,8 @@ class Noise:
 
     configs: tuple[str, ...]
     rows: np.ndarray
+    degenerate: np.ndarray | None = None
+    """seeds x configurations, True where the measured run was degenerate"""
     bad_p: float = BAD_P
     bad_db: float = BAD_DB
 
@@ -40,10 +45,18 @@ class Noise:
         return np.cov(self.rows, rowvar=False, ddof=1)
 
     def draw(self, kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-        """`size` seed rows of noise (size x configurations)."""
+        """`size` seed rows of noise (size x configurations); NaN marks a degenerate run (resampled only)."""
         n, c = self.rows.shape
         if kind == "resampled":
-            return self.rows[rng.integers(0, n, size=size)] * math.sqrt(n / (n - 1))
+            # smoothed bootstrap (Silverman 1986): a measured row plus a little Gaussian noise, so that a few draws
+            # from eight rows are not exact ties (a real run never repeats another's value to the last digit)
+            pick = rng.integers(0, n, size=size)
+            sd = np.nanstd(np.where(self.degenerate, np.nan, self.rows) if self.degenerate is not None else self.rows,
+                           axis=0, ddof=1)
+            out = self.rows[pick] + rng.standard_normal((size, c)) * SMOOTH * sd
+            if self.degenerate is not None:
+                out[self.degenerate[pick]] = np.nan
+            return out
         out = rng.multivariate_normal(np.zeros(c), self.cov, size=size, method="eigh")
         if kind == "heavy":
             out -= self.bad_db * (rng.random((size, c)) < self.bad_p)
@@ -52,14 +65,20 @@ class Noise:
         return out
 
 
-def fit(values: Mapping[tuple[str, int], float], configs: list[str]) -> Noise:
-    """Residual rows from measured values: seeds every configuration has, each value minus its configuration's mean."""
+def fit(values: Mapping[tuple[str, int], float], configs: list[str],
+        degenerate: set[tuple[str, int]] = frozenset()) -> Noise:
+    """Residual rows from measured values (degenerate runs included: their tail is part of the noise), seeds every
+    configuration has, each value minus its configuration's mean; `degenerate` marks the runs the report drops."""
     seeds = sorted({k for _, k in values})
     full = [k for k in seeds if all((c, k) in values for c in configs)]
     if len(full) < 3:
         raise ValueError(f"need >= 3 seeds that every configuration has, got {len(full)}")
     y = np.array([[values[(c, k)] for c in configs] for k in full], dtype=float)
-    return Noise(configs=tuple(configs), rows=y - y.mean(axis=0))
+    bad = np.array([[(c, k) in degenerate for c in configs] for k in full], dtype=bool)
+    # centred on the runs the verdicts use: "no difference" means equal means of the non-degenerate runs, the
+    # quantity the decision code estimates (a degenerate run's residual is then its distance below them)
+    ok = np.where(bad, np.nan, y)
+    return Noise(configs=tuple(configs), rows=y - np.nanmean(ok, axis=0), degenerate=bad if bad.any() else None)
 
 
 # one study
@@ -85,15 +104,18 @@ def study(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise
     order = list(noise.configs)
     rows = noise.draw(kind, rng, plan.looks[-1])  # seed k's row, drawn up front: the same as drawing it when needed
     values: dict[tuple[str, int], float] = {}
+    ran: set[tuple[str, int]] = set()
     state = seq.State.from_json(None, order, plan)
     while True:
         for c, target in state.targets.items():
             j = order.index(c)
             for k in range(target):
-                values.setdefault((c, k), means[c] + rows[k, j])
+                ran.add((c, k))
+                if not math.isnan(rows[k, j]):  # a degenerate run costs its run and gives no value
+                    values.setdefault((c, k), means[c] + rows[k, j])
         state, decisions = seq.advance(questions, values, plan, state)
         if state.done:
-            return decisions, len(values)
+            return decisions, len(ran)
 
 
 # many studies
