@@ -10,6 +10,7 @@ STUDY ?= demo
 WORKERS ?= 2
 TRIALS ?=
 STORAGE ?=
+RAY ?=
 STUDIES ?=
 K ?= 2
 SEEDS ?= 3
@@ -60,8 +61,8 @@ ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .cache .pytest_cache
 
-sweep: $(STAMP) ## Optuna study: make sweep [STUDY=demo] [WORKERS=2] [TRIALS=n] [STORAGE=url] [ARGS="k=v ..."]
-	$(BIN)/cvae sweep $(STUDY) --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+sweep: $(STAMP) ## Optuna study: make sweep [STUDY=demo] [WORKERS=2] [TRIALS=n] [STORAGE=url] [RAY=auto|host:port] [ARGS="k=v ..."]
+	$(BIN)/cvae sweep $(STUDY) $(if $(RAY),--ray '$(RAY)',--workers $(WORKERS)) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
 worker: $(STAMP) ## join a study from another machine: make worker STUDY=.. STORAGE=postgresql://.. [MLFLOW_TRACKING_URI=http://..]
 	$(BIN)/cvae worker $(STUDY) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)

@@ -69,7 +69,8 @@ def run(spec: dict, folder: Path) -> dict:
 
 
 def main() -> int:
-    spec = {**yaml.safe_load(find_spec("demo_tpe").read_text()), "seeds": 1}  # one run per configuration
+    # one run per configuration, 8 configurations (as in earlier builds of this measurement)
+    spec = {**yaml.safe_load(find_spec("demo_tpe").read_text()), "seeds": 1, "trials": 8}
     by_seed, unpruned = [], []
     with tempfile.TemporaryDirectory(prefix="cvae-bench-sweep-") as tmp:
         for seed in SAMPLER_SEEDS:

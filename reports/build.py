@@ -115,6 +115,17 @@ def _log_to_parent(cfg: Config, study: optuna.Study, paths: list[Path]) -> None:
         client.log_artifact(parent, str(p), artifact_path="report")
 
 
+def _race(study: optuna.Study, settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A racing study's lanes, leader first: each configuration's label, status, seeds, and the decision that
+    settled it (against whom, the difference on their shared seeds, at which seed count)."""
+    lanes = study.user_attrs.get("race") or {}
+    labels = {s["config_id"]: s["label"] for s in settings}
+    rank = {"leads": 0, "tied": 1, "undecided": 2, "racing": 3, "out": 4}
+    rows = [{"config_id": c, "label": labels.get(c, c), **lane, "against_label": labels.get(lane.get("against"))}
+            for c, lane in lanes.items()]
+    return sorted(rows, key=lambda r: (rank.get(r["status"], 9), -r["target"]))
+
+
 def _decided_through(study: optuna.Study, spec: Any) -> int:
     """The last look the study decided (a look in progress is not reported as decided); 1 for a fixed design."""
     if not spec.sequential:
@@ -141,6 +152,7 @@ def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple
             "looks": list(spec.plan.looks) if spec.sequential else None, "look": _decided_through(study, spec)}
     results = analysis.analyse(runs, info)
     results["appendix"] = {k: v for k, v in _appendix(study, runs).items()}
+    results["race"] = _race(study, results["settings"])
     parent = study.user_attrs.get("mlflow_parent_run_id")
     results["provenance"] = {"git commit": _git_commit(), "study": spec.name, "optuna storage": url,
                              "mlflow tracking": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")

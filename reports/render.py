@@ -122,6 +122,14 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
     out.append(("The answer", answer))
     out.append(("Every seed, per setting", [("table", *settings_table(results)), ("figure", "strip")]))
     out.append(("Comparisons", [("table", *comparisons_table(results["comparisons"]))]))
+    if results.get("race"):
+        out.append(("The race", [
+            "Each new configuration ran its first seeds, then was tested against the leader on the seeds both had "
+            "(the same paired test, boundary and margin as the comparisons): worse is out, better takes the lead, "
+            "equivalent stops (tied), open gets more seeds; after the last look it is undecided.",
+            ("table", ["setting", "status", "seeds", "decided against", "difference (dB)", "at look"],
+             [[r["label"], r["status"], str(r["target"]), r.get("against_label") or "-", _f(r.get("diff")),
+               str(r["look"]) if r.get("against") else "-"] for r in results["race"]])]))
     if results["confirm"]:
         out.append(("Confirmation runs (fresh seeds)", [
             "Search-time means are chosen as the best, so they are biased upwards (the winner's curse); the "

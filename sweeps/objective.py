@@ -11,6 +11,8 @@ study's threshold: a model that ignores its actions cannot rank schedules.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -122,7 +124,8 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
         run_dir = Path(cfg.run.out_dir) / spec.name / f"trial-{trial.number:04d}"
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("run_dir", str(run_dir))
-        tags = {"config_id": cid, "seed": str(seed), "seed_index": str(k), "phase": phase}
+        tags = {"config_id": cid, "seed": str(seed), "seed_index": str(k), "phase": phase,
+                "node": os.environ.get("CVAE_NODE") or socket.gethostname()}  # CVAE_NODE: the Ray launcher's
         tracker: Tracker = _TrialTracker(cfg, trial, ctx.parent_run_id, tags) if cfg.tracking.enabled else Tracker()
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:

@@ -28,8 +28,8 @@ from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
-from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps import sequential
+from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
 from sweeps.space import make_pruner, make_sampler
@@ -38,6 +38,7 @@ from sweeps.spec import SpecError, StudySpec, load_spec
 MAX_RETRY = 2
 MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
 STORAGE_ATTEMPTS = 3  # opening a study storage whose schema another process is creating at that moment
+STUDY_WAIT_S = 600  # a worker waits this long for its study to be created by `cvae sweep`
 STOP_GRACE_S = 25  # after Ctrl-C / SIGTERM, workers get this long to close their runs before SIGKILL
 # heartbeats and stale-trial retries are "experimental" in Optuna 5; the warning repeats every trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -494,7 +495,16 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
     exist. A worker with nothing to take stays while others run, to retry their runs if they die.
     """
     storage = make_storage(url, spec, cfg)
-    start = len(optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False))
+    deadline = time.monotonic() + STUDY_WAIT_S
+    while True:  # a worker started with (or before) its coordinator, e.g. a SLURM array, waits for the study
+        try:
+            start = len(optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False))
+            break
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise SpecError(f"no study {spec.name} in {url} after {STUDY_WAIT_S} s: start it with "
+                                f"`cvae sweep {spec.name} --storage ...`") from None
+            time.sleep(2)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, index, start),
                               pruner=make_pruner(spec, cfg.train.niter))
     lock = AskLock(url, spec.name)
@@ -599,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help="re-run the top K configurations of the study with fresh seeds (with --seeds N)")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration for --confirm (default 3)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run the workers as Ray tasks (auto = the running cluster, local = a new one on this machine, "
+                        "or host:port / ray://host:10001); needs pip install -e '.[ray]'")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray on a cluster without GPUs (default 1)")
+    p.add_argument("--emit", choices=["slurm", "ray-slurm"], default=None,
+                   help="write a SLURM script for this study instead of running it (sweeps/emit.py)")
+    p.add_argument("--array", type=int, default=4, help="with --emit: workers (array tasks, or Ray worker nodes)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, section.key=value")
     ns = p.parse_intermixed_args(argv)
@@ -610,13 +627,27 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
-        if ns.workers < 1 or (ns.trials is not None and ns.trials < 1):
-            raise SpecError("--workers and --trials must be positive")
+        if ns.workers < 1 or (ns.trials is not None and ns.trials < 1) or ns.cpus_per_worker < 1 or ns.array < 1:
+            raise SpecError("--workers, --trials, --cpus-per-worker and --array must be positive")
+        if ns.ray is not None:
+            from sweeps import ray_launch
+
+            ray_launch.import_ray()  # before anything is created: one line when Ray is not installed
         if ns.confirm is not None and (ns.confirm < 1 or ns.seeds < 2):
             raise SpecError("--confirm K needs K >= 1 and --seeds N >= 2 (one seed cannot confirm anything)")
         spec, cfg = _spec_args(ns.study, ns.overrides, ns.trials)
         url = storage_url(cfg, ns.storage)
         threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
+        if ns.emit is not None:
+            from sweeps import emit
+            from sweeps.ray_launch import tracking_env
+
+            tracking = tracking_env(cfg).get("MLFLOW_TRACKING_URI", "") if cfg.tracking.uri or \
+                os.environ.get("MLFLOW_TRACKING_URI") else ""
+            study_arg = str(Path(ns.study).resolve()) if Path(ns.study).is_file() else ns.study
+            path = emit.write(ns.emit, spec.name, study_arg, url, tracking, ns.overrides, ns.array, Path.cwd())
+            print(f"wrote {path}: sbatch {path.name}")
+            return 0
         if ns.mode == "worker":
             n = worker_loop(spec, cfg, ns.overrides, url, ns.worker_index, threads)
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
@@ -639,11 +670,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
                   + ", ".join(f"{cid} (search mean {m:.2f})" for cid, m in chosen), flush=True)
         what = f"{len(spec.design)} configurations" if spec.grid else f"{spec.trials} configurations"
-        print(f"study {spec.name}: {what} x {spec.seeds} seed(s), {ns.workers} worker(s) x {threads} thread(s), "
+        seeds = (f"{spec.seeds} to {spec.max_seeds} seeds ({'a race' if spec.racing else 'looks'} at "
+                 f"{', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g})" if spec.sequential
+                 else f"{spec.seeds} seed(s)")
+        print(f"study {spec.name}: {what} x {seeds}, {ns.workers} worker(s) x {threads} thread(s), "
               f"storage {url}", flush=True)
         status = "FINISHED"
         try:
-            code = run_workers(ns.study, ns.overrides, url, ns.workers, threads)
+            if ns.ray is not None:
+                from sweeps import ray_launch
+
+                code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, ns.ray, ns.cpus_per_worker, study)
+            else:
+                code = run_workers(ns.study, ns.overrides, url, ns.workers, threads)
         except (KeyboardInterrupt, SystemExit):
             status, code = "KILLED", 130
         if status == "FINISHED" and (code or unfinished(study, spec)):

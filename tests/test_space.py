@@ -153,3 +153,12 @@ def test_spec_paths_are_accepted(tmp_path: Path) -> None:
     path.write_text("experiment: demo\ntrials: 2\nsampler: random\nspace:\n  kl.cycles: {type: int, low: 1, high: 3}\n")
     spec = load_spec(str(path))
     assert spec.name == "mine" and spec.sampler == "random" and spec.space["kl.cycles"] == Dist("int", 1.0, 3.0)
+
+
+def test_the_demo_studies_are_sequential_with_a_stated_margin() -> None:
+    demo, tpe = load_spec("demo"), load_spec("demo_tpe")
+    assert demo.sequential and not demo.racing and demo.plan.looks == (3, 4, 5) and demo.plan.margin == 1.0
+    assert tpe.racing and tpe.plan.looks == (2, 3, 4) and tpe.pruner == "median" and tpe.warmup_epochs >= 1
+    assert demo.plan.shape == 0.0  # O'Brien-Fleming, as make bench-decisions measured
+    assert demo.identity()["seeds"] == {"looks": [3, 4, 5], "margin_db": 1.0}
+    assert load_spec("lab_grid").identity()["seeds"] == load_spec("lab_grid").seeds  # fixed designs keep their identity

@@ -1,0 +1,228 @@
+"""`cvae sweep --ray`: workers placed by Ray on a local multi-node cluster; a node lost mid-run loses nothing.
+
+The cluster test uses ray.cluster_utils.Cluster (a head with no worker resources, two nodes with one logical
+GPU each, all on this machine); the smoke test starts real `ray start` processes on 127.0.0.1. Runs are
+deterministic on a CPU, so a run retried after its node died must score what an uninterrupted run scores.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sweeps import emit, ray_launch
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+PG = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+TINY: dict[str, Any] = {
+    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
+    "train.batch_size": 4, "train.niter": 3, "train.epoch_size": 6, "train.n_future": 3, "train.progress": False,
+    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
+    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+}
+
+# helpers
+
+
+def write_spec(folder: Path, data_cache: Path, name: str) -> Path:
+    """A 2-configuration grid with 3 seeds (6 runs) of seconds-long models, heartbeats every 2 s."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "experiment": "demo", "seeds": 3, "sampler": {"type": "grid"}, "pruner": {"type": "none"},
+        "heartbeat_seconds": 2, "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]},
+        "overrides": {**TINY, "run.out_dir": str(folder / "runs"), "data.cache_dir": str(data_cache)}}))
+    return path
+
+
+def values(study: optuna.Study) -> dict[tuple[str, int], float]:
+    return {(t.user_attrs["config_id"], t.user_attrs["seed_index"]): t.value for t in study.get_trials()
+            if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# pure parts
+
+
+def test_slots_one_per_gpu_else_per_cpus():
+    assert ray_launch.slots({"CPU": 16.0, "GPU": 2.0}, 4) == (2, True)
+    assert ray_launch.slots({"CPU": 9.0}, 4) == (2, False)
+    assert ray_launch.slots({}, 1) == (0, False)
+
+
+def test_sqlite_is_refused_across_machines_and_allowed_on_one():
+    one = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"}, {"Alive": True, "NodeManagerAddress": "10.0.0.1"}]
+    ray_launch.check_storage("sqlite:////x/optuna.db", one)
+    two = one + [{"Alive": True, "NodeManagerAddress": "10.0.0.2"}]
+    with pytest.raises(ray_launch.ConfigError, match="cannot be shared by the 2 machines"):
+        ray_launch.check_storage("sqlite:////x/optuna.db", two)
+    ray_launch.check_storage("postgresql://u@h/db", two)
+
+
+def test_emitted_slurm_scripts_hold_what_they_must_and_parse(tmp_path: Path):
+    path = emit.write("slurm", "demo", "demo", "postgresql://u@db/x", "http://mlflow:5000", ["train.lr=0.001"], 8,
+                      tmp_path)
+    text = path.read_text()
+    for want in ("#SBATCH --array=0-7", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "export OPTUNA_STORAGE=",
+                 "export MLFLOW_TRACKING_URI=http://mlflow:5000", "srun cvae sweep demo --workers 1",
+                 'srun cvae worker demo', '--worker-index "$SLURM_ARRAY_TASK_ID" -- train.lr=0.001'):
+        assert want in text, want
+    ray_path = emit.write("ray-slurm", "demo", "demo", "postgresql://u@db/x", "", [], 3, tmp_path)
+    ray_text = ray_path.read_text()
+    for want in ("#SBATCH --nodes=3", "ray start --head", 'ray start --address="$head_ip:$port"',
+                 'cvae sweep demo --ray "$head_ip:$port" --storage "$OPTUNA_STORAGE"', "MLFLOW_TRACKING_URI"):
+        assert want in ray_text, want
+    for p in (path, ray_path):
+        assert subprocess.run(["bash", "-n", str(p)], capture_output=True).returncode == 0
+        assert os.access(p, os.X_OK)
+    with pytest.raises(ray_launch.ConfigError, match="SQLite file"):
+        emit.slurm("demo", "sqlite:////x/optuna.db", "", [], 2, "/tmp")
+
+
+def test_emit_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    from sweeps import run as run_mod
+
+    monkeypatch.chdir(tmp_path)
+    assert run_mod.main(["sweep", "demo", "--emit", "slurm", "--array", "2", "--storage", "postgresql://u@h/d"]) == 0
+    assert (tmp_path / "demo.slurm.sh").is_file() and "sbatch demo.slurm.sh" in capsys.readouterr().out
+    assert run_mod.main(["sweep", "demo", "--emit", "slurm"]) == 2  # SQLite: one line
+    assert "SQLite file" in capsys.readouterr().err
+
+
+def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]):
+    from sweeps import run as run_mod
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert run_mod.main(["sweep", "demo", "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install -e '.[ray]'" in err[0]
+    assert not (tmp_path / "runs").exists()  # nothing created
+
+
+# a local multi-node cluster
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    # reference: the same runs, uninterrupted, without Ray
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref_spec = write_spec(ref_dir, data_cache, "rayref")
+    out = subprocess.run([sys.executable, "-m", "sweeps.run", "sweep", str(ref_spec), "--threads", "1"],
+                         cwd=ref_dir, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reference = values(optuna.load_study(study_name="rayref", storage=f"sqlite:///{ref_dir / 'runs' / 'optuna.db'}"))
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        work = tmp_path / "ray"
+        work.mkdir()
+        spec = write_spec(work, data_cache, "rayloss")
+        log = work / "sweep.log"
+        with log.open("w") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", "sweep", str(spec), "--ray", cluster.address],
+                                    cwd=work, env=CLEAN_ENV, stdout=fh, stderr=subprocess.STDOUT)
+        db = work / "runs" / "optuna.db"
+        client = MlflowClient(tracking_uri=f"sqlite:///{work / 'runs' / 'mlflow.db'}")
+
+        def running_on() -> str | None:
+            """The Ray node id (prefix) of a run in progress, once a run has completed before it."""
+            if not db.exists():
+                return None
+            try:
+                study = optuna.load_study(study_name="rayloss", storage=f"sqlite:///{db}")
+            except KeyError:
+                return None
+            trials = study.get_trials()
+            done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            for t in trials:
+                if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and done >= 1:
+                    return client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("node", "").split(":")[-1]
+            return None
+
+        deadline = time.monotonic() + 300
+        victim_id = None
+        while victim_id is None:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            victim_id = running_on()
+            time.sleep(0.2)
+        victim = next(n for n in nodes if n.node_id.startswith(victim_id))
+        cluster.remove_node(victim)  # the node dies with its task, its worker and its run
+        cluster.add_node(num_cpus=1, num_gpus=1)  # and a replacement joins
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+
+    study = optuna.load_study(study_name="rayloss", storage=f"sqlite:///{db}")
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    keys = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in complete]
+    assert len(keys) == 6 and len(set(keys)) == 6  # 0 lost, 0 counted twice
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "the lost run must show as a failed trial"
+    runs = client.search_runs([client.get_experiment_by_name("rayloss").experiment_id], max_results=100)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    on_victim = [r for r in runs if r.data.tags.get("node", "").endswith(victim.node_id[:8])]
+    assert any(r.info.status == "FAILED" for r in on_victim)  # the run the node took with it, closed FAILED
+    lost = {(t.user_attrs.get("config_id"), t.user_attrs.get("seed_index")) for t in failed}
+    assert lost <= set(keys)
+    assert values(study) == pytest.approx(reference, abs=0, rel=0)  # every run, the retried one too, as uninterrupted
+
+
+@pytest.mark.slow
+def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_cache: Path) -> None:
+    pytest.importorskip("ray")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    temp = f"/tmp/ray-{uuid.uuid4().hex[:6]}"
+    env = {**CLEAN_ENV, "RAY_ADDRESS": ""}
+    common = ["--num-cpus", "1", "--num-gpus", "1", "--include-dashboard", "false", "--disable-usage-stats"]
+    head = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
+            *common]
+    second = [ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common,
+              "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+              "--min-worker-port", "20000", "--max-worker-port", "20999"]
+    try:
+        for cmd in (head, second):
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        name = f"raysmoke{uuid.uuid4().hex[:6]}"
+        spec = write_spec(tmp_path, data_cache, name)
+        storage = ["--storage", PG] if PG else []  # PostgreSQL in CI; the nodes share this machine's disk otherwise
+        out = subprocess.run([sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--ray", f"127.0.0.1:{port}",
+                              *storage], cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "ray: 2 node(s), 2 worker slot(s), one per GPU" in out.stdout
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
+            if "optuna.trial" in r.data.tags]
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["node"] for r in runs}) == 2  # both nodes ran runs
