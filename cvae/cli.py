@@ -309,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_data_bench)
 
     ns, extra = parser.parse_known_args(argv)
-    if extra and ns.command == "eval":
-        ns.overrides = [*ns.overrides, *extra]  # overrides after an option (`cvae eval RUN --split test k=v`)
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # section.key=value anywhere, also after an option (`cvae data preview demo -n 4 data.seed=3`)
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    rest = [x for x in extra if x not in overrides]
+    target = "overrides" if hasattr(ns, "overrides") else "args" if hasattr(ns, "args") else None
+    if rest or (overrides and target is None):
+        parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
+    if overrides:
+        setattr(ns, target, [*getattr(ns, target), *overrides])
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop chatter per run
     signal.signal(signal.SIGTERM, _on_sigterm)
     fn: Callable[[argparse.Namespace], int] = ns.fn

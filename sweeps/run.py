@@ -38,6 +38,7 @@ from sweeps.spec import SpecError, StudySpec, load_spec
 MAX_RETRY = 2
 MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
 STORAGE_ATTEMPTS = 3  # opening a study storage whose schema another process is creating at that moment
+IDLE_POLL_S = 2  # a worker with nothing to take looks again this often
 STUDY_WAIT_S = 600  # a worker waits this long for its study to be created by `cvae sweep`
 STOP_GRACE_S = 25  # after Ctrl-C / SIGTERM, workers get this long to close their runs before SIGKILL
 # heartbeats and stale-trial retries are "experimental" in Optuna 5; the warning repeats every trial
@@ -447,8 +448,9 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
             for name, d in decisions.items():
                 more = (f", about {d.seeds_needed:.0f} seeds per configuration would decide"
                         if d.verdict == sequential.CANNOT_TELL and d.seeds_needed == d.seeds_needed else "")
+                lo, hi = d.interval_equivalence if d.verdict == sequential.EQUIVALENT else d.interval
                 lines.append(f"  {name}: {d.verdict}{' (' + d.margin + ')' if d.margin else ''} at look {d.look}, "
-                             f"{d.diff:+.2f} [{d.interval[0]:+.2f}, {d.interval[1]:+.2f}], {d.runs} runs{more}")
+                             f"{d.diff:+.2f} [{lo:+.2f}, {hi:+.2f}], {d.runs} runs{more}")
     if spec.racing:
         lanes, order = race_lanes(study, spec)
         lines.append(f"race (seeds {', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g}): "
@@ -540,8 +542,8 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
                 return ran
         finally:
             lock.release()
-        if wait:
-            time.sleep(spec.heartbeat_seconds)
+        if wait:  # short: the next look's seeds may be queued any moment by the worker that ends the look
+            time.sleep(min(spec.heartbeat_seconds, IDLE_POLL_S))
 
 
 def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[int, str, str]]:

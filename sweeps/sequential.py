@@ -97,6 +97,8 @@ class Decision:
     diff: float = math.nan
     interval: tuple[float, float] = (math.nan, math.nan)
     """repeated confidence interval of A - B at 1 - alpha: valid whichever look one stops at"""
+    interval_equivalence: tuple[float, float] = (math.nan, math.nan)
+    """the TOST one: repeated interval at 1 - 2 alpha; equivalent iff it lies inside +-margin"""
     p_value: float = math.nan
     """the look's two-sided t p-value, uncorrected"""
     p_sequential: float = math.nan
@@ -204,12 +206,14 @@ def _measure(q: Question, values: Values, plan: Plan, look: int) -> tuple[Decisi
                                     "setting from seed noise"), None
     looks, shape = plan.looks, plan.shape
     a2 = stats.nominal_level(plan.alpha, look, looks, shape=shape)
+    a1 = stats.nominal_level(plan.alpha, look, looks, shape=shape, two_sided=False)
     p = stats.p_two_sided(e)
     lo_p, hi_p = stats.p_tost(e, plan.margin)
     p_eq = max(stats.sequential_p(lo_p, look, looks, shape=shape, two_sided=False),
                stats.sequential_p(hi_p, look, looks, shape=shape, two_sided=False))
     w_p = float(np.subtract(*stats.interval(e)[::-1]))
     return replace(base, test=e.test, n_a=e.n_a, n_b=e.n_b, diff=e.diff, interval=stats.interval(e, 1 - a2),
+                   interval_equivalence=stats.interval(e, 1 - 2 * a1),
                    p_value=p, p_sequential=stats.sequential_p(p, look, looks, shape=shape), p_equivalence=p_eq,
                    width_paired=w_p if e.paired else math.nan, width_unpaired=w_u if e.paired else w_p,
                    **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired}), e

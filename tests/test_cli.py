@@ -256,6 +256,15 @@ def test_data_preview_writes_a_gif_and_a_png(tiny_args: list[str], tmp_path: Pat
     assert _is_png(pngs[0])
 
 
+def test_overrides_are_taken_after_options_too(tiny_args: list[str], tmp_path: Path) -> None:
+    # `cvae data preview demo -n 4 data.seed=3`: an override after an option
+    proc = cvae("data", "preview", "-n", "2", "--out", "d", *tiny_args, "data.seed=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "d").glob("*.gif"))
+    bad = cvae("data", "preview", "-n", "2", "--nope", *tiny_args, cwd=tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
+
+
 def test_data_export_round_trips_pixel_exact(tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
     proc = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
