@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -49,6 +50,17 @@ def write_spec(folder: Path, data_cache: Path, name: str) -> Path:
 def values(study: optuna.Study) -> dict[tuple[str, int], float]:
     return {(t.user_attrs["config_id"], t.user_attrs["seed_index"]): t.value for t in study.get_trials()
             if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+@pytest.fixture
+def ray_alone() -> Any:
+    """One Ray test at a time on this machine (pytest -n 2): `ray stop` ends every Ray process here."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "cvae-ray-tests.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+        fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
@@ -121,7 +133,7 @@ def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.slow
-def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
+def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -158,8 +170,9 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path) -> 
                 return None
             trials = study.get_trials()
             done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-            for t in trials:
-                if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and done >= 1:
+            for t in trials:  # a run that has trained an epoch and has epochs left: mid-training
+                if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and done >= 1 \
+                        and t.user_attrs.get("epochs_run") == 1:
                     return client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("node", "").split(":")[-1]
             return None
 
@@ -188,23 +201,26 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path) -> 
     assert failed, "the lost run must show as a failed trial"
     runs = client.search_runs([client.get_experiment_by_name("rayloss").experiment_id], max_results=100)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    on_victim = [r for r in runs if r.data.tags.get("node", "").endswith(victim.node_id[:8])]
-    assert any(r.info.status in ("FAILED", "KILLED") for r in on_victim)  # the run the node took with it, closed
+    by_id = {r.info.run_id: r for r in runs}
+    killed = [by_id[t.user_attrs["mlflow_run_id"]] for t in failed if t.user_attrs.get("mlflow_run_id") in by_id]
+    assert killed, "the run the node took with it is in MLflow"
+    for r in killed:  # closed, and it was the victim's
+        assert r.info.status in ("FAILED", "KILLED") and r.data.tags["node"].endswith(victim.node_id[:8])
     lost = {(t.user_attrs.get("config_id"), t.user_attrs.get("seed_index")) for t in failed}
     assert lost <= set(keys)
     assert values(study) == pytest.approx(reference, abs=0, rel=0)  # every run, the retried one too, as uninterrupted
 
 
 @pytest.mark.slow
-def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_cache: Path) -> None:
+def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     pytest.importorskip("ray")
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
     temp = f"/tmp/ray-{uuid.uuid4().hex[:6]}"
     env = {**CLEAN_ENV, "RAY_ADDRESS": ""}
-    common = ["--num-cpus", "1", "--num-gpus", "1", "--include-dashboard", "false", "--disable-usage-stats"]
+    common = ["--num-cpus", "1", "--num-gpus", "1", "--disable-usage-stats"]
     head = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
-            *common]
+            "--include-dashboard", "false", *common]
     second = [ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common,
               "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
               "--min-worker-port", "20000", "--max-worker-port", "20999"]
