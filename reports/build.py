@@ -44,7 +44,7 @@ def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Co
     from sweeps.run import storage_url
     from sweeps.spec import load_spec
 
-    spec = load_spec(name, overrides)
+    spec = load_spec(name, overrides, storage=storage)
     cfg = spec.base_config(overrides)
     url = storage_url(cfg, storage)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

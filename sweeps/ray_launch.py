@@ -105,7 +105,7 @@ def tracking_env(cfg: Any) -> dict[str, str]:
 
 
 def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address: str, cpus_per_worker: int,
-        study: Any) -> int:
+        study: Any, on_tick: Any = lambda: None) -> int:
     """Drive a prepared study's workers as Ray tasks until it has no work left; returns the worst exit code."""
     from sweeps.run import STOP_GRACE_S, advance_look, advance_race, requeue_lost, unfinished
     from sweeps.lock import AskLock
@@ -147,6 +147,7 @@ def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address:
                         break  # every worker ended with work left (lost runs): queue them again below
                     time.sleep(POLL_S)
                     continue
+                on_tick()
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
                 for ref in ready:
                     i = in_flight.pop(ref)

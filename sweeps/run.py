@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -32,8 +32,9 @@ from sweeps import sequential
 from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
+from sweeps.progress import Progress
 from sweeps.space import make_pruner, make_sampler
-from sweeps.spec import SpecError, StudySpec, load_spec
+from sweeps.spec import SpecError, StudySpec, find_spec, load_spec
 
 MAX_RETRY = 2
 MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
@@ -248,8 +249,9 @@ def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) ->
     return list(dict.fromkeys((cid, mean) for _, cid, _, mean in todo))
 
 
-def _spec_args(spec_name: str, extra: list[str], trials: int | None) -> tuple[StudySpec, Config]:
-    spec = load_spec(spec_name, extra, trials)
+def _spec_args(spec_name: str, extra: list[str], trials: int | None,
+               storage: str | None = None) -> tuple[StudySpec, Config]:
+    spec = load_spec(spec_name, extra, trials, storage)
     return spec, spec.base_config(extra)
 
 
@@ -268,7 +270,8 @@ def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return shown or "settings"
 
 
-def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new: bool = False) -> optuna.Study:
+def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new: bool = False,
+            spec_path: Path | None = None) -> optuna.Study:
     """Create (or reopen) the study, the MLflow parent run and the data cache, once, before workers.
 
     A study is reopened only with the identity it was created with (spec.identity: the resolved config,
@@ -292,6 +295,8 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
         raise SpecError(f"study {spec.name} in {url} was created with other settings ({what_changed(old, identity)}); "
                         "give the study another name, or pass --force-new to start it again")
     study.set_user_attr("identity", identity)
+    if spec_path is not None:
+        study.set_user_attr("spec_path", str(spec_path))  # `cvae report NAME` finds a study started from a path
     study.set_user_attr("fingerprint", spec.fingerprint(extra))
     study.set_user_attr("n_trials", spec.trials)
     study.set_user_attr("seeds", spec.seeds)
@@ -341,7 +346,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int) -> int:
+def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int,
+                on_tick: Callable[[], None] = lambda: None) -> int:
     """Start `workers` worker processes and wait. A worker that dies (killed, crashed) is replaced, at most
     MAX_RESTARTS times per slot, so the sweep keeps its parallelism; its run is failed and retried through
     the heartbeats. Ctrl-C / SIGTERM stops them all: SIGTERM first (their runs end KILLED, their trials
@@ -368,6 +374,7 @@ def run_workers(spec_name: str, extra: list[str], url: str, workers: int, thread
                     procs[i] = start(i)
                 else:
                     codes[i] = rc
+            on_tick()
             time.sleep(0.5)
     except (KeyboardInterrupt, SystemExit):
         for p in procs.values():
@@ -637,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             ray_launch.import_ray()  # before anything is created: one line when Ray is not installed
         if ns.confirm is not None and (ns.confirm < 1 or ns.seeds < 2):
             raise SpecError("--confirm K needs K >= 1 and --seeds N >= 2 (one seed cannot confirm anything)")
-        spec, cfg = _spec_args(ns.study, ns.overrides, ns.trials)
+        spec, cfg = _spec_args(ns.study, ns.overrides, ns.trials, ns.storage)
         url = storage_url(cfg, ns.storage)
         threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
         if ns.emit is not None:
@@ -666,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"closed MLflow run {run_id} FAILED ({why})")
             print(f"study {spec.name}: {len(closed)} orphaned run(s) closed; " + summary(study, spec).splitlines()[0])
             return 0
-        study = prepare(spec, cfg, ns.overrides, url, force_new=ns.force_new)
+        study = prepare(spec, cfg, ns.overrides, url, force_new=ns.force_new,
+                        spec_path=find_spec(ns.study, ns.storage).resolve())
         if ns.confirm is not None:
             chosen = enqueue_confirm(study, spec, ns.confirm, ns.seeds)
             print(f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
@@ -678,15 +686,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study {spec.name}: {what} x {seeds}, {ns.workers} worker(s) x {threads} thread(s), "
               f"storage {url}", flush=True)
         status = "FINISHED"
+        progress = Progress(spec, ns.workers)
+        tick = lambda: progress.tick(study)  # noqa: E731
         try:
             if ns.ray is not None:
                 from sweeps import ray_launch
 
-                code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, ns.ray, ns.cpus_per_worker, study)
+                code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, ns.ray, ns.cpus_per_worker, study, tick)
             else:
-                code = run_workers(ns.study, ns.overrides, url, ns.workers, threads)
+                code = run_workers(ns.study, ns.overrides, url, ns.workers, threads, tick)
         except (KeyboardInterrupt, SystemExit):
             status, code = "KILLED", 130
+        finally:
+            progress.tick(study, every=0)
+            progress.close()
         if status == "FINISHED" and (code or unfinished(study, spec)):
             status = "FAILED"
         finish_parent(study, cfg, status)

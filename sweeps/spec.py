@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,18 +221,41 @@ def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
                 raise SpecError(f"{where}.{path}: value {v!r} gives an invalid config ({e})") from None
 
 
-def find_spec(name: str) -> Path:
-    """'demo', 'demo.yaml' or a path -> the spec file (cwd first, then sweeps/studies/)."""
-    path = find_yaml(name, [STUDIES_DIR])
+def stored_spec(name: str, storage: str | None = None) -> Path | None:
+    """The spec file a study of this name in the storage was started from (`cvae sweep my_study.yaml` records it):
+    --storage, else $OPTUNA_STORAGE, else runs/optuna.db here. None when there is no such study or file."""
+    import optuna
+
+    url = storage or os.environ.get("OPTUNA_STORAGE", "")
+    if not url:
+        db = Path("runs") / "optuna.db"
+        if not db.is_file():
+            return None
+        url = f"sqlite:///{db.resolve()}"
+    elif url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        path = optuna.load_study(study_name=name, storage=url).user_attrs.get("spec_path")
+    except Exception:  # noqa: BLE001 - no such study, or a storage that does not answer: not found either way
+        return None
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def find_spec(name: str, storage: str | None = None) -> Path:
+    """'demo', 'demo.yaml', a path, or the name of a study in the storage -> the spec file (cwd first, then
+    sweeps/studies/, then the file the stored study was started from)."""
+    path = find_yaml(name, [STUDIES_DIR]) or stored_spec(name, storage)
     if path is None:
         known = ", ".join(sorted(f.stem for f in STUDIES_DIR.glob("*.yaml")))
-        raise SpecError(f"study not found: {name} (shipped: {known})")
+        raise SpecError(f"study not found: {name} (shipped: {known}; nor a study of that name in the storage)")
     return path
 
 
-def load_spec(name: str, extra: list[str] | None = None, trials: int | None = None) -> StudySpec:
+def load_spec(name: str, extra: list[str] | None = None, trials: int | None = None,
+              storage: str | None = None) -> StudySpec:
     """Read, parse and validate a study spec; `extra` are command-line config overrides."""
-    path = find_spec(name)
+    path = find_spec(name, storage)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:

@@ -228,6 +228,15 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
     assert logged == {"report/index.html", "report/report.md", "report/results.json"}
     assert external_references(page) == []
 
+    # a study started from a YAML path is found by its name in the storage, from any folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    url = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    assert build_mod.main(["rep", "--storage", url, "--out", str(elsewhere / "r")]) == 0
+    assert json.loads((elsewhere / "r" / "results.json").read_text())["settings"] == results["settings"]
+    monkeypatch.chdir(tmp_path)
+
     # the page in a real browser: something on it, no JavaScript error; the screenshot is kept
     if chromium_path() is None and not ci():
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")

@@ -586,3 +586,37 @@ def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
         assert sorted(k for cid, k in pairs if cid == c) == list(range(lane["target"]))
     assert states(study) == ["COMPLETE"] * len(trials) and 6 <= len(trials) <= 9
     assert "race (seeds 2, 3, margin 1e-06):" in capsys.readouterr().out
+
+
+# progress
+
+
+@pytest.mark.slow
+def test_progress_is_a_bar_in_a_terminal_and_a_line_per_run_in_a_log(tmp_path: Path, data_cache: Path) -> None:
+    import pty
+
+    spec = write_spec(tmp_path, data_cache, trials=2)
+    out = run_cli(sweep_cmd(spec), cwd=tmp_path)  # not a terminal: a log
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("run ")]
+    assert len(lines) == 2 and lines[0].startswith("run 1/2: ") and "seed 0: val/psnr " in lines[0]
+    assert "cond_gain" in lines[0] and lines[0].endswith(" min") or "degenerate" in lines[0]
+
+    spec2 = write_spec(tmp_path, data_cache, name="tty", trials=2)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(sweep_cmd(spec2), cwd=tmp_path, env=CLEAN_ENV, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "study tty:" in screen and "2/2 runs" in screen and "best " in screen and "running " in screen
+    assert "run 1/2:" not in screen  # the bar, not the log lines

@@ -1,0 +1,126 @@
+"""What a running study has done, for people: a study-level bar in a terminal, one line per finished run in logs.
+
+The coordinator calls `Progress.tick(study)` every couple of seconds while its workers run. In a terminal
+(tqdm): runs done / planned, running, failed, the best configuration so far with its interval, elapsed and
+an estimate of the time left. Elsewhere (CI logs, nohup, a file): one line per finished run (configuration,
+seed, value, condition gain, minutes); the look lines come from the coordinator's decisions.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import TrialState
+
+from reports import stats
+from sweeps.design import SEARCH, config_id
+
+FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+# helpers
+
+
+def planned_runs(study: optuna.Study, spec: Any) -> int:
+    """Runs the study plans now: a grid's current seed targets, a race's lanes, else configurations x seeds."""
+    from sweeps.run import race_lanes, seq_state
+
+    if spec.grid:
+        if spec.sequential:
+            return sum(seq_state(study, spec).targets.values())
+        return len(spec.design) * spec.seeds
+    target = int(study.user_attrs.get("n_trials", spec.trials))
+    if spec.racing:
+        lanes, order = race_lanes(study, spec)
+        return sum(lane.target for lane in lanes.values()) + max(0, target - len(order)) * spec.seeds
+    return target * spec.seeds
+
+
+def best_so_far(study: optuna.Study, maximize: bool) -> tuple[str, float, tuple[float, float], int] | None:
+    """(config_id, mean, 95% t interval, seeds) of the best configuration by the mean of its complete seeds."""
+    by: dict[str, list[float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if a.get("phase", SEARCH) == SEARCH and t.value is not None and not a.get("degenerate") and math.isfinite(t.value):
+            by.setdefault(a.get("config_id") or config_id(t.params), []).append(t.value)
+    if not by:
+        return None
+    cid, vals = (max if maximize else min)(by.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return cid, mean, (math.nan, math.nan), 1
+    e = stats.paired_estimate(vals, [0.0] * len(vals))  # one sample: its mean and t interval
+    return cid, mean, stats.interval(e), len(vals)
+
+
+class Progress:
+    """Polls a study; draws a bar (terminal) or prints a line per finished run (otherwise)."""
+
+    def __init__(self, spec: Any, workers: int, out: TextIO | None = None, tty: bool | None = None):
+        self.spec, self.workers = spec, max(1, workers)
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.start = time.monotonic()
+        self.seen: set[int] = set()
+        self.bar: Any = None
+        self.last = 0.0
+
+    def tick(self, study: optuna.Study, every: float = 2.0) -> None:
+        """At most once per `every` seconds: read the study and report."""
+        now = time.monotonic()
+        if now - self.last < every:
+            return
+        self.last = now
+        trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase", SEARCH) == SEARCH]
+        done = [t for t in trials if t.state in FINAL]
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        planned = max(planned_runs(study, self.spec), len(done) + running)
+        best = best_so_far(study, self.spec.direction == "maximize")
+        if self.tty:
+            self._bar(len(done), planned, running, failed, best, done)
+        else:
+            for t in sorted(done, key=lambda t: t.number):
+                if t.number not in self.seen:
+                    self.seen.add(t.number)
+                    self.out.write(self._line(t, len(self.seen), planned) + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # views
+
+    def _line(self, t: optuna.trial.FrozenTrial, n: int, planned: int) -> str:
+        a = t.user_attrs
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        value = f"{t.value:.2f}" if t.value is not None else t.state.name.lower()
+        gain = a.get("cond_gain")
+        minutes = t.duration.total_seconds() / 60 if t.duration else math.nan
+        return (f"run {n}/{planned}: {a.get('config_id', '-')} ({params}) seed {a.get('seed_index', '-')}: "
+                f"{self.spec.metric} {value}" + (f", cond_gain {gain:.2f}" if isinstance(gain, float) else "")
+                + f", {minutes:.1f} min" + (" (degenerate)" if a.get("degenerate") else ""))
+
+    def _bar(self, n: int, planned: int, running: int, failed: int, best: Any, done: list[Any]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            # a terminal that reports no size (a fresh pseudo-terminal) gets 100 x 24, not a hidden bar
+            size = shutil.get_terminal_size((100, 24))
+            self.bar = tqdm(total=planned, desc=f"study {self.spec.name}", unit="run", file=self.out, ncols=size.columns,
+                            nrows=max(size.lines, 2),
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}] {postfix}")
+        self.bar.total = planned
+        self.bar.n = n
+        post = f"running {running}, failed {failed}"
+        if best is not None:
+            cid, mean, (lo, hi), k = best
+            post += f", best {cid[:6]} {mean:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if k > 1 else "") + f" ({k} seed(s))"
+        self.bar.set_postfix_str(post, refresh=False)
+        self.bar.refresh()
