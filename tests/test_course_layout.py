@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cvae.data import course
+from conftest import bair_samples
 from cvae.data.errors import DataError
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/bair_sample/bair_sample.npz"
 
 
 # helpers
@@ -104,21 +104,14 @@ def test_shorter_seq_len_reads_a_prefix(written: tuple[Path, np.ndarray, np.ndar
     np.testing.assert_array_equal(bits(got_cond), bits(cond[0, :12]))
 
 
-def test_real_sample_round_trip(tmp_path: Path) -> None:
-    if not SAMPLE.is_file():
-        pytest.skip(f"real BAIR sample not found at {SAMPLE}")
-    sample = np.load(SAMPLE)
-    frames = sample["aux1_image"].astype(np.uint8)[None]
-    actions = sample["action"].astype(np.float32)
-    # the sample has no end-effector positions: use a synthetic stand-in, the running sum of
-    # the action's first three components (a plausible drifting arm position, not real data)
-    positions = np.cumsum(actions[:, :3], axis=0, dtype=np.float32)
-    cond = np.concatenate([actions, positions], axis=1)[None]
-    course.write_split(tmp_path, "test", frames, cond)
-    (seq,) = course.list_sequences(tmp_path, "test")
-    got_frames, got_cond = course.read_sequence(seq)
-    np.testing.assert_array_equal(got_frames, frames[0])
-    np.testing.assert_array_equal(bits(got_cond), bits(cond[0]))
+def test_bair_schema_samples_round_trip(tmp_path: Path) -> None:
+    for name, aux, _, actions, positions in bair_samples():  # generated always, the real one when present
+        cond = np.concatenate([actions, positions], axis=1)[None]
+        course.write_split(tmp_path / name, "test", aux[None], cond)
+        (seq,) = course.list_sequences(tmp_path / name, "test")
+        got_frames, got_cond = course.read_sequence(seq)
+        np.testing.assert_array_equal(got_frames, aux, err_msg=name)
+        np.testing.assert_array_equal(bits(got_cond), bits(cond[0]), err_msg=name)
 
 
 # writing

@@ -9,9 +9,9 @@ import pytest
 from tfrecord.writer import TFRecordWriter
 
 from cvae.data import tfrecords
+from conftest import bair_samples
 from cvae.data.errors import DataError
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/bair_sample/bair_sample.npz"
 
 
 # helpers
@@ -118,23 +118,15 @@ def test_shorter_seq_len_reads_a_prefix(dataset) -> None:
     np.testing.assert_array_equal(cond, cond_of(batch)[:, :2])
 
 
-def test_real_sample_round_trip(tmp_path: Path) -> None:
-    if not SAMPLE.is_file():
-        pytest.skip(f"real BAIR sample not found at {SAMPLE}")
-    sample = np.load(SAMPLE)
-    actions = sample["action"].astype(np.float32)
-    # the sample has no end-effector positions: use a synthetic stand-in, the running sum of
-    # the action's first three components (a plausible drifting arm position, not real data)
-    positions = np.cumsum(actions[:, :3], axis=0, dtype=np.float32)
-    aux = sample["aux1_image"].astype(np.uint8)
-    main = sample["image"].astype(np.uint8)
-    path = tmp_path / "softmotion30_44k/test/traj_0_to_255.tfrecords"
-    tfrecords.write_file(path, main[None], actions[None], positions[None], aux_frames=aux[None])
-    (frames, cond), = tfrecords.iter_sequences(tfrecords.list_files(tmp_path, "test"))
-    np.testing.assert_array_equal(frames, aux)
-    np.testing.assert_array_equal(cond, np.concatenate([actions, positions], axis=1))
-    (frames, _), = tfrecords.iter_sequences([path], camera="image_main")
-    np.testing.assert_array_equal(frames, main)
+def test_bair_schema_samples_round_trip(tmp_path: Path) -> None:
+    for name, aux, main, actions, positions in bair_samples():  # generated always, the real one when present
+        path = tmp_path / name / "softmotion30_44k/test/traj_0_to_255.tfrecords"
+        tfrecords.write_file(path, main[None], actions[None], positions[None], aux_frames=aux[None])
+        (frames, cond), = tfrecords.iter_sequences(tfrecords.list_files(tmp_path / name, "test"))
+        np.testing.assert_array_equal(frames, aux, err_msg=name)
+        np.testing.assert_array_equal(cond, np.concatenate([actions, positions], axis=1), err_msg=name)
+        (frames, _), = tfrecords.iter_sequences([path], camera="image_main")
+        np.testing.assert_array_equal(frames, main, err_msg=name)
 
 
 # splits and counting
