@@ -231,7 +231,8 @@ def plan_of(info: dict[str, Any], setting_list: list[dict[str, Any]]) -> tuple[s
     sequential state); a study without them is one look at the seeds it has."""
     looks = tuple(info.get("looks") or ()) or (max([s["n"] for s in setting_list] + [int(info.get("seeds") or 1), 1]),)
     plan = sequential.Plan(looks=looks, margin=float(info.get("margin_db") or MARGIN_DB))
-    return plan, int(info.get("look") or 1)
+    look = info.get("look")
+    return plan, 1 if look is None else int(look)  # 0: a sequential study still in its first look
 
 
 def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS, seed: int = stats.SEED) -> dict[str, Any]:
@@ -252,6 +253,9 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
         answer.insert(0, f"Every setting has fewer than 2 usable seeds: this study cannot separate settings from "
                          f"seed noise. Run `cvae sweep {info['name']} --confirm 3 --seeds 3` (or `make confirm`) to "
                          "re-run the best configurations with fresh seeds.")
+    if through == 0:
+        answer.insert(0, f"The study is still in its first look ({plan.looks[0]} seeds per configuration): no main "
+                         "effect is decided yet; `make sweep` again continues it.")
     copy_last = runs.copy_last.dropna()
     seq_words = (f"{len(plan.looks)} looks at {', '.join(map(str, plan.looks))} seeds per configuration, the error "
                  f"rates spread over them by a Pocock boundary (a simulation of the look statistics, "

@@ -266,3 +266,10 @@ def test_cross_study_compares_the_best_setting_of_each_study() -> None:
     # the same run seeds (1, 2, 3) in both studies: paired, d = [-0.6, -0.65, -0.6]
     assert c["paired"] and c["diff"] == pytest.approx(-0.6 - 0.05 / 3) and c["prob_improvement"] == 0.0
     assert c["verdict"] == sequential.WORSE and c["kind"] == "study pair"
+
+
+def test_a_sequential_study_in_its_first_look_decides_nothing_yet() -> None:
+    runs = hand_runs({("monotonic", 1): [24.0, 24.1], ("cyclical", 1): [24.2, 24.0]})
+    res = analysis.analyse(runs, {**INFO, "looks": [3, 4, 5], "look": 0}, reps=200)
+    assert not [c for c in res["comparisons"] if c["kind"] == "main effect"]
+    assert res["answer"][0].startswith("The study is still in its first look (3 seeds per configuration)")
