@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 EXP ?= demo
 ARGS ?=
 STUDY ?= demo
@@ -30,8 +31,13 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
 	@touch $(STAMP)
+
+# the test extras (pytest, scikit-image, PostgreSQL's driver, Ray, Playwright) only for make test
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(TEST_STAMP)
 
 install: $(STAMP) ## create .venv and install (quick when already done)
 
@@ -48,7 +54,7 @@ schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make 
 preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 	$(BIN)/cvae data preview $(EXP) $(ARGS)
 
-test: $(STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers)
+test: $(TEST_STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers)
 	$(BIN)/python -m pytest -n 2
 
 ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000] [HOST=127.0.0.1]
