@@ -68,44 +68,64 @@ def run(spec: dict, folder: Path) -> dict:
             "best_psnr": max((t.value for t in done), default=float("nan")), "seconds": seconds}
 
 
+def judge_rungs(rungs: dict[int, dict[str, float]], pruner: dict, niter: int) -> tuple[bool, str]:
+    """Whether the shipped pruner decides only at epochs whose rank correlation reaches MIN_RUNG_CORRELATION
+    (a pruner decides at every evaluated epoch from its warmup on, never at the last)."""
+    corr = ", ".join(f"epoch {e}: {r['spearman']:+.2f}" for e, r in rungs.items())
+    if pruner.get("type", "none") == "none":
+        return True, f"no pruner decides (rank correlation with the final value: {corr})"
+    first = max(1, int(pruner.get("warmup_epochs", 0)))
+    below = [e for e, r in rungs.items() if first <= e < niter and r["spearman"] < MIN_RUNG_CORRELATION]
+    return not below, (f"the pruner decides from epoch {first}; rank correlation with the final value ({corr}) is "
+                       f">= {MIN_RUNG_CORRELATION} at every epoch it decides" + (f" except {below}" if below else ""))
+
+
 def main() -> int:
     # one run per configuration, 8 configurations (as in earlier builds of this measurement)
     spec = {**yaml.safe_load(find_spec("demo_tpe").read_text()), "seeds": 1, "trials": 8}
+    pruner = spec.get("pruner") or {"type": "none"}
+    pruner = {"type": pruner} if isinstance(pruner, str) else pruner
+    niter = int(spec["overrides"]["train.niter"])
+    shipped = pruner.get("type", "none") != "none"
     by_seed, unpruned = [], []
     with tempfile.TemporaryDirectory(prefix="cvae-bench-sweep-") as tmp:
         for seed in SAMPLER_SEEDS:
             seeded = {**spec, "sampler": {**spec["sampler"], "seed": seed}}
-            with_p = run(seeded, Path(tmp) / f"with-{seed}")
             without = run({**seeded, "name": "demo_tpe_nopruning", "pruner": {"type": "none"}},
                           Path(tmp) / f"without-{seed}")
             unpruned += without["curves"]
-            by_seed.append({"sampler_seed": seed, "epochs_with_pruning": with_p["epochs"],
-                            "epochs_without": without["epochs"], "saved_fraction": 1 - with_p["epochs"] / without["epochs"],
-                            "best_psnr_with_pruning": with_p["best_psnr"], "best_psnr_without": without["best_psnr"],
-                            "gap_db": without["best_psnr"] - with_p["best_psnr"], "pruned_runs": with_p["pruned"],
-                            "seconds_with": with_p["seconds"], "seconds_without": without["seconds"]})
-            print(json.dumps(by_seed[-1]), flush=True)
-    total = {k: sum(r[k] for r in by_seed) for k in ("epochs_with_pruning", "epochs_without", "seconds_with", "seconds_without")}
-    saved = 1 - total["epochs_with_pruning"] / total["epochs_without"]
-    gap = max(r["gap_db"] for r in by_seed)
-    mean = lambda k: sum(r[k] for r in by_seed) / len(by_seed)  # noqa: E731
+            row = {"sampler_seed": seed, "epochs_without": without["epochs"], "best_psnr_without": without["best_psnr"],
+                   "seconds_without": without["seconds"]}
+            if shipped:
+                with_p = run(seeded, Path(tmp) / f"with-{seed}")
+                row |= {"epochs_with_pruning": with_p["epochs"], "saved_fraction": 1 - with_p["epochs"] / without["epochs"],
+                        "best_psnr_with_pruning": with_p["best_psnr"], "gap_db": without["best_psnr"] - with_p["best_psnr"],
+                        "pruned_runs": with_p["pruned"], "seconds_with": with_p["seconds"]}
+            by_seed.append(row)
+            print(json.dumps(row), flush=True)
     rungs = rung_correlations(unpruned)
-    first = max(1, int(spec.get("pruner", {}).get("warmup_epochs", 0)))
-    below = [e for e, r in rungs.items() if e >= first and r["spearman"] < MIN_RUNG_CORRELATION]
-    out = {**total, "saved_fraction": saved, "best_psnr_with_pruning": mean("best_psnr_with_pruning"),
-           "best_psnr_without": mean("best_psnr_without"), "worst_gap_db": gap, "by_seed": by_seed,
-           "rung_correlation": {str(e): r for e, r in rungs.items()}, "pruner_first_rung": first}
+    ok_rungs, rung_line = judge_rungs(rungs, pruner, niter)
+    out: dict = {"by_seed": by_seed, "rung_correlation": {str(e): r for e, r in rungs.items()}, "pruner": pruner}
+    lines = [f"{'PASS' if ok_rungs else 'FAIL'}  {rung_line}"]
+    ok = ok_rungs
+    if shipped:
+        total = {k: sum(r[k] for r in by_seed) for k in ("epochs_with_pruning", "epochs_without")}
+        saved = 1 - total["epochs_with_pruning"] / total["epochs_without"]
+        gap = max(r["gap_db"] for r in by_seed)
+        out |= {**total, "saved_fraction": saved, "worst_gap_db": gap}
+        each = ", ".join(f"{r['saved_fraction']:.0%}" for r in by_seed)
+        lines += [f"{'PASS' if saved >= TARGET_SAVED else 'FAIL'}  pruning saves {saved:.0%} of the epochs over "
+                  f"{len(by_seed)} sampler seeds ({each}) (>= {TARGET_SAVED:.0%})",
+                  f"{'PASS' if gap <= TARGET_GAP_DB else 'FAIL'}  best value at most {gap:+.2f} dB from the unpruned "
+                  f"study's (<= {TARGET_GAP_DB} dB)"]
+        ok = ok and saved >= TARGET_SAVED and gap <= TARGET_GAP_DB
+    else:
+        lines.append("note  demo_tpe ships no pruner (no epoch before the last ranks configurations like the end), "
+                     "so there is no saving to measure; its race over seeds is what saves runs")
     Path("bench").mkdir(exist_ok=True)
     (Path("bench") / "sweep.json").write_text(json.dumps(out, indent=1) + "\n")
-    ok_saved, ok_gap, ok_rungs = saved >= TARGET_SAVED, gap <= TARGET_GAP_DB, not below
-    each = ", ".join(f"{r['saved_fraction']:.0%}" for r in by_seed)
-    print(f"{'PASS' if ok_saved else 'FAIL'}  pruning saves {saved:.0%} of the epochs over {len(by_seed)} sampler seeds "
-          f"({each}) (>= {TARGET_SAVED:.0%})")
-    print(f"{'PASS' if ok_gap else 'FAIL'}  best value at most {gap:+.2f} dB from the unpruned study's (<= {TARGET_GAP_DB} dB)")
-    corr = ", ".join(f"epoch {e}: {r['spearman']:+.2f}" for e, r in rungs.items())
-    print(f"{'PASS' if ok_rungs else 'FAIL'}  the pruner decides from epoch {first}; rank correlation of each epoch with "
-          f"the final value ({corr}) is >= {MIN_RUNG_CORRELATION} from there on")
-    return 0 if ok_saved and ok_gap and ok_rungs else 1
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

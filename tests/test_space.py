@@ -158,7 +158,18 @@ def test_spec_paths_are_accepted(tmp_path: Path) -> None:
 def test_the_demo_studies_are_sequential_with_a_stated_margin() -> None:
     demo, tpe = load_spec("demo"), load_spec("demo_tpe")
     assert demo.sequential and not demo.racing and demo.plan.looks == (3, 4, 5) and demo.plan.margin == 1.0
-    assert tpe.racing and tpe.plan.looks == (2, 3, 4) and tpe.pruner == "median" and tpe.warmup_epochs >= 1
+    assert tpe.racing and tpe.plan.looks == (2, 3, 4) and tpe.pruner == "none"  # no rung ranks like the end
     assert demo.plan.shape == 0.0  # O'Brien-Fleming, as make bench-decisions measured
     assert demo.identity()["seeds"] == {"looks": [3, 4, 5], "margin_db": 1.0}
     assert load_spec("lab_grid").identity()["seeds"] == load_spec("lab_grid").seeds  # fixed designs keep their identity
+
+
+def test_bench_sweep_rungs_correlate_and_are_judged() -> None:
+    from benchmarks.sweep import judge_rungs, rung_correlations
+
+    runs = [({1: 3.0, 2: 1.0}, 1.0), ({1: 2.0, 2: 2.0}, 2.0), ({1: 1.0, 2: 3.0}, 3.0)]
+    rungs = rung_correlations(runs)
+    assert rungs == {1: {"spearman": -1.0, "runs": 3}, 2: {"spearman": 1.0, "runs": 3}}
+    assert judge_rungs(rungs, {"type": "none"}, 2)[0]
+    assert not judge_rungs(rungs, {"type": "median", "warmup_epochs": 1}, 3)[0]  # would decide at epoch 1
+    assert judge_rungs(rungs, {"type": "median", "warmup_epochs": 2}, 3)[0]
