@@ -230,7 +230,7 @@ def cmd_data_bench(ns: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cvae` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("sweep", "worker"):
+    if argv and argv[0] in ("sweep", "worker", "register"):
         from sweeps.run import main as sweep_main
 
         if argv[0] == "sweep" and argv[1:2] == ["repair"]:  # `cvae sweep repair STUDY`
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
     sub.add_parser("sweep repair", help="close MLflow runs whose trial is no longer alive: cvae sweep repair STUDY")
     sub.add_parser("report", help="comparison report of a study: cvae report [STUDY]")
+    sub.add_parser("register", help="the study's winner into MLflow's Model Registry as cvae-<study>: cvae register STUDY")
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="experiment (name or YAML path) then section.key=value overrides")

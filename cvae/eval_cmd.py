@@ -169,6 +169,11 @@ def plan(target: str | Path, split: str = "test", samples: str | int | None = No
     n_samples = parse_count("--samples", None if samples is None else str(samples))
     n_future = parse_count("--horizon", None if horizon is None else str(horizon))
     overrides_ = check_overrides(overrides or [])
+    if str(target).startswith("models:/"):  # a version of the study's winner in MLflow's Model Registry
+        from cvae.mlflow_tracker import registered_checkpoint
+
+        base = config_mod.build({**config_mod.Config().flat(), **overrides_})
+        target = registered_checkpoint(str(target), base, Path(base.run.out_dir) / "registry")
     checkpoint = find_checkpoint(target)
     state = read_checkpoint(checkpoint)
     saved = saved_config(checkpoint, state)

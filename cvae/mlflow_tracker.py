@@ -306,3 +306,44 @@ def _version(pkg: str) -> str:
 
 __all__ = ["MlflowTracker", "TrackingError", "tracking_uri", "artifact_root", "make_client", "ensure_experiment",
            "check_reachable", "experiment_name", "run_name"]
+
+
+# the Model Registry (sweeps/registry.py registers; `cvae eval models:/...` reads)
+
+REGISTERED_CHECKPOINT = "best.pt"
+
+
+def registered_checkpoint(uri: str, cfg: Config, into: Path) -> Path:
+    """`models:/NAME/VERSION|latest` -> the registered version's best.pt, copied to into/NAME-vVERSION/best.pt
+    (where `cvae eval` then writes its results)."""
+    import shutil
+
+    parts = uri.removeprefix("models:/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{uri}: expected models:/NAME/VERSION or models:/NAME/latest")
+    name, ver = parts
+    client = make_client(cfg)
+    try:
+        if ver == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise ConfigError(f"{uri}: no registered model {name}")
+            ver = str(max(int(v.version) for v in versions))
+        mv = client.get_model_version(name, ver)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow's not-found errors vary
+        raise ConfigError(f"{uri}: {str(e).splitlines()[0][:200]}") from None
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="cvae-model-") as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{ver}", dst_path=tmp,
+                                                       tracking_uri=client.tracking_uri))
+        found = sorted(got.rglob(REGISTERED_CHECKPOINT))
+        if not found:
+            raise ConfigError(f"{uri}: version {mv.version} holds no {REGISTERED_CHECKPOINT} (not registered by cvae-sweep)")
+        folder = into / f"{name}-v{mv.version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / REGISTERED_CHECKPOINT
+        shutil.copyfile(found[0], dest)
+    return dest

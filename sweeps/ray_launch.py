@@ -98,10 +98,9 @@ def _node_name() -> str:
 
 def tracking_env(cfg: Any) -> dict[str, str]:
     """The MLflow tracking URI every task must log to (the driver's, resolved to an absolute one)."""
-    if not cfg.tracking.enabled:
-        return {}
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    return {"MLFLOW_TRACKING_URI": uri or f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'mlflow.db'}"}
+    from cvae.mlflow_tracker import tracking_uri
+
+    return {"MLFLOW_TRACKING_URI": tracking_uri(cfg)} if cfg.tracking.enabled else {}
 
 
 def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address: str, cpus_per_worker: int,

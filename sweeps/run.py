@@ -590,6 +590,15 @@ def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[i
     return closed
 
 
+def _register_line(study: optuna.Study, spec: StudySpec, cfg: Config) -> str:
+    from sweeps.registry import register
+
+    name, version, w = register(study, spec, cfg)
+    return (f"registered the winner as {name} version {version} (configuration {w['config_id']}, seed {w['seed']}: "
+            f"{spec.metric} {w['value']:.2f}; its mean {w['mean']:.2f} over {w['seeds']} seed(s)): "
+            f"cvae eval models:/{name}/{version}")
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # Optuna records the trial FAILED, the trainer closes its run KILLED
 
@@ -607,7 +616,7 @@ def _stop_once(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`cvae sweep STUDY [--workers N] [--trials N] [--storage URL] [-- overrides]` and `cvae worker ...`."""
     p = argparse.ArgumentParser(prog="cvae sweep")
-    p.add_argument("mode", choices=["sweep", "worker", "repair"])
+    p.add_argument("mode", choices=["sweep", "worker", "repair", "register"])
     p.add_argument("study", nargs="?", default="demo", help="study name (sweeps/studies/<name>.yaml) or path")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--trials", type=int, default=None, help="target of complete + pruned trials")
@@ -661,6 +670,15 @@ def main(argv: list[str] | None = None) -> int:
             n = worker_loop(spec, cfg, ns.overrides, url, ns.worker_index, threads)
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
             return 0
+        if ns.mode == "register":
+            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+                raise SpecError(f"no study {spec.name} in {url} (no such file)")
+            try:
+                study = optuna.load_study(study_name=spec.name, storage=url)
+            except KeyError:
+                raise SpecError(f"no study {spec.name} in {url}") from None
+            print(_register_line(study, spec, cfg))
+            return 0
         if ns.mode == "repair":
             if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
                 raise SpecError(f"no study {spec.name} in {url} (no such file)")
@@ -704,6 +722,12 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED"
         finish_parent(study, cfg, status)
         print(summary(study, spec))
+        if status == "FINISHED" and cfg.tracking.enabled and ns.confirm is None:
+            try:  # the study's answer is in; its winner goes to the Model Registry
+                print(_register_line(study, spec, cfg))
+            except (ConfigError, OSError) as e:
+                print(f"cvae: note: the winner was not registered ({e}); `cvae register {spec.name}` tries again",
+                      file=sys.stderr)
         return code or int(status == "FAILED")
     except (ConfigError, DataError) as e:
         print(f"cvae: error: {e}", file=sys.stderr)

@@ -55,23 +55,36 @@ needs_chromium = pytest.mark.skipif(chromium_path() is None and not ci(), reason
 
 def open_page(html: Path, screenshot: Path, timeout: float = 60) -> Page:
     """Render `html` in headless Chromium (no network, fresh profile); save a PNG screenshot to `screenshot`."""
+    if not html.is_file():
+        raise FileNotFoundError(f"no page to open: {html}")
+    return _render(html.resolve().as_uri(), screenshot, timeout)
+
+
+def open_url(url: str, screenshot: Path, wait_for_text: str, timeout: float = 90) -> Page:
+    """Render a page served here (e.g. the MLflow UI on 127.0.0.1) once `wait_for_text` shows; screenshot it."""
+    return _render(url, screenshot, timeout, wait_for_text, loopback=True)
+
+
+def _render(url: str, screenshot: Path, timeout: float, wait_for_text: str | None = None, loopback: bool = False) -> Page:
     from playwright.sync_api import sync_playwright
 
     chrome = chromium_path()
     if chrome is None:
         raise FileNotFoundError(MISSING)
-    if not html.is_file():
-        raise FileNotFoundError(f"no page to open: {html}")
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chrome, args=ARGS, timeout=timeout * 1000)
+        # a served page may reach this machine's loopback (127.0.0.1), nothing else
+        args = [a + ", EXCLUDE 127.0.0.1" if loopback and a.startswith("--host-resolver-rules") else a for a in ARGS]
+        browser = pw.chromium.launch(executable_path=chrome, args=args, timeout=timeout * 1000)
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             page.on("pageerror", lambda e: errors.append(f"Uncaught {e.name}: {e.message}"))
             page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}")
                     if m.type in ("error", "assert") else None)
             page.on("requestfailed", lambda r: errors.append(f"failed to load {r.url}: {r.failure}"))
-            page.goto(html.resolve().as_uri(), wait_until="load", timeout=timeout * 1000)
+            page.goto(url, wait_until="load", timeout=timeout * 1000)
+            if wait_for_text:  # an app that renders after load
+                page.get_by_text(wait_for_text).first.wait_for(timeout=timeout * 1000)
             # two animation frames and a task after load: 0 ms timers, rejections and the first paint are in
             page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 0))))")
             text = page.inner_text("body") if page.query_selector("body") else ""

@@ -1,0 +1,128 @@
+"""The study's winner in MLflow's Model Registry: at the end of `cvae sweep`, and by `cvae register STUDY`.
+
+The winner is the best configuration by the mean of its usable seeds (a race's leader where the study races)
+and, of its seeds, the run with the best value. Its best checkpoint is logged to that run in MLflow's PyTorch
+flavour (the course's prediction as one exported graph, torch.export: no pickled code; a signature of
+tensors and an input example from the built-in data), with the checkpoint itself beside it, and registered
+as a new version of `cvae-<study>`, tagged with the study, configuration, seed, value and condition gain.
+`cvae eval models:/cvae-<study>/latest` evaluates that checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from cvae.config import Config, ConfigError
+from sweeps.design import SEARCH
+from sweeps.spec import StudySpec
+
+CHECKPOINT_FILE = "best.pt"
+
+
+def model_name(study: str) -> str:
+    return f"cvae-{study}"
+
+
+class Predictor(nn.Module):
+    """The course's prediction as one call: frames (B, n_past, 3, 64, 64) in [0, 1] and cond (B, n_past +
+    n_future, 7) -> predicted frames (B, n_future, 3, 64, 64), z from the prior."""
+
+    def __init__(self, model: nn.Module, n_past: int, n_future: int):
+        super().__init__()
+        self.model, self.n_past, self.n_future = model, n_past, n_future
+
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(frames, cond, self.n_past, self.n_future)[:, self.n_past:]
+
+
+def winner(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+    """The best configuration's best run: config_id, seed, value, cond_gain, MLflow run id and run folder."""
+    maximize = spec.direction == "maximize"
+    by: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if a.get("phase", SEARCH) == SEARCH and t.value is not None and math.isfinite(t.value) and not a.get("degenerate"):
+            by.setdefault(a["config_id"], []).append(t)
+    if not by:
+        raise ConfigError(f"study {spec.name} has no complete, non-degenerate run to register yet")
+    lanes = study.user_attrs.get("race") or {}
+    leader = next((c for c, lane in lanes.items() if lane.get("status") == "leads" and c in by), None)
+    mean = lambda c: sum(t.value for t in by[c]) / len(by[c])  # noqa: E731
+    cid = leader or (max if maximize else min)(sorted(by), key=mean)
+    best = (max if maximize else min)(by[cid], key=lambda t: t.value)
+    a = best.user_attrs
+    return {"config_id": cid, "seed": a.get("seed"), "seed_index": a.get("seed_index"), "value": best.value,
+            "mean": mean(cid), "seeds": len(by[cid]), "cond_gain": a.get("cond_gain"),
+            "run_id": a.get("mlflow_run_id"), "run_dir": a.get("run_dir"), "trial": best.number}
+
+
+def _checkpoint(w: dict[str, Any], client: Any, into: Path) -> Path:
+    """The winner's best.pt: from its run folder here, else from its MLflow run's artifacts."""
+    local = Path(str(w["run_dir"])) / CHECKPOINT_FILE
+    if local.is_file():
+        return local
+    if not w["run_id"]:
+        raise ConfigError(f"the best run (trial {w['trial']}) has no {CHECKPOINT_FILE} here and no MLflow run")
+    return Path(client.download_artifacts(w["run_id"], f"checkpoints/{CHECKPOINT_FILE}", str(into)))
+
+
+def example(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Two sequences of the built-in data as (frames, cond) in the predictor's input layout (two, not one: the
+    exported graph then keeps the batch size free)."""
+    from cvae.data import pushing
+
+    e = cfg.eval
+    frames, cond = pushing.generate(2, seed=0, seq_len=e.n_past + e.n_future)
+    x = frames[:, : e.n_past].transpose(0, 1, 4, 2, 3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(x), cond.astype(np.float32)
+
+
+def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, str, dict[str, Any]]:
+    """Log the winner's best checkpoint as a PyTorch model and register it; returns (name, version, winner)."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from cvae.mlflow_tracker import make_client, tracking_uri
+    from cvae.trainer import load_model
+
+    if not cfg.tracking.enabled:
+        raise ConfigError("registering needs MLflow tracking (tracking.enabled=true)")
+    client = make_client(cfg)
+    w = winner(study, spec)
+    name = model_name(spec.name)
+    with tempfile.TemporaryDirectory(prefix="cvae-register-") as tmp:
+        ckpt = _checkpoint(w, client, Path(tmp))
+        model, mcfg = load_model(ckpt)
+        predictor = Predictor(model.eval(), mcfg.eval.n_past, mcfg.eval.n_future)
+        frames, cond = example(mcfg)
+        with torch.no_grad():
+            out = predictor(torch.from_numpy(frames), torch.from_numpy(cond)).numpy()
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
+                           TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond")]),
+            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]))
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
+        with mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner"):
+            # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
+            info = mlflow.pytorch.log_model(predictor, name="model", signature=signature, input_example=(frames, cond),
+                                            extra_files=[str(ckpt)], registered_model_name=name,
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    version = str(info.registered_model_version)
+    tags = {"study": spec.name, "config_id": w["config_id"], "seed": str(w["seed"]), "val/psnr": f"{w['value']:.4f}",
+            "cond_gain": f"{w['cond_gain']:.4f}" if w["cond_gain"] is not None else "",
+            "config_mean": f"{w['mean']:.4f}", "config_seeds": str(w["seeds"]), "trial": str(w["trial"])}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    return name, version, w
