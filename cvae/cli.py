@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ns, extra = parser.parse_known_args(argv)
     # section.key=value anywhere, also after an option (`cvae data preview demo -n 4 data.seed=3`)
-    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
-    rest = [x for x in extra if x not in overrides]
+    overrides = [x for x in extra if ("=" in x and not x.startswith("-")) or ns.command == "eval"]  # eval names
+    rest = [x for x in extra if x not in overrides]  # a misspelt option in one line of its own
     target = "overrides" if hasattr(ns, "overrides") else "args" if hasattr(ns, "args") else None
     if rest or (overrides and target is None):
         parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
