@@ -128,7 +128,7 @@ def _race(study: optuna.Study, settings: list[dict[str, Any]]) -> list[dict[str,
 
 def _decided_through(study: optuna.Study, spec: Any) -> int:
     """The last look the study decided (a look in progress is not reported as decided); 1 for a fixed design."""
-    if not spec.sequential:
+    if not (spec.sequential and spec.grid):
         return 1
     from sweeps.run import seq_state
 
@@ -149,7 +149,9 @@ def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple
     info = {"name": spec.name, "description": spec.description, "metric": spec.metric, "direction": spec.direction,
             "seeds": spec.seeds, "niter": cfg.train.niter, "sampler": spec.sampler, "pruner": spec.pruner,
             "storage": url, "degenerate_below": spec.degenerate_below, "margin_db": spec.margin_db,
-            "looks": list(spec.plan.looks) if spec.sequential else None, "look": _decided_through(study, spec)}
+            # a grid's looks; a race decides configuration by configuration, so its report is one look at all it ran
+            "looks": list(spec.plan.looks) if spec.sequential and spec.grid else None,
+            "look": _decided_through(study, spec)}
     results = analysis.analyse(runs, info)
     results["appendix"] = {k: v for k, v in _appendix(study, runs).items()}
     results["race"] = _race(study, results["settings"])

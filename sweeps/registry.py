@@ -1,6 +1,6 @@
 """The study's winner in MLflow's Model Registry: at the end of `cvae sweep`, and by `cvae register STUDY`.
 
-The winner is the best configuration by the mean of its usable seeds (a race's leader where the study races)
+The winner is the best configuration by the mean of its usable seeds (in a race, of those not shown worse)
 and, of its seeds, the run with the best value. Its best checkpoint is logged to that run in MLflow's PyTorch
 flavour (the course's prediction as one exported graph, torch.export: no pickled code; a signature of
 tensors and an input example from the built-in data), with the checkpoint itself beside it, and registered
@@ -55,10 +55,12 @@ def winner(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             by.setdefault(a["config_id"], []).append(t)
     if not by:
         raise ConfigError(f"study {spec.name} has no complete, non-degenerate run to register yet")
+    # a race: the best mean among the configurations still standing (the leader and those tied with it or
+    # undecided); the ones shown worse are out
     lanes = study.user_attrs.get("race") or {}
-    leader = next((c for c, lane in lanes.items() if lane.get("status") == "leads" and c in by), None)
+    standing = [c for c in sorted(by) if lanes.get(c, {}).get("status") != "out"] or sorted(by)
     mean = lambda c: sum(t.value for t in by[c]) / len(by[c])  # noqa: E731
-    cid = leader or (max if maximize else min)(sorted(by), key=mean)
+    cid = (max if maximize else min)(standing, key=mean)
     best = (max if maximize else min)(by[cid], key=lambda t: t.value)
     a = best.user_attrs
     return {"config_id": cid, "seed": a.get("seed"), "seed_index": a.get("seed_index"), "value": best.value,

@@ -151,7 +151,7 @@ def look_line(state: sequential.State, decisions: dict[str, sequential.Decision]
 def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     """A sequential study whose current look has all its runs: decide the look (sweeps.sequential.advance), store
     the new look and seed targets, queue its runs; returns how many were queued. Call under the ask lock."""
-    if not spec.sequential:
+    if not spec.sequential or not spec.grid:  # a sampled study with a seed range races instead (advance_race)
         return 0
     state = seq_state(study, spec)
     if state.done:
@@ -446,7 +446,7 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
         failed = df[df.note.astype(bool)]
         for _, f in failed.iterrows():
             lines.append(f"  failed run of {f.config}: {f.note}")
-    if spec.sequential:
+    if spec.sequential and spec.grid:
         state = seq_state(study, spec)
         through = state.look if state.done else state.look - 1
         if through:
