@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import optuna
@@ -27,6 +29,27 @@ from sweeps.design import SEARCH
 from sweeps.spec import StudySpec
 
 CHECKPOINT_FILE = "best.pt"
+
+
+@contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """MLflow's fluent API on `uri` for a while: mlflow.set_tracking_uri also writes $MLFLOW_TRACKING_URI, which
+    would send every later run of this process (a test session, a notebook) to this store; both are restored."""
+    import mlflow
+    from mlflow.tracking import _tracking_service
+
+    utils = _tracking_service.utils
+    saved, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if hasattr(utils, "_tracking_uri"):
+            utils._tracking_uri = saved
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def model_name(study: str) -> str:
@@ -114,9 +137,9 @@ def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, st
             inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
                            TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond")]),
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]))
-        mlflow.set_tracking_uri(tracking_uri(cfg))
         logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
-        with mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner"):
+        with tracking(tracking_uri(cfg)), \
+                (mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner")):
             # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
             info = mlflow.pytorch.log_model(predictor, name="model", signature=signature, input_example=(frames, cond),
                                             extra_files=[str(ckpt)], registered_model_name=name,

@@ -17,7 +17,6 @@ from cvae import config as config_mod
 from cvae.config import ConfigError, DataCfg
 from cvae.data import cache, cache_key, course, load_split, sample, to_tensors
 
-pytestmark = pytest.mark.skipif(not sample.SAMPLE.is_file(), reason=f"real BAIR sample not at {sample.SAMPLE}")
 
 LAYOUT = {"train/traj_256_to_511": 2, "train/traj_512_to_767": 3, "test/traj_0_to_255": 1}
 

@@ -9,7 +9,6 @@ import pytest
 from cvae.cli import main
 from cvae.data import bench, check, sample
 
-pytestmark = pytest.mark.skipif(not sample.SAMPLE.is_file(), reason=f"real BAIR sample not at {sample.SAMPLE}")
 
 LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "train/traj_768_to_1023": 2,
           "test/traj_0_to_255": 1}

@@ -17,7 +17,6 @@ from cvae.config import DataCfg
 from cvae.data import course, load_split, sample, sources, to_tensors
 from cvae.data.convert import MARKER
 
-pytestmark = pytest.mark.skipif(not sample.SAMPLE.is_file(), reason=f"real BAIR sample not at {sample.SAMPLE}")
 
 # three train files (the lowest becomes validate) and the test file, as in the download
 LAYOUT = {"train/traj_256_to_511": 3, "train/traj_512_to_767": 2, "train/traj_2560_to_2815": 1,

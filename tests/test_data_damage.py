@@ -18,7 +18,6 @@ from cvae.config import DataCfg
 from cvae.data import DamagedData, course, load_split, sample
 from cvae.data.convert import MARKER
 
-pytestmark = pytest.mark.skipif(not sample.SAMPLE.is_file(), reason=f"real BAIR sample not at {sample.SAMPLE}")
 
 # validate = traj_256 (1 sequence), train = traj_512 (2 sequences: the damage goes into the second)
 LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "test/traj_0_to_255": 1}

@@ -30,7 +30,6 @@ from cvae.data import course, sample
 from cvae.eval_cmd import eval_config, result_tag
 from cvae.trainer import load_checkpoint
 
-pytestmark = pytest.mark.skipif(not sample.SAMPLE.is_file(), reason=f"real BAIR sample not at {sample.SAMPLE}")
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"train/traj_256_to_511": 4, "train/traj_512_to_767": 4, "test/traj_0_to_255": 6}  # 256_to_511 = validate

@@ -53,9 +53,10 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, da
     assert {"seed", "val/psnr", "cond_gain"} <= set(mv.tags) and float(mv.tags["val/psnr"]) == pytest.approx(w["value"], abs=1e-4)
 
     # load by models:/ URI: the exported graph predicts the course's frames from the signature's inputs
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model("models:/cvae-reg/1")
-    info = mlflow.models.get_model_info("models:/cvae-reg/1")
+    with registry.tracking(uri):
+        model = mlflow.pytorch.load_model("models:/cvae-reg/1")
+        info = mlflow.models.get_model_info("models:/cvae-reg/1")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaks into the runs that follow
     assert [s.name for s in info.signature.inputs.inputs] == ["frames", "cond"]
     frames, cond = np.zeros((3, 2, 3, 64, 64), np.float32), np.zeros((3, 5, 7), np.float32)
     assert tuple(model(torch.from_numpy(frames), torch.from_numpy(cond)).shape) == (3, 3, 3, 64, 64)  # any batch

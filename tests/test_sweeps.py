@@ -127,7 +127,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 def inprocess_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """`sweep` runs its workers one after the other in this process, so monkeypatches reach them."""
 
-    def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int) -> int:
+    def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int,
+                    on_tick: Any = None) -> int:
         codes = [run_mod.main(["worker", spec_name, "--storage", url, "--threads", str(threads),
                                "--worker-index", str(i), *extra]) for i in range(workers)]
         return max(codes)
@@ -202,8 +203,8 @@ def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
 @pytest.mark.parametrize("args, message", [
     (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, demo_tpe, lab_grid, lab_tpe"),
     (["sweep", "missing.yaml"], "study not found: missing.yaml"),
-    (["sweep", "SPEC", "--trials", "0"], "--workers and --trials must be positive"),
-    (["sweep", "SPEC", "--workers", "0"], "--workers and --trials must be positive"),
+    (["sweep", "SPEC", "--trials", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
+    (["sweep", "SPEC", "--workers", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
     (["sweep", "SPEC", "train.nope=1"], "train.nope: unknown key"),
     (["sweep", "SPEC", "train.lr=abc"], "train.lr: expected a number"),
     (["sweep", "SPEC", "--storage", "nosuchdb://x/y"], "study storage nosuchdb://x/y"),

@@ -1,7 +1,7 @@
 """Small data sets in the exact BAIR TFRecord schema with real pixels, for tests and demos.
 
 The pixels and actions come from one real sequence (../shared/data/bair_sample, from thuml/iVideoGPT,
-MIT licence); it has no end-effector positions, so a stand-in is made up: the running sum of the
+MIT licence) where it is there, else from the built-in generator (see load); it has no end-effector positions, so a stand-in is made up: the running sum of the
 action's first three values plus a per-sequence offset. Sequence i is that sequence rolled by i frames
 in time (and mirrored when i is odd), so every sequence differs while every pixel stays real.
 """
@@ -22,7 +22,14 @@ SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/bair_sample/bair_sam
 
 
 def load(path: str | Path = SAMPLE) -> dict[str, np.ndarray]:
-    """The real sequence: aux1 and main frames uint8 (30,64,64,3), actions float32 (30,4)."""
+    """The real sequence: aux1 and main frames uint8 (30,64,64,3), actions float32 (30,4). Without the file (a
+    clone with no ../shared beside it) a stand-in in the same layout: two sequences of the built-in generator
+    as the two cameras and the first one's actions, so every test that uses it runs anywhere."""
+    if Path(path) == SAMPLE and not SAMPLE.is_file():
+        from cvae.data import pushing
+
+        frames, cond = pushing.generate(2, seed=11)
+        return {"aux1": frames[0], "main": frames[1], "action": cond[0, :, :4].copy()}
     with np.load(path) as data:
         return {"aux1": data["aux1_image"].astype(np.uint8), "main": data["image"].astype(np.uint8),
                 "action": data["action"].astype(np.float32)}
