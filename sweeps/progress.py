@@ -115,12 +115,12 @@ class Progress:
             size = shutil.get_terminal_size((100, 24))
             self.bar = tqdm(total=planned, desc=f"study {self.spec.name}", unit="run", file=self.out, ncols=size.columns,
                             nrows=max(size.lines, 2),
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}] {postfix}")
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]{postfix}")
         self.bar.total = planned
         self.bar.n = n
-        post = f"running {running}, failed {failed}"
+        post = f"{running} running, {failed} failed"
         if best is not None:
             cid, mean, (lo, hi), k = best
-            post += f", best {cid[:6]} {mean:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if k > 1 else "") + f" ({k} seed(s))"
+            post += f", best {mean:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if k > 1 else "") + f" n={k}"
         self.bar.set_postfix_str(post, refresh=False)
         self.bar.refresh()

@@ -619,5 +619,5 @@ def test_progress_is_a_bar_in_a_terminal_and_a_line_per_run_in_a_log(tmp_path: P
     assert proc.wait(timeout=300) == 0
     os.close(master)
     screen = b"".join(chunks).decode(errors="replace")
-    assert "study tty:" in screen and "2/2 runs" in screen and "best " in screen and "running " in screen
+    assert "study tty:" in screen and "2/2 runs" in screen and "best " in screen and " running" in screen
     assert "run 1/2:" not in screen  # the bar, not the log lines
