@@ -337,7 +337,10 @@ def registered_checkpoint(uri: str, cfg: Config, into: Path) -> Path:
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="cvae-model-") as tmp:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{ver}", dst_path=tmp,
+        # the version's own artifact location, read through this store (a models:/ URI would be resolved
+        # against MLflow's global registry URI, not this configuration's)
+        location = client.get_model_version_download_uri(name, str(mv.version))
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
                                                        tracking_uri=client.tracking_uri))
         found = sorted(got.rglob(REGISTERED_CHECKPOINT))
         if not found:
