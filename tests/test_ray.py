@@ -133,7 +133,7 @@ def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.slow
-@pytest.mark.ray
+@pytest.mark.alone
 def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -213,7 +213,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
 
 
 @pytest.mark.slow
-@pytest.mark.ray
+@pytest.mark.alone
 def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     pytest.importorskip("ray")
     ray_bin = str(Path(sys.executable).parent / "ray")

@@ -29,6 +29,7 @@ TINY = {"model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, data_cache: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
