@@ -41,19 +41,13 @@ def _git_commit() -> str:
 
 def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Config, str, optuna.Study]:
     """(spec, base config, storage url, study) of a study that exists."""
-    from sweeps.run import storage_url
+    from sweeps.run import existing_study, storage_url
     from sweeps.spec import load_spec
 
     spec = load_spec(name, overrides, storage=storage)
     cfg = spec.base_config(overrides)
     url = storage_url(cfg, storage)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"no study storage at {url}: run `make sweep STUDY={name}` first")
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=url)
-    except KeyError:
-        raise ConfigError(f"no study {spec.name} in {url}: run `make sweep STUDY={name}` first") from None
-    return spec, cfg, url, study
+    return spec, cfg, url, existing_study(spec, url)
 
 
 def _appendix(study: optuna.Study, runs: Any) -> dict[str, Any]:

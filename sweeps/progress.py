@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 import sys
 import time
-from typing import Any, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterator, TextIO
 
 import optuna
 from optuna.trial import TrialState
@@ -57,6 +59,20 @@ def best_so_far(study: optuna.Study, maximize: bool) -> tuple[str, float, tuple[
     return cid, mean, stats.interval(e), len(vals)
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered on exit) where the platform can; elsewhere nothing changes."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 class Progress:
     """Polls a study; draws a bar (terminal) or prints a line per finished run (otherwise)."""
 
@@ -70,11 +86,17 @@ class Progress:
         self.last = 0.0
 
     def tick(self, study: optuna.Study, every: float = 2.0) -> None:
-        """At most once per `every` seconds: read the study and report."""
+        """At most once per `every` seconds: read the study and report. Ctrl-C / SIGTERM wait until the read is
+        done: a KeyboardInterrupt inside a SQLite query can leave its lock held, and the stop that follows (which
+        reads the study again) then waits on it for the storage's whole lock timeout."""
         now = time.monotonic()
         if now - self.last < every:
             return
         self.last = now
+        with _signals_deferred():
+            self._tick(study)
+
+    def _tick(self, study: optuna.Study) -> None:
         trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase", SEARCH) == SEARCH]
         done = [t for t in trials if t.state in FINAL]
         running = sum(t.state == TrialState.RUNNING for t in trials)

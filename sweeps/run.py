@@ -590,6 +590,16 @@ def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[i
     return closed
 
 
+def existing_study(spec: StudySpec, url: str, storage: Any = None) -> optuna.Study:
+    """The study as stored, or one line saying there is none (and nothing created, not even a SQLite file)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise SpecError(f"no study {spec.name} in {url} (no such file): run `make sweep STUDY={spec.name}` first")
+    try:
+        return optuna.load_study(study_name=spec.name, storage=storage or url)
+    except KeyError:
+        raise SpecError(f"no study {spec.name} in {url}: run `make sweep STUDY={spec.name}` first") from None
+
+
 def _register_line(study: optuna.Study, spec: StudySpec, cfg: Config) -> str:
     from sweeps.registry import register
 
@@ -671,21 +681,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker {ns.worker_index}: ran {n} trial(s)", flush=True)
             return 0
         if ns.mode == "register":
-            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-                raise SpecError(f"no study {spec.name} in {url} (no such file)")
-            try:
-                study = optuna.load_study(study_name=spec.name, storage=url)
-            except KeyError:
-                raise SpecError(f"no study {spec.name} in {url}") from None
-            print(_register_line(study, spec, cfg))
+            print(_register_line(existing_study(spec, url), spec, cfg))
             return 0
         if ns.mode == "repair":
-            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-                raise SpecError(f"no study {spec.name} in {url} (no such file)")
-            try:
-                study = optuna.load_study(study_name=spec.name, storage=make_storage(url, spec, cfg))
-            except KeyError:
-                raise SpecError(f"no study {spec.name} in {url}") from None
+            existing_study(spec, url)  # one line, and no storage made, when there is none
+            study = existing_study(spec, url, make_storage(url, spec, cfg))  # with heartbeats, to fail stale trials
             closed = repair(study, cfg)
             for trial, run_id, why in closed:
                 print(f"closed MLflow run {run_id} FAILED ({why})")

@@ -253,7 +253,7 @@ def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
     spec = _spec(tmp_path, data_cache)
     assert build_mod.main([str(spec)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no study storage" in err[0] and "make sweep" in err[0]
+    assert len(err) == 1 and "no study rep in" in err[0] and "(no such file)" in err[0] and "make sweep" in err[0]
     assert not (tmp_path / "runs" / "reports").exists()
 
 
