@@ -715,9 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                 code = run_workers(ns.study, ns.overrides, url, ns.workers, threads, tick)
         except (KeyboardInterrupt, SystemExit):
             status, code = "KILLED", 130
-        finally:
-            progress.tick(study, every=0)
-            progress.close()
+        if status == "FINISHED":
+            progress.tick(study, every=0)  # the last runs' lines; a stopped study goes straight to closing
+        progress.close()
         if status == "FINISHED" and (code or unfinished(study, spec)):
             status = "FAILED"
         finish_parent(study, cfg, status)
