@@ -39,24 +39,17 @@ TINY: dict[str, str] = {
 }
 
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/bair_sample/bair_sample.npz"
-
-
 def bair_samples() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(name, aux1 frames (30, 64, 64, 3) uint8, main-camera frames, actions (30, 4), positions (30, 3)) of
-    BAIR-schema samples: one the tests make from the built-in generator (always), and the real one from
-    ../shared/data/bair_sample when it is there (an extra layer: real pixels and real actions)."""
-    from cvae.data import pushing
+    BAIR-schema samples: one made from the built-in generator (always), and the real one of ../shared when it is
+    there (cvae.data.sample.load, whose stand-in positions are the running sum of the actions)."""
+    from cvae.data import pushing, sample
 
     frames, cond = pushing.generate(2, seed=7)
     out = [("generated", frames[0], frames[1], cond[0, :, :4].copy(), cond[0, :, 4:].copy())]
-    if SHARED_SAMPLE.is_file():
-        real = np.load(SHARED_SAMPLE)
-        actions = real["action"].astype(np.float32)
-        # the real sample has no end-effector positions: a synthetic stand-in, the running sum of the
-        # action's first three components (a plausible drifting arm position, not real data)
-        out.append(("real", real["aux1_image"].astype(np.uint8), real["image"].astype(np.uint8), actions,
-                    np.cumsum(actions[:, :3], axis=0, dtype=np.float32)))
+    if sample.SAMPLE.is_file():
+        seq = sample.sequences(1)
+        out.append(("real", seq["aux1"][0], seq["main"][0], seq["action"][0], seq["position"][0]))
     return out
 
 
