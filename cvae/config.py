@@ -336,7 +336,7 @@ def _require(cond: bool, msg: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
-    t, m, d, e = cfg.train, cfg.model, cfg.data, cfg.eval
+    t, d, e = cfg.train, cfg.data, cfg.eval
     for key in ("train.lr", "train.batch_size", "train.niter", "train.epoch_size", "train.n_future",
                 "model.width", "model.g_dim", "model.z_dim", "model.rnn_size", "model.posterior_layers",
                 "model.prior_layers", "model.predictor_layers", "model.cond_dim", "data.seq_len",

@@ -28,7 +28,7 @@ SEED = 0
 EXACT_FLIPS = 16  # enumerate all 2^n sign flips up to this many pairs
 BOUNDARY_DRAWS = 200_000  # Monte-Carlo paths of the group-sequential null (p* to about +-0.0005 near 0.05)
 METHOD = "percentile bootstrap"
-PAIRED_T, WELCH_T = "paired t", "Welch t"
+PAIRED_T, WELCH_T, ONE_SAMPLE_T = "paired t", "Welch t", "one-sample t"
 
 Stat = Callable[..., np.ndarray]
 
@@ -135,7 +135,7 @@ class Estimate:
     n_b: int
     """paired: both are the number of pairs"""
     test: str
-    """PAIRED_T or WELCH_T"""
+    """PAIRED_T, WELCH_T or ONE_SAMPLE_T (then diff is the mean itself)"""
 
     @property
     def paired(self) -> bool:
@@ -148,14 +148,21 @@ class Estimate:
         return self.se * math.sqrt(n)
 
 
+def mean_estimate(x: Sequence[float] | np.ndarray, test: str = ONE_SAMPLE_T) -> Estimate:
+    """The mean of one sample, se = sd / sqrt(n), df = n - 1 (needs n >= 2)."""
+    x = _scores(x)
+    if x.size < 2:
+        raise ValueError(f"a t estimate needs >= 2 seeds, got {x.size}")
+    return Estimate(diff=float(x.mean()), se=float(x.std(ddof=1) / math.sqrt(x.size)), df=float(x.size - 1),
+                    n_a=int(x.size), n_b=int(x.size), test=test)
+
+
 def paired_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Estimate:
     """Mean of the per-seed differences a_k - b_k, se = sd(d) / sqrt(n), df = n - 1 (needs n >= 2)."""
     a, b = _scores(a), _scores(b)
     if a.size != b.size or a.size < 2:
         raise ValueError(f"paired estimate needs two aligned samples of >= 2 seeds, got {a.size} and {b.size}")
-    d = a - b
-    return Estimate(diff=float(d.mean()), se=float(d.std(ddof=1) / math.sqrt(d.size)), df=float(d.size - 1),
-                    n_a=int(d.size), n_b=int(d.size), test=PAIRED_T)
+    return mean_estimate(a - b, PAIRED_T)
 
 
 def welch_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Estimate:

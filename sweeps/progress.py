@@ -55,8 +55,7 @@ def best_so_far(study: optuna.Study, maximize: bool) -> tuple[str, float, tuple[
     mean = sum(vals) / len(vals)
     if len(vals) < 2:
         return cid, mean, (math.nan, math.nan), 1
-    e = stats.paired_estimate(vals, [0.0] * len(vals))  # one sample: its mean and t interval
-    return cid, mean, stats.interval(e), len(vals)
+    return cid, mean, stats.interval(stats.mean_estimate(vals)), len(vals)
 
 
 @contextmanager

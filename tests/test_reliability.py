@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,23 @@ def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
     return sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs for t in trials) >= n
 
 
+def lingering(procs: list[psutil.Process]) -> str:
+    """What a process that outlived its stop was doing: its command line and, where py-spy is installed, its
+    Python stack (the test is its ancestor, so it may read it)."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    lines = []
+    for p in procs:
+        try:
+            lines.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())}")
+        except psutil.Error as e:
+            lines.append(f"{p.pid}: {e}")
+            continue
+        if spy:
+            dump = subprocess.run([spy, "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=30)
+            lines.append(dump.stdout + dump.stderr)
+    return "\n".join(lines)
+
+
 # stops and deaths
 
 
@@ -77,7 +95,7 @@ def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(tmp_pat
         else:
             os.killpg(coordinator.pid, signal.SIGINT)
         gone, alive = psutil.wait_procs([psutil.Process(p.pid) for p in family], timeout=30)
-        assert not alive, f"still running after 30 s: {alive}"
+        assert not alive, f"still running after 30 s:\n{lingering(alive)}\n--- log ---\n{log.read_text()[-3000:]}"
         print(f"every process gone {time.monotonic() - start:.1f} s after {how}")
     finally:
         for p in psutil.Process(os.getpid()).children(recursive=True):

@@ -141,6 +141,15 @@ def test_paired_estimate_by_hand():
         stats.paired_estimate([1, 2], [1, 2, 3])
 
 
+def test_one_sample_estimate_by_hand():
+    # the d above plus 1: the same se and interval half-width, around the sample's own mean 2.5
+    e = stats.mean_estimate([2, 2, 3.5])
+    assert (e.diff, e.se, e.df, e.test, e.paired) == (2.5, pytest.approx(0.5), 2.0, "one-sample t", False)
+    assert stats.interval(e) == pytest.approx((2.5 - 2.1513265, 2.5 + 2.1513265), abs=1e-6)
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        stats.mean_estimate([1.0])
+
+
 def test_pairing_removes_the_shared_seed_effect():
     seed_effect = np.array([-1.0, 0.5, 2.0, -0.3, 0.8])
     a, b = 25 + seed_effect + [0.31, 0.29, 0.30, 0.32, 0.28], 25 + seed_effect

@@ -621,3 +621,23 @@ def test_progress_is_a_bar_in_a_terminal_and_a_line_per_run_in_a_log(tmp_path: P
     screen = b"".join(chunks).decode(errors="replace")
     assert "study tty:" in screen and "2/2 runs" in screen and "best " in screen and " running" in screen
     assert "run 1/2:" not in screen  # the bar, not the log lines
+
+
+def test_the_bar_s_best_is_the_best_mean_with_its_t_interval() -> None:
+    from optuna.distributions import FloatDistribution
+
+    from sweeps.progress import best_so_far
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr": FloatDistribution(0.0, 1.0)}
+    for cid, value, extra in [("a", 20.0, {}), ("a", 21.0, {}), ("a", 22.0, {}), ("b", 23.0, {}),
+                              ("b", 30.0, {"degenerate": True}), ("c", 25.0, {"phase": "confirm"})]:
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=dist, value=value,
+                                                  user_attrs={"config_id": cid, **extra}))
+    # b's only usable seed (23) beats a's mean (21); degenerate and confirmation runs do not count
+    cid, mean, (lo, hi), n = best_so_far(study, maximize=True)
+    assert (cid, mean, n) == ("b", 23.0, 1) and lo != lo and hi != hi
+    # a's mean 21 with its t interval: sd 1, se 1/sqrt(3), t(2) 0.975 = 4.302653
+    cid, mean, (lo, hi), n = best_so_far(study, maximize=False)
+    assert (cid, mean, n) == ("a", 21.0, 3)
+    assert (lo, hi) == pytest.approx((21 - 4.302653 / 3 ** 0.5, 21 + 4.302653 / 3 ** 0.5), abs=1e-5)

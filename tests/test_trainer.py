@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from cvae import config as config_mod
 from cvae.config import Config
 from cvae.data import load_split, to_tensors
 from cvae.metrics import psnr, ssim
-from cvae.model import CVAE
+from cvae.model import CVAE, StepLoss
 from cvae.evaluate import EVAL_SEED_OFFSET, Evaluator
 from cvae.trainer import FORMAT_VERSION, METRIC_COLUMNS, Diverged, load_checkpoint, load_model, train
 
