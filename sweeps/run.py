@@ -38,7 +38,7 @@ from sweeps.spec import SpecError, StudySpec, find_spec, load_spec
 
 MAX_RETRY = 2
 MAX_RESTARTS = 3  # replacements per worker slot when a local worker dies
-STORAGE_ATTEMPTS = 3  # opening a study storage whose schema another process is creating at that moment
+STORAGE_ATTEMPTS = 5  # opening a study storage whose schema another process is creating at that moment
 IDLE_POLL_S = 2  # a worker with nothing to take looks again this often
 STUDY_WAIT_S = 600  # a worker waits this long for its study to be created by `cvae sweep`
 STOP_GRACE_S = 25  # after Ctrl-C / SIGTERM, workers get this long to close their runs before SIGKILL
@@ -73,6 +73,16 @@ def _close_lost_runs(cfg: Config) -> Any:
     return callback
 
 
+def _schema_race(e: Exception) -> bool:
+    """Whether opening a storage failed because another process created its schema at the same moment:
+    a CREATE TABLE that finds the table (SQLite, PostgreSQL), or the schema's version row inserted twice
+    (SQLite: UNIQUE constraint failed: alembic_version...; PostgreSQL: duplicate key)."""
+    import sqlalchemy.exc
+
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or any(
+        w in str(e) for w in ("already exists", "duplicate key", "UNIQUE constraint failed"))
+
+
 def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats; SQLite waits on locks instead of failing when workers collide."""
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -85,8 +95,9 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBS
                 grace_period=3 * spec.heartbeat_seconds, heartbeat_stale_trial_callback=_close_lost_runs(cfg))
         except Exception as e:  # noqa: BLE001 - driver errors vary; the user needs one line
             # another process (a second sweep, a worker, a script reading the study) created the schema
-            # between optuna's check and its CREATE TABLE: the tables now exist, so open it again
-            if attempt < STORAGE_ATTEMPTS and any(w in str(e) for w in ("already exists", "duplicate key")):
+            # between optuna's check and its CREATE TABLE or its version row: the tables now exist, open it again
+            if attempt < STORAGE_ATTEMPTS and _schema_race(e):
+                time.sleep(0.2 * attempt)  # let the winner finish writing the schema
                 continue
             raise ConfigError(f"study storage {url}: {str(e).splitlines()[0][:200]}") from None
 

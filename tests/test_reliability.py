@@ -74,7 +74,6 @@ def lingering(procs: list[psutil.Process]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.alone  # a 30 s bound on a stop: timed on CPUs it does not share with the rest of the suite
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(tmp_path: Path, data_cache: Path,
                                                                          how: str) -> None:
