@@ -214,16 +214,16 @@ def test_resume_continues_the_same_run(overrides: dict[str, str], stop_at: str,
         with pytest.raises(Stop):
             train(cfg, tracker=MlflowTracker(cfg), on_epoch=on_epoch)
         expected_status, expected_last = "FAILED", 1
-    elif stop_at == "before_logging":  # Ctrl-C while epoch 2's plots are drawn: its step must not go missing
-        plots = trainer_mod.training_plots
+    elif stop_at == "before_logging":  # Ctrl-C while epoch 2's outputs are written: its step must not go missing
+        write_csv = trainer_mod.write_metrics_csv
         armed = [True]
 
-        def interrupted_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
+        def interrupted_write(rows: list[dict[str, float]], path: Path) -> None:
             if len(rows) == 2 and armed and armed.pop():
                 raise KeyboardInterrupt
-            return plots(rows, out_dir)
+            write_csv(rows, path)
 
-        monkeypatch.setattr(trainer_mod, "training_plots", interrupted_plots)
+        monkeypatch.setattr(trainer_mod, "write_metrics_csv", interrupted_write)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, tracker=MlflowTracker(cfg))
         expected_status, expected_last = "KILLED", 1

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from cvae import config as config_mod
+from cvae import trainer as trainer_mod
 from cvae.config import Config
 from cvae.data import load_split, to_tensors
 from cvae.metrics import psnr, ssim
@@ -68,6 +71,35 @@ def test_evaluation_every_n_epochs_and_always_after_the_last(tiny_cfg: Config, t
         rows = list(csv.DictReader(f))
     assert rows[0]["val/psnr"] == "" and rows[1]["val/psnr"] != ""
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.gif")) == ["epoch_0002.gif", "epoch_0003.gif"]
+
+
+@pytest.mark.parametrize("plot_seconds, stop_after, drawn", [
+    (3600.0, None, [1, 4]),  # the first evaluation and the last
+    (0.0, None, [1, 2, 3, 4]),  # every evaluation once PLOT_SECONDS have passed
+    (3600.0, 2, [1, 2]),  # a stopped run's plots show where it stopped
+])
+def test_plots_are_drawn_first_then_at_most_every_plot_seconds_and_at_the_end(
+        tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plot_seconds: float,
+        stop_after: int | None, drawn: list[int]) -> None:
+    seen: list[int] = []
+    draw = trainer_mod._draw_plots
+
+    def recorded(run_dir: Path, history: list[dict[str, float]], epoch: int, ev: Any) -> list[Path]:
+        seen.append(epoch)
+        return draw(run_dir, history, epoch, ev)
+
+    def stop(epoch: int, row: dict[str, float]) -> None:
+        if epoch == stop_after:
+            raise Stop
+
+    monkeypatch.setattr(trainer_mod, "_draw_plots", recorded)
+    monkeypatch.setattr(trainer_mod, "PLOT_SECONDS", plot_seconds)
+    with pytest.raises(Stop) if stop_after else contextlib.nullcontext():
+        train(_with(tiny_cfg, train__niter=4), run_dir=tmp_path / "run", on_epoch=stop)
+    assert seen == drawn
+    with (tmp_path / "run" / "per_step.csv").open() as f:  # the CSVs still get every evaluation
+        assert sorted({int(r["epoch"]) for r in csv.DictReader(f)}) == list(range(1, (stop_after or 4) + 1))
+    assert (tmp_path / "run" / "psnr.png").stat().st_size > 0 and (tmp_path / "run" / "diagnostics.png").is_file()
 
 
 def test_schedules_reach_the_history(tiny_cfg: Config, tmp_path: Path) -> None:
