@@ -54,9 +54,9 @@ schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make 
 preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 	$(BIN)/cvae data preview $(EXP) $(ARGS)
 
-test: $(TEST_STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers; then the heaviest alone)
+test: $(TEST_STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers; then the heaviest apart)
 	$(BIN)/python -m pytest -n 2 -m "not alone"
-	$(BIN)/python -m pytest -m alone
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m alone
 
 ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000] [HOST=127.0.0.1]
 	@$(call warn_exposed)

@@ -283,25 +283,3 @@ def test_data_export_round_trips_pixel_exact(tiny_args: list[str], tiny_cfg: con
     again = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
     assert "--force" in _error_line(again)
     assert _files(tmp_path / "d") == before
-
-
-# the paper-size model, one iteration on CPU
-
-
-@pytest.mark.slow
-def test_lab_recipe_smoke_on_cpu(tmp_path: Path, data_cache: Path) -> None:
-    args = ["experiments/lab.yaml", "data.name=pushing", "train.niter=1", "train.epoch_size=1",
-            "data.n_train=16", "data.n_val=4", "data.n_test=4", "eval.sequences=2", "eval.batch_size=2",
-            "eval.gif_sequences=1", "tracking.enabled=false", "train.progress=false",
-            f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={data_cache}"]
-    start = time.perf_counter()
-    proc = cvae("train", *args, cwd=tmp_path, timeout=600)
-    print(f"lab recipe, one iteration of paper-size VGG64 on CPU: {time.perf_counter() - start:.1f} s")
-    assert proc.returncode == 0, proc.stderr
-    match = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
-    assert match, proc.stdout
-    ckpt = load_checkpoint(Path(match.group(1)) / "last.pt")
-    cfg = config_mod.from_dict(ckpt["config"])
-    assert (cfg.model.arch, cfg.model.width, cfg.model.g_dim, cfg.model.z_dim, cfg.model.rnn_size) == \
-        ("vgg", 1.0, 128, 64, 256)
-    assert (cfg.train.batch_size, cfg.train.n_past + cfg.train.n_future) == (12, 12)

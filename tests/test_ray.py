@@ -134,6 +134,7 @@ def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.slow
 @pytest.mark.alone
+@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
 def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -214,6 +215,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
 
 @pytest.mark.slow
 @pytest.mark.alone
+@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
 def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     pytest.importorskip("ray")
     ray_bin = str(Path(sys.executable).parent / "ray")

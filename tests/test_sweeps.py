@@ -428,7 +428,8 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
 
 @pytest.mark.slow
 def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Path) -> None:
-    """= make sweep STUDY=lab_grid TRIALS=1 WORKERS=1 ARGS="data.name=pushing train.niter=1 train.epoch_size=1"."""
+    """= make sweep STUDY=lab_grid TRIALS=1 WORKERS=1 ARGS="data.name=pushing train.niter=1 train.epoch_size=1":
+    the lab recipe (experiments/lab.yaml, the paper-size VGG64) trains and evaluates on a CPU."""
     cheap = ["data.n_train=16", "data.n_val=8", "data.n_test=8", f"data.cache_dir={data_cache}",
              "eval.sequences=8", "eval.gif_sequences=1", "tracking.system_metrics=false"]
     cmd = [sys.executable, "-m", "cvae.cli", "sweep", "lab_grid", "--workers", "1", "--trials", "1",
