@@ -2,7 +2,7 @@
 
 Input is the tidy one-row-per-run frame of reports/collect.py; nothing here reads a store or draws.
 Degenerate runs (a model that ignores its condition, sweeps/objective.py) are listed apart and never
-ranked. Verdicts come from reports/stats.py: the numbers decide, with the thresholds printed.
+ranked. Verdicts come from sweeps/stats.py: the numbers decide, with the thresholds printed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports import stats
+from sweeps import stats
 from sweeps import sequential
 from sweeps.design import CONFIRM, SEARCH
 from sweeps.spec import MARGIN_DB

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cvae.plots import save_figure  # noqa: E402 - one atomic PNG writer for the project
-from reports import stats  # noqa: E402
+from sweeps import stats  # noqa: E402
 
 MAX_SETTINGS = 8  # curves and the four-plot grid show at most this many settings (best first)
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator, TextIO
 import optuna
 from optuna.trial import TrialState
 
-from reports import stats
+from sweeps import stats
 from sweeps.design import SEARCH, config_id
 
 FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from reports import stats
+from sweeps import stats
 
 BETTER, WORSE, EQUIVALENT, OPEN, CANNOT_TELL = "better", "worse", "equivalent", "open", "cannot tell yet"
 MAIN_EFFECT, SETTING_PAIR = "main effect", "setting pair"

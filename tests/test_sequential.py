@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reports import stats
+from sweeps import stats
 from sweeps import sequential as seq
 from sweeps.design import config_id, grid_points
 

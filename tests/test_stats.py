@@ -1,4 +1,4 @@
-"""reports.stats: exact values on hand-made per-seed scores, and the vectorised code against its definition."""
+"""sweeps.stats: exact values on hand-made per-seed scores, and the vectorised code against its definition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reports import stats
+from sweeps import stats
 
 X = [0.3, 1.7, 2.2, 4.9, 10.6, 6.1]
 
