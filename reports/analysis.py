@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweeps import stats
+from sweeps import boundary, stats
 from sweeps import sequential
 from sweeps.design import CONFIRM, SEARCH
 from sweeps.spec import MARGIN_DB
@@ -259,7 +259,7 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
     copy_last = runs.copy_last.dropna()
     seq_words = (f"{len(plan.looks)} looks at {', '.join(map(str, plan.looks))} seeds per configuration, the error "
                  f"rates spread over them by a Pocock boundary (a simulation of the look statistics, "
-                 f"{stats.BOUNDARY_DRAWS:,} paths)" if len(plan.looks) > 1 else "one look")
+                 f"{boundary.BOUNDARY_DRAWS:,} paths)" if len(plan.looks) > 1 else "one look")
     return _num({
         "study": {k: info.get(k) for k in ("name", "description", "metric", "direction", "seeds", "niter", "sampler",
                                             "pruner", "storage", "degenerate_below")}

@@ -12,7 +12,7 @@ stays exact whatever the correlations between cells of one seed (measured: 0.8-0
 teacher-forcing level, near 0 across). Where the sides share fewer than 2 seeds, Welch's unpaired t is used.
 
 Looks: `plan.looks` are the seeds per configuration at each look (e.g. 3, 4, 5, 6). At a look, every open
-question is tested with the group-sequential correction (stats.sequential_p, an O'Brien-Fleming boundary
+question is tested with the group-sequential correction (boundary.sequential_p, an O'Brien-Fleming boundary
 by default), Holm across the family of
 questions with the alpha of questions already shown different recycled (Maurer & Bretz 2013); a question
 not shown different is "equivalent" when TOST, corrected the same way, puts it inside +-margin. A question
@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from sweeps import stats
+from sweeps import boundary, stats
 
 BETTER, WORSE, EQUIVALENT, OPEN, CANNOT_TELL = "better", "worse", "equivalent", "open", "cannot tell yet"
 MAIN_EFFECT, SETTING_PAIR = "main effect", "setting pair"
@@ -205,16 +205,16 @@ def _measure(q: Question, values: Values, plan: Plan, look: int) -> tuple[Decisi
         return replace(base, reason=f"fewer than 2 seeds a side ({va.size} vs {vb.size}): one run cannot separate a "
                                     "setting from seed noise"), None
     looks, shape = plan.looks, plan.shape
-    a2 = stats.nominal_level(plan.alpha, look, looks, shape=shape)
-    a1 = stats.nominal_level(plan.alpha, look, looks, shape=shape, two_sided=False)
+    a2 = boundary.nominal_level(plan.alpha, look, looks, shape=shape)
+    a1 = boundary.nominal_level(plan.alpha, look, looks, shape=shape, two_sided=False)
     p = stats.p_two_sided(e)
     lo_p, hi_p = stats.p_tost(e, plan.margin)
-    p_eq = max(stats.sequential_p(lo_p, look, looks, shape=shape, two_sided=False),
-               stats.sequential_p(hi_p, look, looks, shape=shape, two_sided=False))
+    p_eq = max(boundary.sequential_p(lo_p, look, looks, shape=shape, two_sided=False),
+               boundary.sequential_p(hi_p, look, looks, shape=shape, two_sided=False))
     w_p = float(np.subtract(*stats.interval(e)[::-1]))
     return replace(base, test=e.test, n_a=e.n_a, n_b=e.n_b, diff=e.diff, interval=stats.interval(e, 1 - a2),
                    interval_equivalence=stats.interval(e, 1 - 2 * a1),
-                   p_value=p, p_sequential=stats.sequential_p(p, look, looks, shape=shape), p_equivalence=p_eq,
+                   p_value=p, p_sequential=boundary.sequential_p(p, look, looks, shape=shape), p_equivalence=p_eq,
                    width_paired=w_p if e.paired else math.nan, width_unpaired=w_u if e.paired else w_p,
                    **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired}), e
 

@@ -17,7 +17,8 @@ import yaml
 from mlflow import MlflowClient
 
 from browser import chromium_path, ci, external_references, open_page
-from reports import analysis, stats
+from reports import analysis
+from sweeps import stats
 from sweeps import sequential
 from reports import build as build_mod
 from sweeps import run as run_mod

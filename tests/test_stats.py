@@ -215,44 +215,6 @@ def test_monte_carlo_sign_flips_beyond_the_exact_limit(monkeypatch):
     assert stats.sign_flip_p(d, reps=20_000, seed=0) == pytest.approx(exact, abs=0.01)
 
 
-# the group-sequential boundary
-
-
-def test_one_look_leaves_p_alone():
-    assert stats.sequential_p(0.031, 1, (5,)) == 0.031
-    assert stats.nominal_level(0.05, 1, (5,)) == 0.05
-
-
-@pytest.mark.parametrize("k, pocock", [(2, 0.0294), (3, 0.0221), (5, 0.0158)])
-def test_equal_looks_reproduce_pococks_published_levels(k, pocock):
-    # Pocock (1977), two-sided 0.05 over k equally spaced looks
-    looks = tuple(range(2, 2 * k + 1, 2))
-    assert stats.nominal_level(0.05, 1, looks) == pytest.approx(pocock, abs=4e-4)
-    assert stats.nominal_level(0.05, k, looks) == pytest.approx(pocock, abs=4e-4)
-
-
-def test_sequential_p_inverts_the_nominal_level():
-    looks = (3, 4, 5, 6)
-    for look in (1, 3):
-        level = stats.nominal_level(0.05, look, looks)
-        assert stats.sequential_p(level * 0.98, look, looks) <= 0.05 < stats.sequential_p(level * 1.02, look, looks)
-    one = stats.nominal_level(0.05, 2, looks, two_sided=False)
-    assert 0.02 < one < 0.05 and stats.sequential_p(one * 0.98, 2, looks, two_sided=False) <= 0.05
-
-
-def test_obrien_fleming_keeps_alpha_for_the_last_look():
-    looks = (3, 4, 5, 6)
-    first, last = (stats.nominal_level(0.05, k, looks, shape=0.0) for k in (1, 4))
-    assert first < 0.01 and 0.035 < last < 0.05
-
-
-def test_looks_must_increase():
-    with pytest.raises(ValueError, match="increasing"):
-        stats.sequential_p(0.01, 1, (4, 3))
-    with pytest.raises(ValueError, match="1-based"):
-        stats.sequential_p(0.01, 3, (3, 4))
-
-
 # Holm
 
 
