@@ -28,7 +28,7 @@ from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
-from sweeps import sequential
+from sweeps import racing, sequential
 from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
@@ -177,16 +177,16 @@ def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     return enqueue_grid(study, spec)
 
 
-def race_lanes(study: optuna.Study, spec: StudySpec) -> tuple[dict[str, sequential.Lane], list[str]]:
+def race_lanes(study: optuna.Study, spec: StudySpec) -> tuple[dict[str, racing.Lane], list[str]]:
     """The race as stored on the study, every search configuration in it (a new one races from `min` seeds),
     and the configurations in the order the study started them."""
     raw = study.user_attrs.get("race") or {}
-    lanes = {c: sequential.Lane.from_json(v) for c, v in raw.items()}
+    lanes = {c: racing.Lane.from_json(v) for c, v in raw.items()}
     order: list[str] = []
     for r in sorted(runs_of(study), key=lambda r: r.number):
         if r.phase == SEARCH and r.config_id is not None and r.config_id not in order:
             order.append(r.config_id)
-            lanes.setdefault(r.config_id, sequential.Lane(target=spec.plan.looks[0]))
+            lanes.setdefault(r.config_id, racing.Lane(target=spec.plan.looks[0]))
     return lanes, order
 
 
@@ -214,7 +214,7 @@ def advance_race(study: optuna.Study, spec: StudySpec) -> int:
     new = lanes
     for _ in range(2 * len(order) + 1):  # a decision can hand out seeds that the next one waits on, or free a lead
         done = {c for c in order if finished(c, new[c].target)}
-        again = sequential.race(new, order, done, values, spec.plan, maximize=spec.direction == "maximize",
+        again = racing.race(new, order, done, values, spec.plan, maximize=spec.direction == "maximize",
                                 pruned=pruned)
         if again == new:
             break
@@ -222,7 +222,7 @@ def advance_race(study: optuna.Study, spec: StudySpec) -> int:
     if new != lanes or "race" not in study.user_attrs:
         study.set_user_attr("race", {c: lane.as_json() for c, lane in new.items()})
         for c in order:
-            if new[c].status != lanes[c].status and new[c].status != sequential.RACING:
+            if new[c].status != lanes[c].status and new[c].status != racing.RACING:
                 print(f"study {spec.name}: configuration {c} {new[c].status}"
                       + (f" (vs {new[c].against}, {new[c].diff:+.2f} at {new[c].target} seeds)" if new[c].against else ""),
                       flush=True)
@@ -414,7 +414,7 @@ def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
         short = len(search_configs(runs)) < int(study.user_attrs.get("n_trials", spec.trials))
         if spec.racing:
             lanes, _ = race_lanes(study, spec)
-            short |= any(lane.status == sequential.RACING for lane in lanes.values())
+            short |= any(lane.status == racing.RACING for lane in lanes.values())
     return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short or bool(lost_runs(runs))
 
 

@@ -1,0 +1,81 @@
+"""Racing a sampled study: each new configuration against the leader, on the seeds both have (pure).
+
+F-Race style (Birattari et al. 2002): a configuration runs its first look's seeds, then is tested against the
+leader with the same paired test, boundary and margin as a grid's questions (sweeps.sequential.decide_look).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from sweeps.sequential import BETTER, CANNOT_TELL, EQUIVALENT, WORSE, Plan, Values, decide_look, setting_pair
+
+RACING, LEADS, OUT, TIED, UNDECIDED = "racing", "leads", "out", "tied", "undecided"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One configuration of a race: its seed target, where it stands, and against whom it was decided."""
+
+    target: int
+    status: str = RACING
+    against: str | None = None
+    look: int = 1
+    diff: float = math.nan
+    """its mean minus the leader's on their shared seeds, at the decision"""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status, "against": self.against, "look": self.look,
+                "diff": None if math.isnan(self.diff) else self.diff}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "Lane":
+        diff = raw.get("diff")
+        return cls(target=int(raw["target"]), status=raw.get("status", RACING), against=raw.get("against"),
+                   look=int(raw.get("look", 1)), diff=math.nan if diff is None else float(diff))
+
+
+def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Values, plan: Plan,
+         maximize: bool = True, pruned: set[str] = frozenset()) -> dict[str, Lane]:
+    """One pass over the racing configurations whose seeds are all finished (`done`), in `order`: each is tested
+    against the leader on the seeds both have, at the look its seed count is (the same paired test, boundary
+    and margin as a grid's questions). Better: it leads, the old leader is out. Worse: out. Equivalent: tied
+    (within the margin of the leader: no more seeds). Open: the next look's seeds. Cannot tell after the last
+    look: undecided. A leader with fewer seeds than its challenger first gets seeds up to the challenger's."""
+    out = dict(lanes)
+    for c in order:
+        lane = out[c]
+        if lane.status != RACING or c not in done:
+            continue
+        if c in pruned:
+            out[c] = replace(lane, status=OUT, against=None)
+            continue
+        leader = next((x for x in order if out[x].status == LEADS), None)
+        if leader is None:
+            out[c] = replace(lane, status=LEADS)
+            continue
+        if out[leader].target < lane.target:
+            out[leader] = replace(out[leader], target=lane.target)  # the leader needs the challenger's seeds
+            continue
+        if leader not in done:
+            continue
+        look = plan.looks.index(lane.target) + 1 if lane.target in plan.looks else len(plan.looks)
+        q = setting_pair(c, leader, c, leader)
+        d = decide_look([q], values, plan, look)[q.name]
+        verdict = d.verdict if maximize or d.verdict not in (BETTER, WORSE) else (WORSE if d.verdict == BETTER else BETTER)
+        decided = replace(lane, against=leader, look=look, diff=d.diff)
+        if verdict == BETTER:
+            out[c] = replace(decided, status=LEADS)
+            out[leader] = replace(out[leader], status=OUT, against=c)
+        elif verdict == WORSE:
+            out[c] = replace(decided, status=OUT)
+        elif verdict == EQUIVALENT:
+            out[c] = replace(decided, status=TIED)
+        elif verdict == CANNOT_TELL:
+            out[c] = replace(decided, status=UNDECIDED)
+        else:
+            nxt = next(n for n in plan.looks if n > lane.target)
+            out[c] = replace(decided, target=nxt)
+    return out
