@@ -141,14 +141,14 @@ def test_open_questions_grow_only_their_configurations_and_the_last_look_closes_
     three = {config_id({"x": v}): {"x": v} for v in (1, 2, 3)}
     c1, c2, c3 = (config_id({"x": v}) for v in (1, 2, 3))
     rng = np.random.default_rng(2)
-    noise = rng.normal(0, 0.3, (3, 8))
-    vals = {(c, k): m + noise[i, k] for i, (c, m) in enumerate(((c1, 30.0), (c2, 20.0), (c3, 20.2))) for k in range(8)}
-    plan = seq.Plan(looks=(3, 5, 8), margin=0.05)
+    noise = rng.normal(0, 0.02, (3, 8))  # 3 seeds are a t on 2 df: a first-look verdict needs |t| in the hundreds
+    vals = {(c, k): m + noise[i, k] for i, (c, m) in enumerate(((c1, 30.0), (c2, 20.0), (c3, 20.02))) for k in range(8)}
+    plan = seq.Plan(looks=(3, 5, 8), margin=0.005)
     questions = seq.main_effects(three)
     state = seq.State.from_json(None, list(three), plan)
     assert state.targets == {c1: 3, c2: 3, c3: 3} and state.look == 1
     state, decisions = seq.advance(questions, vals, plan, state)
-    # 1 vs 2 and 1 vs 3 differ by 10 dB: decided at look 1; 2 vs 3 (0.2 dB apart, margin 0.05) stays open
+    # 1 vs 2 and 1 vs 3 differ by 10 dB: decided at look 1; 2 vs 3 (0.02 dB apart, margin 0.005) stays open
     assert decisions["x: 1 vs 2"].verdict == seq.BETTER and decisions["x: 2 vs 3"].verdict == seq.OPEN
     assert state.look == 2 and state.targets == {c1: 3, c2: 5, c3: 5} and not state.done
     state, decisions = seq.advance(questions, vals, plan, state)
