@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sweeps.questions import main_effects
 from sweeps import simulate as sim
 from sweeps.design import config_id
 from sweeps.spec import load_spec
@@ -55,7 +56,7 @@ def _job(args: tuple[str, str, dict[str, float], int, int]) -> tuple[str, str, d
 def evaluate(studies: int, workers: int) -> dict[str, Any]:
     """Every case x noise model, the fixed design of equal power, and whether each target holds."""
     configs, plan, noise, header = setup()
-    factors = sorted({q.factor for q in sim.seq.main_effects(configs)})
+    factors = sorted({q.factor for q in main_effects(configs)})
     jobs = [(case, kind, effects, studies, 1000 + i) for i, (case, effects) in
             enumerate(sim.cases(factors, plan.margin).items()) for kind in sim.NOISES]
     with ProcessPoolExecutor(max_workers=workers) as pool:

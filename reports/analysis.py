@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweeps.questions import Question, main_effects, setting_pair
 from sweeps import boundary, stats
 from sweeps import sequential
 from sweeps.design import CONFIRM, SEARCH
@@ -108,7 +109,7 @@ def _values(runs: pd.DataFrame) -> dict[tuple[str, int], float]:
     return {(str(r.config_id), int(r.seed_index)): float(r.value) for r in ok.itertuples()}
 
 
-def _row(q: sequential.Question, d: sequential.Decision, values: dict[tuple[str, int], float], plan: sequential.Plan,
+def _row(q: Question, d: sequential.Decision, values: dict[tuple[str, int], float], plan: sequential.Plan,
          maximize: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One comparison as results.json holds it."""
     ks, pa, pb, _, _ = sequential.evidence(q, values, d.seeds)
@@ -144,11 +145,11 @@ def comparisons(runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: se
     """
     values = _values(runs)
     configs = {s["config_id"]: {k: v for k, v in s["params"].items() if v is not None} for s in setting_list}
-    questions = sequential.main_effects(configs)
+    questions = main_effects(configs)
     decisions = sequential.replay(questions, values, plan, through) if through else {}
     out = [_row(q, decisions[q.name], values, plan, maximize) for q in questions if q.name in decisions]
     ranked = [s for s in setting_list if s["n"]]
-    pairs = [sequential.setting_pair(ranked[0]["config_id"], o["config_id"], ranked[0]["label"], o["label"])
+    pairs = [setting_pair(ranked[0]["config_id"], o["config_id"], ranked[0]["label"], o["label"])
              for o in ranked[1 : 1 + MAX_PAIRS]] if len(ranked) > 1 else []
     for q, d in sequential.decide_look(pairs, values, plan, max(1, through)).items() if pairs else []:
         q = next(p for p in pairs if p.name == q)
@@ -296,7 +297,7 @@ def cross_study(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     seeds = 1 + max((k for _, k in values), default=0)
     margin = min((r["study"].get("margin_db") or MARGIN_DB for r in results.values()), default=MARGIN_DB)
     plan = sequential.Plan(looks=(seeds,), margin=margin)
-    pairs = [sequential.setting_pair(a, b, f"{a}: {best[a]['label']}", f"{b}: {best[b]['label']}")
+    pairs = [setting_pair(a, b, f"{a}: {best[a]['label']}", f"{b}: {best[b]['label']}")
              for a, b in combinations(best, 2)]
     decisions = sequential.decide_look(pairs, values, plan, 1)
     return [{**_row(q, decisions[q.name], values, plan, True), "kind": "study pair", "name": f"{q.side_a[0]} vs {q.side_b[0]}"}

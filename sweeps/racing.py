@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from sweeps.sequential import BETTER, CANNOT_TELL, EQUIVALENT, WORSE, Plan, Values, decide_look, setting_pair
+from sweeps.questions import setting_pair
+from sweeps.sequential import BETTER, CANNOT_TELL, EQUIVALENT, WORSE, Plan, Values, decide_look
 
 RACING, LEADS, OUT, TIED, UNDECIDED = "racing", "leads", "out", "tied", "undecided"
 

@@ -28,6 +28,7 @@ from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data import DataError, load_split
 from cvae.trainer import Diverged
+from sweeps.questions import Question, main_effects
 from sweeps import racing, sequential
 from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
 from sweeps.lock import AskLock
@@ -133,9 +134,9 @@ def seq_state(study: optuna.Study, spec: StudySpec) -> sequential.State:
     return sequential.State.from_json(study.user_attrs.get("sequential"), [config_id(p) for p in spec.design], spec.plan)
 
 
-def questions_of(spec: StudySpec) -> list[sequential.Question]:
+def questions_of(spec: StudySpec) -> list[Question]:
     """The design's questions: every main effect of the grid."""
-    return sequential.main_effects({config_id(p): p for p in spec.design})
+    return main_effects({config_id(p): p for p in spec.design})
 
 
 def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from sweeps.questions import main_effects
 from sweeps import sequential as seq
 
 NOISES = ("normal", "resampled", "heavy")
@@ -100,7 +101,7 @@ def true_means(configs: Mapping[str, Mapping[str, Any]], effects: Mapping[str, f
 def study(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str, means: Mapping[str, float],
           rng: np.random.Generator) -> tuple[dict[str, seq.Decision], int]:
     """One simulated sequential study: (final decisions, runs used)."""
-    questions = seq.main_effects(configs)
+    questions = main_effects(configs)
     order = list(noise.configs)
     rows = noise.draw(kind, rng, plan.looks[-1])  # seed k's row, drawn up front: the same as drawing it when needed
     values: dict[tuple[str, int], float] = {}
@@ -134,7 +135,7 @@ def run_case(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: No
     of any false better/worse (a question whose true effect is 0 called different), runs used, looks reached."""
     rng = np.random.default_rng(seed)
     means = true_means(configs, effects)
-    questions = seq.main_effects(configs)
+    questions = main_effects(configs)
     counts = {q.name: {v: 0 for v in (seq.BETTER, seq.WORSE, seq.EQUIVALENT, seq.CANNOT_TELL)} for q in questions}
     family_false, runs, looks = 0, [], []
     for _ in range(n):
@@ -171,7 +172,7 @@ def cases(factors: list[str], margin: float) -> dict[str, dict[str, float]]:
 def judge(case: str, result: dict[str, Any], configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The case's error rate against its target: false better/worse (per family) where an effect is 0, false
     "equivalent" where an effect is +-margin, power where it is +-2 margin."""
-    questions = {q.name: q for q in seq.main_effects(configs)}
+    questions = {q.name: q for q in main_effects(configs)}
     effects = result["effects"]
     out: dict[str, Any] = {}
     if any(v == 0 for v in effects.values()):
@@ -196,7 +197,7 @@ def judge(case: str, result: dict[str, Any], configs: Mapping[str, Mapping[str, 
 def fixed_design_runs(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str,
                       effects: Mapping[str, float], power: float, n: int, seed: int, most: int = 40) -> dict[str, Any]:
     """The smallest fixed number of seeds (one look, the same tests) whose power reaches `power`: its runs."""
-    questions = seq.main_effects(configs)
+    questions = main_effects(configs)
     for seeds in range(2, most + 1):
         fixed = seq.Plan(looks=(seeds,), margin=plan.margin, alpha=plan.alpha)
         r = run_case(configs, fixed, noise, kind, effects, n, seed)

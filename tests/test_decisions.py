@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import decisions as bench
+from sweeps.questions import main_effects
 from sweeps import sequential as seq
 from sweeps import simulate as sim
 
@@ -40,7 +41,7 @@ def test_true_means_make_each_main_effect_equal_its_effect(demo):
     effects = {"kl.mode": 0.4, "tf.start_decay_epoch": -1.5}
     means = sim.true_means(configs, effects)
     vals = {(c, k): m for c, m in means.items() for k in range(3)}
-    for q in seq.main_effects(configs):
+    for q in main_effects(configs):
         _, pa, pb, _, _ = seq.evidence(q, vals, 3)
         assert (pa - pb).mean() == pytest.approx(effects[q.factor])
 
@@ -83,7 +84,7 @@ def test_a_simulated_study_uses_the_coordinators_looks(demo):
                                            ("one real, one null", "resampled", 800)])
 def test_the_demo_rule_keeps_its_error_rates(demo, case, kind, n):
     configs, plan, noise = demo
-    effects = sim.cases(sorted({q.factor for q in seq.main_effects(configs)}), plan.margin)[case]
+    effects = sim.cases(sorted({q.factor for q in main_effects(configs)}), plan.margin)[case]
     result = sim.run_case(configs, plan, noise, kind, effects, n, seed=11)
     judged = sim.judge(case, result, configs)
     assert judged and all(j["pass"] for j in judged.values()), judged

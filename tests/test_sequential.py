@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from sweeps.questions import Question, main_effects, setting_pair
 from sweeps import stats
 from sweeps import sequential as seq
 from sweeps.design import config_id, grid_points
@@ -24,15 +25,15 @@ def values_of(table: dict[tuple[int, str], list[float]]) -> dict[tuple[str, int]
     return {(CID[c], k): v for c, vs in table.items() for k, v in enumerate(vs) if v is not None}
 
 
-def q(name: str) -> seq.Question:
-    return next(x for x in seq.main_effects(CONFIGS) if x.name == name)
+def q(name: str) -> Question:
+    return next(x for x in main_effects(CONFIGS) if x.name == name)
 
 
 # questions
 
 
 def test_main_effects_of_a_two_by_two_grid_pair_cells_matched_on_the_other_factor():
-    qs = seq.main_effects(CONFIGS)
+    qs = main_effects(CONFIGS)
     assert [x.name for x in qs] == [KL, TF]  # factors sorted by name, levels as strings
     kl = q(KL)
     assert set(kl.cells) == {(CID[(1, "cyclical")], CID[(1, "monotonic")]), (CID[(4, "cyclical")], CID[(4, "monotonic")])}
@@ -42,9 +43,9 @@ def test_main_effects_of_a_two_by_two_grid_pair_cells_matched_on_the_other_facto
 
 def test_three_levels_give_three_questions_and_continuous_settings_none():
     three = {config_id({"x": v}): {"x": v} for v in (1, 2, 3)}
-    assert [x.name for x in seq.main_effects(three)] == ["x: 1 vs 2", "x: 1 vs 3", "x: 2 vs 3"]
+    assert [x.name for x in main_effects(three)] == ["x: 1 vs 2", "x: 1 vs 3", "x: 2 vs 3"]
     many = {config_id({"lr": v}): {"lr": v} for v in (0.1, 0.2, 0.3, 0.4, 0.5)}
-    assert seq.main_effects(many) == []
+    assert main_effects(many) == []
 
 
 # evidence
@@ -72,7 +73,7 @@ def test_a_clear_difference_is_better_beyond_the_margin():
     vals = values_of({(1, "cyclical"): tf1, (1, "monotonic"): [v + w for v, w in zip(tf1, wiggle)],
                       (4, "cyclical"): tf4, (4, "monotonic"): [v - w for v, w in zip(tf4, wiggle)]})
     plan = seq.Plan(looks=(5,), margin=1.0)
-    d = seq.decide_look(seq.main_effects(CONFIGS), vals, plan, 1)
+    d = seq.decide_look(main_effects(CONFIGS), vals, plan, 1)
     assert d[TF].verdict == seq.BETTER and d[TF].margin == "beyond the margin" and d[TF].test == stats.PAIRED_T
     assert d[TF].diff == pytest.approx(np.mean(tf1) - np.mean(tf4))
     # the KL effect is 0 dB, +-0.1 dB from seed to seed: equivalent within +-1 dB
@@ -85,7 +86,7 @@ def test_holm_within_the_family_and_the_verdict_flips_at_alpha():
     table = {c: (25 + rng.normal(0, 0.3, 6)).tolist() for c in CID}
     vals = values_of(table)
     plan = seq.Plan(looks=(6,), margin=0.01)
-    d = seq.decide_look(seq.main_effects(CONFIGS), vals, plan, 1)
+    d = seq.decide_look(main_effects(CONFIGS), vals, plan, 1)
     raw = [d[KL].p_sequential, d[TF].p_sequential]
     assert [d[KL].p_adjusted, d[TF].p_adjusted] == pytest.approx(stats.holm(raw).tolist())
     assert [d[KL].p_sequential, d[TF].p_sequential] == pytest.approx([d[KL].p_value, d[TF].p_value])  # one look
@@ -99,7 +100,7 @@ def test_a_question_closed_as_equivalent_keeps_its_share_of_alpha():
     vals = values_of({c: [25.0 + 0.1 * k for k in range(4)] for c in CID})
     plan = seq.Plan(looks=(3, 4), margin=1.0)
     prior = {KL: seq.Decision(name=KL, verdict=seq.EQUIVALENT, look=1, seeds=3, runs=12, test=stats.PAIRED_T)}
-    d = seq.decide_look(seq.main_effects(CONFIGS), vals, plan, 2, prior)
+    d = seq.decide_look(main_effects(CONFIGS), vals, plan, 2, prior)
     assert d[KL] is prior[KL]
     assert d[TF].p_adjusted == pytest.approx(min(1.0, 2 * d[TF].p_sequential))  # m = 2, not 1
 
@@ -107,19 +108,19 @@ def test_a_question_closed_as_equivalent_keeps_its_share_of_alpha():
 def test_fewer_than_two_seeds_a_side_is_not_tested_and_says_why():
     a, b = CID[(1, "cyclical")], CID[(1, "monotonic")]
     vals = {(a, 0): 25.0, (b, 0): 24.0, (b, 1): 24.5}
-    (d,) = seq.decide_look([seq.setting_pair(a, b, "A", "B")], vals, seq.Plan(looks=(2,), margin=1.0), 1).values()
+    (d,) = seq.decide_look([setting_pair(a, b, "A", "B")], vals, seq.Plan(looks=(2,), margin=1.0), 1).values()
     assert d.test == "not run" and "fewer than 2 seeds" in d.reason and d.verdict == seq.CANNOT_TELL
     assert math.isnan(d.p_adjusted) and (d.n_a, d.n_b) == (1, 2)
     # one seed of a 2 x 2 grid: a main effect still compares two configurations a side, unpaired
     one = values_of({(1, "cyclical"): [25.0], (1, "monotonic"): [24.0], (4, "cyclical"): [23.0], (4, "monotonic"): [22.5]})
-    d = seq.decide_look(seq.main_effects(CONFIGS), one, seq.Plan(looks=(1,), margin=1.0), 1)
+    d = seq.decide_look(main_effects(CONFIGS), one, seq.Plan(looks=(1,), margin=1.0), 1)
     assert d[KL].test == stats.WELCH_T and d[KL].diff == pytest.approx(0.75)
 
 
 def test_unpaired_fallback_when_the_sides_share_no_seed():
     a, b = config_id({"x": 1}), config_id({"x": 2})
     vals = {(a, 0): 25.0, (a, 1): 25.2, (a, 2): 25.1, (b, 3): 24.0, (b, 4): 24.1, (b, 5): 23.9}
-    (d,) = seq.decide_look([seq.setting_pair(a, b, "x=1", "x=2")], vals, seq.Plan(looks=(6,), margin=0.5), 1).values()
+    (d,) = seq.decide_look([setting_pair(a, b, "x=1", "x=2")], vals, seq.Plan(looks=(6,), margin=0.5), 1).values()
     assert d.test == stats.WELCH_T and d.diff == pytest.approx(1.1) and math.isnan(d.width_paired)
 
 
@@ -129,7 +130,7 @@ def test_pairing_width_and_correlation_are_reported():
     a, b = config_id({"x": 1}), config_id({"x": 2})
     vals = {(a, k): 25 + s + rng.normal(0, 0.1) for k, s in enumerate(seed_effect)}
     vals |= {(b, k): 24.5 + s + rng.normal(0, 0.1) for k, s in enumerate(seed_effect)}
-    (d,) = seq.decide_look([seq.setting_pair(a, b, "x=1", "x=2")], vals, seq.Plan(looks=(6,), margin=0.2), 1).values()
+    (d,) = seq.decide_look([setting_pair(a, b, "x=1", "x=2")], vals, seq.Plan(looks=(6,), margin=0.2), 1).values()
     assert d.test == stats.PAIRED_T and d.correlation > 0.95 and d.width_paired < 0.2 * d.width_unpaired
     assert d.verdict == seq.BETTER
 
@@ -144,7 +145,7 @@ def test_open_questions_grow_only_their_configurations_and_the_last_look_closes_
     noise = rng.normal(0, 0.02, (3, 8))  # 3 seeds are a t on 2 df: a first-look verdict needs |t| in the hundreds
     vals = {(c, k): m + noise[i, k] for i, (c, m) in enumerate(((c1, 30.0), (c2, 20.0), (c3, 20.02))) for k in range(8)}
     plan = seq.Plan(looks=(3, 5, 8), margin=0.005)
-    questions = seq.main_effects(three)
+    questions = main_effects(three)
     state = seq.State.from_json(None, list(three), plan)
     assert state.targets == {c1: 3, c2: 3, c3: 3} and state.look == 1
     state, decisions = seq.advance(questions, vals, plan, state)
