@@ -211,6 +211,49 @@ def sign_flip_p(d: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int 
     return float(((np.abs(signs @ d / d.size) >= observed - tol).sum() + 1) / (reps + 1))
 
 
+# failures: rates and their comparison
+
+
+def failure_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Exact (Clopper-Pearson 1934) interval of a failure rate seen k times in n runs."""
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    lo = 0.0 if k == 0 else float(special.betaincinv(k, n - k + 1, (1 - level) / 2))
+    hi = 1.0 if k == n else float(special.betaincinv(k + 1, n - k, (1 + level) / 2))
+    return lo, hi
+
+
+def sign_test_p(more_a: int, more_b: int) -> float:
+    """Exact two-sided sign test of discordant seeds (McNemar's exact test): `more_a` seeds on which side A failed
+    more often than side B, `more_b` the other way; with no difference either is as likely as the other."""
+    d = more_a + more_b
+    if d == 0:
+        return 1.0
+    tail = sum(math.comb(d, i) for i in range(max(more_a, more_b), d + 1)) / 2**d
+    return min(1.0, 2 * tail)
+
+
+def sign_test_min_p(discordant: int) -> float:
+    """The smallest p the sign test can give with this many discordant seeds: 2 / 2^d (1 with none)."""
+    return min(1.0, 2.0 ** (1 - discordant)) if discordant else 1.0
+
+
+def failure_test_unpaired(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided exact unconditional test (Boschloo 1970) of k_a failures in n_a runs against k_b in n_b, for
+    sides that share no seeds."""
+    if k_a + k_b == 0 or k_a + k_b == n_a + n_b:
+        return 1.0  # no failure, or nothing but failures: the two rates cannot be told apart
+    from scipy.stats import boschloo_exact
+
+    return float(boschloo_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided").pvalue)
+
+
+def failure_test_unpaired_min_p(n_a: int, n_b: int) -> float:
+    """The smallest p the unpaired failure test can give with these many runs: one side failing every run, the
+    other none."""
+    return failure_test_unpaired(n_a, n_a, 0, n_b) if n_a and n_b else 1.0
+
+
 # many comparisons
 
 
@@ -229,6 +272,38 @@ def holm(p_values: Sequence[float] | np.ndarray, m: int | None = None) -> np.nda
     stepped = (m - np.arange(order.size)) * p[order]  # k-th smallest (0-based) times m - k
     out[order] = np.minimum(np.maximum.accumulate(stepped), 1.0)
     return out
+
+
+def tarone_holm(p_values: Sequence[float] | np.ndarray, p_min: Sequence[float] | np.ndarray, alpha: float, *,
+                held: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down over continuous and discrete tests, with Tarone's (1990) rule for the discrete ones
+    (Hommel & Krummenauer 1998): at each step, a test whose smallest attainable p (`p_min`) cannot reach the
+    step's level alpha / k does not count in the family of k, so an exact test on too few seeds costs the
+    others nothing. `held`: hypotheses of the family not tested now that keep their share (continuous).
+    NaN p: not tested. Returns (rejected at alpha, adjusted p: each step's p x k, a running maximum, capped at
+    1; with every p_min 0 these are Holm's adjusted p-values)."""
+    p = np.asarray(p_values, dtype=float).reshape(-1)
+    lo = np.asarray(p_min, dtype=float).reshape(-1)
+    rejected = np.zeros(p.shape, dtype=bool)
+    adjusted = np.full(p.shape, math.nan)
+    remaining = [int(i) for i in np.argsort(p, kind="stable") if not math.isnan(p[i])]
+    running, stopped = 0.0, False
+    while remaining:
+        k = 1
+        while held + sum(lo[i] <= alpha / k for i in remaining) > k:
+            k += 1
+        testable = [i for i in remaining if lo[i] <= alpha / k]
+        if not testable:  # none can reach its level: each keeps what it would need
+            for i in remaining:
+                adjusted[i] = max(running, min(1.0, max(p[i], lo[i]) * k))
+            break
+        first = testable[0]
+        running = max(running, min(1.0, p[first] * k))
+        adjusted[first] = running
+        stopped |= p[first] > alpha / k
+        rejected[first] = not stopped
+        remaining.remove(first)
+    return rejected, adjusted
 
 
 def noise_floor(groups: Iterable[Sequence[float] | np.ndarray]) -> float:

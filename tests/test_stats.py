@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from sweeps import stats
 
@@ -215,6 +216,76 @@ def test_monte_carlo_sign_flips_beyond_the_exact_limit(monkeypatch):
     assert stats.sign_flip_p(d, reps=20_000, seed=0) == pytest.approx(exact, abs=0.01)
 
 
+# the arithmetic against scipy.stats on fixed data
+
+A5 = [23.1, 22.7, 23.4, 22.9, 23.3]
+B5 = [22.8, 22.9, 22.6, 22.4, 23.0]
+C4 = [21.9, 22.5, 22.2, 23.6]
+
+
+def test_paired_t_p_value_and_interval_match_scipy():
+    e, ref = stats.paired_estimate(A5, B5), scipy_stats.ttest_rel(A5, B5)
+    assert stats.p_two_sided(e) == pytest.approx(ref.pvalue, rel=1e-10)
+    for level in (0.95, 0.9, 0.99):
+        assert stats.interval(e, level) == pytest.approx(tuple(ref.confidence_interval(level)), rel=1e-10)
+
+
+def test_welch_and_one_sample_t_match_scipy():
+    e, ref = stats.welch_estimate(A5, C4), scipy_stats.ttest_ind(A5, C4, equal_var=False)
+    assert stats.p_two_sided(e) == pytest.approx(ref.pvalue, rel=1e-10)
+    assert stats.interval(e, 0.95) == pytest.approx(tuple(ref.confidence_interval(0.95)), rel=1e-10)
+    e, ref = stats.mean_estimate(C4), scipy_stats.ttest_1samp(C4, 0.0)
+    assert stats.p_two_sided(e) == pytest.approx(ref.pvalue, rel=1e-10)
+    assert stats.interval(e, 0.9) == pytest.approx(tuple(ref.confidence_interval(0.9)), rel=1e-10)
+
+
+@pytest.mark.parametrize("margin", [0.25, 0.5, 1.0])
+def test_tost_matches_two_one_sided_scipy_tests(margin):
+    d = np.subtract(A5, B5)
+    lower, upper = stats.p_tost(stats.paired_estimate(A5, B5), margin)
+    assert lower == pytest.approx(scipy_stats.ttest_1samp(d, -margin, alternative="greater").pvalue, rel=1e-10)
+    assert upper == pytest.approx(scipy_stats.ttest_1samp(d, margin, alternative="less").pvalue, rel=1e-10)
+    lower, upper = stats.p_tost(stats.welch_estimate(A5, C4), margin)
+    shifted = np.asarray(A5)  # Welch TOST: A - margin vs B (upper), A + margin vs B (lower)
+    assert lower == pytest.approx(scipy_stats.ttest_ind(shifted + margin, C4, equal_var=False,
+                                                        alternative="greater").pvalue, rel=1e-10)
+    assert upper == pytest.approx(scipy_stats.ttest_ind(shifted - margin, C4, equal_var=False,
+                                                        alternative="less").pvalue, rel=1e-10)
+
+
+@pytest.mark.parametrize("more_a, more_b", [(3, 0), (5, 0), (4, 1), (2, 2), (7, 1), (0, 6), (1, 0)])
+def test_sign_test_is_scipys_exact_binomial_test_of_discordant_seeds(more_a, more_b):
+    ref = scipy_stats.binomtest(more_a, more_a + more_b, 0.5).pvalue
+    assert stats.sign_test_p(more_a, more_b) == pytest.approx(ref, rel=1e-12)
+    assert stats.sign_test_min_p(more_a + more_b) == pytest.approx(
+        scipy_stats.binomtest(more_a + more_b, more_a + more_b, 0.5).pvalue, rel=1e-12)
+    assert stats.sign_test_p(0, 0) == 1.0 and stats.sign_test_min_p(0) == 1.0
+
+
+@pytest.mark.parametrize("k, n", [(0, 5), (3, 5), (5, 5), (1, 12), (4, 16)])
+def test_failure_interval_is_clopper_pearson(k, n):
+    ref = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert stats.failure_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    with pytest.raises(ValueError):
+        stats.failure_interval(6, 5)
+
+
+def test_unpaired_failure_test_by_hand():
+    # k of k against 0 of k: only that table and its mirror are as extreme; sup over the common rate p of
+    # 2 p^k (1 - p)^k is 2 / 4^k at p = 1/2
+    for k in (2, 3):
+        assert stats.failure_test_unpaired(k, k, 0, k) == pytest.approx(2 / 4**k, rel=1e-6)
+        assert stats.failure_test_unpaired(0, k, k, k) == pytest.approx(2 / 4**k, rel=1e-6)
+        assert stats.failure_test_unpaired_min_p(k, k) == pytest.approx(2 / 4**k, rel=1e-6)
+    assert stats.failure_test_unpaired(0, 5, 0, 5) == 1.0 and stats.failure_test_unpaired(5, 5, 5, 5) == 1.0
+
+
+def test_exact_sign_flip_p_matches_scipys_permutation_test():
+    d = np.subtract(A5, B5)
+    ref = scipy_stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf)
+    assert stats.sign_flip_p(d) == pytest.approx(ref.pvalue, rel=1e-12)
+
+
 # Holm
 
 
@@ -235,6 +306,28 @@ def test_holm():
 
 
 # noise and budget
+
+
+def test_tarone_holm_is_holm_when_every_test_is_continuous():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        p = rng.random(5) ** 3
+        for held in (0, 2):
+            rejected, adjusted = stats.tarone_holm(p, np.zeros(5), 0.05, held=held)
+            assert adjusted == pytest.approx(stats.holm(p, m=5 + held)) and (rejected == (adjusted <= 0.05)).all()
+
+
+def test_tarone_leaves_out_an_exact_test_that_cannot_reach_its_level():
+    # a sign test on 4 discordant seeds cannot go below 2/16 = 0.125: it does not dilute the two t tests
+    rejected, adjusted = stats.tarone_holm([0.02, 0.125, 0.024], [0.0, 0.125, 0.0], 0.05)
+    assert rejected.tolist() == [True, False, True] and adjusted.tolist() == pytest.approx([0.04, 0.125, 0.04])
+    assert stats.holm([0.02, 0.125, 0.024]).tolist() == pytest.approx([0.06, 0.125, 0.06])  # Holm would not
+    # on 6 discordant seeds (2/64 = 0.031) it can reach alpha / 1 but not alpha / 2: Tarone's family is 2
+    rejected, _ = stats.tarone_holm([0.02, 0.031, 0.024], [0.0, 0.031, 0.0], 0.05)
+    assert rejected.tolist() == [True, True, True]
+    rejected, _ = stats.tarone_holm([0.03, 0.031], [0.0, 0.031], 0.05)  # alpha / 2 = 0.025 < 0.03: nothing
+    assert rejected.tolist() == [False, False]
+    assert stats.tarone_holm([math.nan, 0.01], [0.0, 0.0], 0.05)[0].tolist() == [False, True]
 
 
 def test_noise_floor_pools_within_group_variance():
