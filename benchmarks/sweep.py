@@ -56,7 +56,7 @@ def run(spec: dict, folder: Path) -> dict:
                                   "tracking.system_metrics": False}}
     path.write_text(yaml.safe_dump(spec))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweeps.run", "sweep", str(path), "--workers", "2"], cwd=folder, check=True,
+    subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", str(path), "--workers", "2"], cwd=folder, check=True,
                    stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name=spec["name"], storage=f"sqlite:///{folder / 'runs' / 'optuna.db'}")

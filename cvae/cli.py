@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cvae` console script."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("sweep", "worker", "register"):
-        from sweeps.run import main as sweep_main
+        from sweeps.cli import main as sweep_main
 
         if argv[0] == "sweep" and argv[1:2] == ["repair"]:  # `cvae sweep repair STUDY`
             return sweep_main(["repair", *argv[2:]])

@@ -41,7 +41,7 @@ def _git_commit() -> str:
 
 def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Config, str, optuna.Study]:
     """(spec, base config, storage url, study) of a study that exists."""
-    from sweeps.run import existing_study, storage_url
+    from sweeps.storage import existing_study, storage_url
     from sweeps.spec import load_spec
 
     spec = load_spec(name, overrides, storage=storage)
@@ -124,7 +124,7 @@ def _decided_through(study: optuna.Study, spec: Any) -> int:
     """The last look the study decided (a look in progress is not reported as decided); 1 for a fixed design."""
     if not (spec.sequential and spec.grid):
         return 1
-    from sweeps.run import seq_state
+    from sweeps.plan import seq_state
 
     state = seq_state(study, spec)
     return state.look if state.done else state.look - 1

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from sweeps import stats
 from sweeps.design import SEARCH, config_id
+from sweeps.plan import race_lanes, seq_state
 
 FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -29,8 +30,6 @@ FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 def planned_runs(study: optuna.Study, spec: Any) -> int:
     """Runs the study plans now: a grid's current seed targets, a race's lanes, else configurations x seeds."""
-    from sweeps.run import race_lanes, seq_state
-
     if spec.grid:
         if spec.sequential:
             return sum(seq_state(study, spec).targets.values())

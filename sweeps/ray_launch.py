@@ -1,8 +1,8 @@
 """`cvae sweep STUDY --ray [ADDRESS]`: the same workers, placed by Ray: one task per GPU (or per
 `--cpus-per-worker` CPUs on a cluster without GPUs).
 
-The driver prepares the study exactly as `cvae sweep` does (sweeps.run.prepare), then keeps one worker task in
-flight per slot of the cluster, adding tasks when nodes join. Each task runs `python -m sweeps.run worker` (the
+The driver prepares the study exactly as `cvae sweep` does (sweeps.coordinator.prepare), then keeps one worker task in
+flight per slot of the cluster, adding tasks when nodes join. Each task runs `python -m sweeps.cli worker` (the
 body of `cvae worker`) as a child process on its node, against the study's storage, with the MLflow tracking
 URI in its environment. A node that dies takes its task and its run with it: Ray runs the task again on a
 node that is left (max_retries), the run's trial is failed by its missing heartbeat and queued again with the
@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cvae.config import ConfigError
+from sweeps.local import STOP_GRACE_S, die_with_parent
+from sweeps.lock import AskLock
+from sweeps.plan import advance_look, advance_race, requeue_lost, unfinished
 
 TASK_RETRIES = 5  # a task whose node died is run again this many times
 ROUNDS = 3  # worker rounds when a round ends with the study unfinished (lost runs to queue again)
@@ -66,8 +69,7 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
 
 def worker_task(spec_name: str, spec_text: str | None, extra: list[str], url: str, index: int, threads: int,
                 env: dict[str, str], cwd: str) -> int:
-    """Body of a Ray task: one `python -m sweeps.run worker` on this node until the study has no work left."""
-    from sweeps.run import STOP_GRACE_S, _die_with_parent
+    """Body of a Ray task: one `python -m sweeps.cli worker` on this node until the study has no work left."""
 
     spec_arg = spec_name
     if spec_text is not None:  # a spec file of the driver's machine: the same text, here
@@ -75,10 +77,10 @@ def worker_task(spec_name: str, spec_text: str | None, extra: list[str], url: st
         spec_arg = str(folder / Path(spec_name).name)
         Path(spec_arg).write_text(spec_text)
     node = os.environ.get("CVAE_NODE") or _node_name()
-    cmd = [sys.executable, "-m", "sweeps.run", "worker", spec_arg, "--storage", url, "--threads", str(threads),
+    cmd = [sys.executable, "-m", "sweeps.cli", "worker", spec_arg, "--storage", url, "--threads", str(threads),
            "--worker-index", str(index), "--", *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, **env, "CVAE_NODE": node},
-                            cwd=cwd if os.path.isdir(cwd) else None, preexec_fn=_die_with_parent)
+                            cwd=cwd if os.path.isdir(cwd) else None, preexec_fn=die_with_parent)
     try:
         return proc.wait()
     except BaseException:  # ray.cancel raises KeyboardInterrupt here: stop the worker the way Ctrl-C does
@@ -106,8 +108,6 @@ def tracking_env(cfg: Any) -> dict[str, str]:
 def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address: str, cpus_per_worker: int,
         study: Any, on_tick: Any = lambda: None) -> int:
     """Drive a prepared study's workers as Ray tasks until it has no work left; returns the worst exit code."""
-    from sweeps.run import STOP_GRACE_S, advance_look, advance_race, requeue_lost, unfinished
-    from sweeps.lock import AskLock
 
     ray = import_ray()
     if not ray.is_initialized():

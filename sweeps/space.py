@@ -39,7 +39,7 @@ def make_sampler(spec: StudySpec, worker: int = 0, start: int = 0) -> optuna.sam
     replay its first proposals)."""
     seed = spec.sampler_seed + worker + 7919 * start
     if spec.sampler == "random" or spec.sampler == "grid":
-        # a grid's runs are all queued with fixed parameters before the workers start (sweeps.run.prepare):
+        # a grid's runs are all queued with fixed parameters before the workers start (sweeps.coordinator.prepare):
         # the sampler never draws for them
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.startup_trials, constant_liar=True)

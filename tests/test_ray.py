@@ -108,22 +108,22 @@ def test_emitted_slurm_scripts_hold_what_they_must_and_parse(tmp_path: Path):
 
 
 def test_emit_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    from sweeps import run as run_mod
+    from sweeps import cli as cli_mod
 
     monkeypatch.chdir(tmp_path)
-    assert run_mod.main(["sweep", "demo", "--emit", "slurm", "--array", "2", "--storage", "postgresql://u@h/d"]) == 0
+    assert cli_mod.main(["sweep", "demo", "--emit", "slurm", "--array", "2", "--storage", "postgresql://u@h/d"]) == 0
     assert (tmp_path / "demo.slurm.sh").is_file() and "sbatch demo.slurm.sh" in capsys.readouterr().out
-    assert run_mod.main(["sweep", "demo", "--emit", "slurm"]) == 2  # SQLite: one line
+    assert cli_mod.main(["sweep", "demo", "--emit", "slurm"]) == 2  # SQLite: one line
     assert "SQLite file" in capsys.readouterr().err
 
 
 def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]):
-    from sweeps import run as run_mod
+    from sweeps import cli as cli_mod
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    assert run_mod.main(["sweep", "demo", "--ray"]) == 2
+    assert cli_mod.main(["sweep", "demo", "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install -e '.[ray]'" in err[0]
     assert not (tmp_path / "runs").exists()  # nothing created
@@ -143,7 +143,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     ref_spec = write_spec(ref_dir, data_cache, "rayref")
-    out = subprocess.run([sys.executable, "-m", "sweeps.run", "sweep", str(ref_spec), "--threads", "1"],
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", str(ref_spec), "--threads", "1"],
                          cwd=ref_dir, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     reference = values(optuna.load_study(study_name="rayref", storage=f"sqlite:///{ref_dir / 'runs' / 'optuna.db'}"))
@@ -157,7 +157,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
         spec = write_spec(work, data_cache, "rayloss")
         log = work / "sweep.log"
         with log.open("w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", "sweep", str(spec), "--ray", cluster.address],
+            proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--ray", cluster.address],
                                     cwd=work, env=CLEAN_ENV, stdout=fh, stderr=subprocess.STDOUT)
         db = work / "runs" / "optuna.db"
         client = MlflowClient(tracking_uri=f"sqlite:///{work / 'runs' / 'mlflow.db'}")

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from browser import chromium_path, ci, open_url
 from cvae import cli
 from sweeps import registry
-from sweeps import run as run_mod
+from sweeps import cli as cli_mod, spec as spec_mod
 from test_tracking import MlflowServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -41,7 +41,7 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, da
         "name": "reg", "experiment": "demo", "seeds": 2, "sampler": {"type": "grid"}, "pruner": {"type": "none"},
         "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]},
         "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}}))
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "registered the winner as cvae-reg version 1" in out and "cvae eval models:/cvae-reg/1" in out
 
@@ -49,7 +49,7 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, da
     client = MlflowClient(tracking_uri=uri)
     (mv,) = client.search_model_versions("name='cvae-reg'")
     study = optuna.load_study(study_name="reg", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
-    w = registry.winner(study, run_mod.load_spec(str(spec)))
+    w = registry.winner(study, spec_mod.load_spec(str(spec)))
     assert mv.run_id == w["run_id"] and mv.tags["config_id"] == w["config_id"] and mv.tags["study"] == "reg"
     assert {"seed", "val/psnr", "cond_gain"} <= set(mv.tags) and float(mv.tags["val/psnr"]) == pytest.approx(w["value"], abs=1e-4)
 
@@ -70,7 +70,7 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, da
     assert logged == pytest.approx(done["metrics"]["test/psnr"])
 
     # `cvae register` on the finished study adds version 2; a wrong URI is one line
-    assert run_mod.main(["register", str(spec)]) == 0
+    assert cli_mod.main(["register", str(spec)]) == 0
     assert {int(v.version) for v in client.search_model_versions("name='cvae-reg'")} == {1, 2}
     capsys.readouterr()
     assert cli.main(["eval", "models:/cvae-nope/latest"]) == 2

@@ -22,7 +22,7 @@ import yaml
 from cvae import config as config_mod
 from cvae.config import ConfigError
 from cvae.trainer import FORMAT_VERSION, load_checkpoint, load_model, train
-from sweeps import run as run_mod
+from sweeps import cli as cli_mod, local as local_mod
 
 from test_sweeps import (CLEAN_ENV, TINY, check_trial_run, child_runs, load_study, mlflow_client, run_cli, states,
                          sweep_cmd, wait_until, write_spec)
@@ -131,7 +131,7 @@ def test_a_worker_stops_on_the_first_signal_and_lets_its_cleanup_finish() -> Non
     cleaned = False
     try:
         for s in saved:
-            signal.signal(s, run_mod._stop_once)
+            signal.signal(s, local_mod.stop_once)
         with pytest.raises(KeyboardInterrupt):
             try:
                 os.kill(os.getpid(), signal.SIGINT)
@@ -299,7 +299,7 @@ def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, data_cache, trials=1)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     (trial,) = study.get_trials()
     client = mlflow_client(tmp_path)
@@ -317,7 +317,7 @@ def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path
     assert "0 orphaned run(s) closed" in capsys.readouterr().out
 
     client.update_run(run_id, status="RUNNING")  # orphaned again: the next `make sweep` closes it by itself
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     assert "tiny: closed 1 MLflow run(s) whose trial was over: trial 0" in capsys.readouterr().out
     assert client.get_run(run_id).info.status == "FAILED"
 

@@ -21,7 +21,7 @@ from reports import analysis
 from sweeps import stats
 from sweeps import sequential
 from reports import build as build_mod
-from sweeps import run as run_mod
+from sweeps import cli as cli_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -173,9 +173,9 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
     for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     spec = _spec(tmp_path, data_cache)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     # confirmation: the best configuration again, with 2 seeds the search never used
-    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--confirm", "1", "--seeds", "2"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "--confirm", "1", "--seeds", "2"]) == 0
     assert build_mod.main([str(spec)]) == 0
     out = tmp_path / "runs" / "reports" / "rep"
     results = json.loads((out / "results.json").read_text())

@@ -122,7 +122,7 @@ def test_grid_params_and_trial_params_follow_the_sampler() -> None:
 @pytest.mark.parametrize("kind, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
                                        ("grid", optuna.samplers.RandomSampler)])
 def test_make_sampler_type(kind: str, cls: type) -> None:
-    # a grid's runs are queued with fixed parameters (sweeps.run.enqueue_grid): its sampler never draws
+    # a grid's runs are queued with fixed parameters (sweeps.plan.enqueue_grid): its sampler never draws
     spec = _spec(sampler=kind, space={} if kind == "grid" else SPACE, grid=GRID if kind == "grid" else {})
     assert isinstance(make_sampler(spec, 0), cls)
 

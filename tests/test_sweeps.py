@@ -21,7 +21,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import run as run_mod
+from sweeps import cli as cli_mod, coordinator as coordinator_mod, local as local_mod, plan as plan_mod, space as space_mod, storage as storage_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -114,7 +114,7 @@ def wait_until(cond: Callable[[], bool], proc: subprocess.Popen, log: Path, time
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No ambient stores; sweeps.run.main installs a SIGTERM handler, which must not outlive the test."""
+    """No ambient stores; sweeps.cli.main installs a SIGTERM handler, which must not outlive the test."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -129,11 +129,11 @@ def inprocess_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int,
                     on_tick: Any = None) -> int:
-        codes = [run_mod.main(["worker", spec_name, "--storage", url, "--threads", str(threads),
+        codes = [cli_mod.main(["worker", spec_name, "--storage", url, "--threads", str(threads),
                                "--worker-index", str(i), *extra]) for i in range(workers)]
         return max(codes)
 
-    monkeypatch.setattr(run_mod, "run_workers", run_workers)
+    monkeypatch.setattr(local_mod, "run_workers", run_workers)
 
 
 # bad specs: one line, exit 2, no study
@@ -195,7 +195,7 @@ def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
         case: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fields, message = BAD_SPECS[case]
     spec = write_spec(tmp_path, data_cache, **fields)
-    assert run_mod.main(["sweep", str(spec)]) == 2
+    assert cli_mod.main(["sweep", str(spec)]) == 2
     assert message in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
 
@@ -213,7 +213,7 @@ def test_bad_command_line_gives_one_line_and_exit_2(
         args: list[str], message: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache)
     argv = [str(spec) if a == "SPEC" else a for a in args]
-    assert run_mod.main(argv) == 2
+    assert cli_mod.main(argv) == 2
     assert message in one_line_error(capsys.readouterr().err)
     assert not list(tmp_path.rglob("optuna.db")) and not list(tmp_path.rglob("mlflow.db"))
 
@@ -222,7 +222,7 @@ def test_missing_data_is_one_line_before_any_study_exists(tmp_path: Path, data_c
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     # the course layout under a folder that does not exist (lab_grid without data.root=... does this)
     spec = write_spec(tmp_path, data_cache)
-    assert run_mod.main(["sweep", str(spec), "data.name=bair", f"data.root={tmp_path / 'nodata'}"]) == 2
+    assert cli_mod.main(["sweep", str(spec), "data.name=bair", f"data.root={tmp_path / 'nodata'}"]) == 2
     assert "does not exist" in one_line_error(capsys.readouterr().err)
     assert not list(tmp_path.rglob("optuna.db")) and not list(tmp_path.rglob("mlflow.db"))
 
@@ -244,8 +244,8 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
         tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
     spec = write_spec(tmp_path, data_cache, trials=2,
                       space={"train.lr": {"type": "categorical", "choices": [1000000.0, 0.002, 0.001]}})
-    monkeypatch.setattr(run_mod, "make_pruner", lambda spec, niter: PruneLr(0.001))
-    prepare = run_mod.prepare
+    monkeypatch.setattr(space_mod, "make_pruner", lambda spec, niter: PruneLr(0.001))
+    prepare = coordinator_mod.prepare
 
     def prepare_and_enqueue(*args: Any, **kwargs: Any) -> optuna.Study:
         study = prepare(*args, **kwargs)
@@ -253,8 +253,8 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
             study.enqueue_trial({"train.lr": lr})
         return study
 
-    monkeypatch.setattr(run_mod, "prepare", prepare_and_enqueue)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    monkeypatch.setattr(coordinator_mod, "prepare", prepare_and_enqueue)
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
 
     study = load_study(tmp_path)
     trials = study.get_trials()
@@ -283,7 +283,7 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
 def test_a_sweep_where_every_trial_diverges_gives_up_and_fails(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1, space={"kl.ratio": SMALL_SPACE["kl.ratio"]})
-    assert run_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 1
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 1
     assert "worker 0: giving up after 3 failed runs" in capsys.readouterr().out
     study = load_study(tmp_path)
     assert states(study) == ["FAIL"] * 3
@@ -297,25 +297,25 @@ def test_a_sweep_where_every_trial_diverges_gives_up_and_fails(
 def test_rerun_adds_nothing_extends_on_more_trials_and_refuses_other_overrides(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     assert states(study) == ["COMPLETE"]
     client = mlflow_client(tmp_path)
     parent_id = study.user_attrs["mlflow_parent_run_id"]
 
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # finished: nothing to do
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # finished: nothing to do
     assert states(load_study(tmp_path)) == ["COMPLETE"]
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert len(child_runs(client, study)) == 1
 
     capsys.readouterr()
-    assert run_mod.main(["sweep", str(spec), "--threads", "1", "kl.beta=0.001"]) == 2
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "kl.beta=0.001"]) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "was created with other settings (kl.beta 0.0001 -> 0.001)" in err and "--force-new" in err
     assert states(load_study(tmp_path)) == ["COMPLETE"]
     assert client.get_run(parent_id).info.status == "FINISHED"
 
-    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--trials", "2"]) == 0  # resumable: one more
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "--trials", "2"]) == 0  # resumable: one more
     study = load_study(tmp_path)
     assert states(study) == ["COMPLETE", "COMPLETE"] and study.user_attrs["mlflow_parent_run_id"] == parent_id
     assert len(child_runs(client, study)) == 2
@@ -466,7 +466,7 @@ def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apar
 
     monkeypatch.setattr(CVAE, "predict", blind)
     spec = write_spec(tmp_path, data_cache, trials=1)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     (trial,) = study.get_trials()
     assert trial.user_attrs["cond_gain"] == 0.0 and trial.user_attrs["degenerate"] is True
@@ -482,14 +482,14 @@ def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({"train": {"lr": 0.002}}))
     spec = write_spec(tmp_path, data_cache, trials=1, experiment=str(exp))
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     first = load_study(tmp_path).get_trials()
     exp.write_text(yaml.safe_dump({"train": {"lr": 0.001}}))  # someone edits the experiment between two runs
     capsys.readouterr()
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 2
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 2
     assert "train.lr 0.002 -> 0.001" in one_line_error(capsys.readouterr().err)
     assert [t.number for t in load_study(tmp_path).get_trials()] == [t.number for t in first]  # nothing mixed in
-    assert run_mod.main(["sweep", str(spec), "--threads", "1", "--force-new"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "--force-new"]) == 0
     (trial,) = load_study(tmp_path).get_trials()
     assert trial.datetime_start > first[0].datetime_start  # a new study, run with the edited file
     assert load_study(tmp_path).user_attrs["identity"]["config"]["train.lr"] == 0.001
@@ -518,7 +518,7 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
     spec = SimpleNamespace(heartbeat_seconds=10)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = run_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
+    storage = storage_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
     assert len(calls) == 2 and isinstance(storage, real)
 
     # the schema's version row inserted by both (seen in CI: the coordinator died with this one line)
@@ -531,7 +531,7 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
 
     calls.clear()
     monkeypatch.setattr(optuna.storages, "RDBStorage", version_race)
-    assert isinstance(run_mod.make_storage(f"sqlite:///{tmp_path / 'v.db'}", spec, None), real)  # type: ignore[arg-type]
+    assert isinstance(storage_mod.make_storage(f"sqlite:///{tmp_path / 'v.db'}", spec, None), real)  # type: ignore[arg-type]
     assert len(calls) == 2
 
     def broken(url: str, **kw: Any) -> Any:
@@ -541,7 +541,7 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
     calls.clear()
     monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
     with pytest.raises(ConfigError, match="unable to open database file"):
-        run_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
+        storage_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
     assert len(calls) == 1
 
 
@@ -552,7 +552,7 @@ def _open_at(url: str, start: float, out: Any) -> None:
     while time.time() < start:
         pass
     try:
-        run_mod.make_storage(url, SimpleNamespace(heartbeat_seconds=10), None)  # type: ignore[arg-type]
+        storage_mod.make_storage(url, SimpleNamespace(heartbeat_seconds=10), None)  # type: ignore[arg-type]
         out.put("ok")
     except Exception as e:  # noqa: BLE001 - the test counts what failed
         out.put(str(e)[:200])
@@ -590,17 +590,17 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
                       grid={"kl.mode": ["monotonic", "cyclical"]}, seeds={"min": 2, "max": 3}, margin_db=1e-6,
                       degenerate_below=-100.0)
     # the first command stops right after look 1's last run, before the look is decided
-    real_advance = run_mod.advance_look
-    monkeypatch.setattr(run_mod, "advance_look", lambda study, spec: 0)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 1  # the study is not finished: FAILED
+    real_advance = plan_mod.advance_look
+    monkeypatch.setattr(plan_mod, "advance_look", lambda study, spec: 0)
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 1  # the study is not finished: FAILED
     study = load_study(tmp_path)
     assert states(study) == ["COMPLETE"] * 4
     assert study.user_attrs["sequential"] == {"look": 1, "targets": {t.user_attrs["config_id"]: 2 for t in study.get_trials()},
                                               "done": False}
     assert "verdicts after look" not in capsys.readouterr().out  # nothing is decided yet
 
-    monkeypatch.setattr(run_mod, "advance_look", real_advance)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    monkeypatch.setattr(plan_mod, "advance_look", real_advance)
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     study = load_study(tmp_path)
     trials = study.get_trials()
@@ -611,7 +611,7 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
     assert "look 1 of 2 (2 seeds): kl.mode: cyclical vs monotonic open -> 2 configuration(s) get 3 seeds" in out
     assert "verdicts after look 2 of 2:" in out and "kl.mode: cyclical vs monotonic: cannot tell yet at look 2" in out
 
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # done: a rerun adds nothing
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0  # done: a rerun adds nothing
     assert len(load_study(tmp_path).get_trials()) == 6
 
 
@@ -620,7 +620,7 @@ def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache, trials=3, seeds={"min": 2, "max": 3}, margin_db=1e-6,
                       degenerate_below=-100.0)
-    assert run_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     trials = study.get_trials()
     race = study.user_attrs["race"]
