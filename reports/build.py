@@ -165,7 +165,7 @@ def write(results: dict[str, Any], ctx: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg, runs = ctx["cfg"], ctx["runs"]
     curves = collect.curves_frame(cfg, runs.run_id.dropna().tolist())
-    per_step = collect.per_step_frame(cfg, analysis.usable(runs))
+    per_step = collect.per_step_frame(cfg, analysis.trained(runs))
     params = analysis.param_columns(runs)
     metric = results["study"]["metric"]
     app = results["appendix"]

@@ -9,14 +9,16 @@ import optuna
 import pandas as pd
 
 from cvae.config import Config
+from sweeps import outcome
 
 
 def runs_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial (= one configuration seed): state, value, configuration, seed, phase, diagnostics, params."""
+    """One row per trial (= one configuration seed): state, outcome (sweeps.outcome), value, configuration, seed,
+    phase, diagnostics, params."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        rows.append({"trial": t.number, "state": t.state.name, "value": t.value,
+        rows.append({"trial": t.number, "state": t.state.name, "outcome": outcome.of_trial(t), "value": t.value,
                      "config_id": a.get("config_id"), "seed": a.get("seed"), "seed_index": a.get("seed_index"),
                      "phase": a.get("phase", "search"), "search_value": a.get("search_value"),
                      "degenerate": a.get("degenerate"), "cond_gain": a.get("cond_gain"),
@@ -26,7 +28,7 @@ def runs_frame(study: optuna.Study) -> pd.DataFrame:
                      "duration_s": t.duration.total_seconds() if t.duration else None,
                      "run_id": a.get("mlflow_run_id"), "run_dir": a.get("run_dir"), "gif": a.get("gif"),
                      "fail_reason": a.get("fail_reason"), **{f"param:{k}": v for k, v in t.params.items()}})
-    cols = ["trial", "state", "value", "config_id", "seed", "seed_index", "phase", "search_value", "degenerate",
+    cols = ["trial", "state", "outcome", "value", "config_id", "seed", "seed_index", "phase", "search_value", "degenerate",
             "cond_gain", "psnr_moving", "psnr_moving_copy_last", "copy_last", "epochs", "best_epoch", "duration_s",
             "run_id", "run_dir", "gif", "fail_reason"]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r if k.startswith("param:")}))

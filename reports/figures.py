@@ -64,30 +64,47 @@ def schedule_marks(params: dict[str, Any], base: dict[str, Any]) -> dict[str, An
 
 
 def strip(results: dict[str, Any], runs: pd.DataFrame, path: Path) -> Path:
-    """Every seed of every setting (dots), its mean and interval (bar); degenerate runs apart (grey x)."""
+    """Every seed of every setting: trained runs (dots), their mean and interval (bar), collapsed runs at their
+    value (grey x) and diverged runs, which have none, at the left edge (red triangle); legend below the axes."""
     settings = results["settings"]
     metric = results["study"]["metric"]
-    fig, ax = plt.subplots(figsize=(8, 0.55 * max(3, len(settings)) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.55 * max(3, len(settings)) + 1.9))
+    labels: set[str] = set()
+
+    def once(name: str) -> str | None:
+        if name in labels:
+            return None
+        labels.add(name)
+        return name
+
+    diverged_rows = []
     for i, s in enumerate(settings):
         y = len(settings) - 1 - i
         vals = np.asarray(s["values"], float)
         ax.scatter(vals, np.full(len(vals), y) + np.linspace(-0.12, 0.12, len(vals)) if len(vals) else vals,
-                   color="tab:blue", s=22, zorder=3, label="seed" if i == 0 else None)
+                   color="tab:blue", s=22, zorder=3, label=once("trained seed"))
         if s.get("mean") is not None:
             lo, hi = s["ci"]
             ax.errorbar(s["mean"], y, xerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="D", color="black", ms=6,
-                        capsize=4, zorder=4, label=f"mean, {results['thresholds']['level']:.0%} interval" if i == 0 else None)
-        degen = runs[(runs.config_id == s["config_id"]) & runs.degenerate.fillna(False).astype(bool)]
-        if len(degen):
-            ax.scatter(degen.value, np.full(len(degen), y), marker="x", color="grey", s=30, zorder=2,
-                       label="degenerate (ignores its condition)" if i == 0 else None)
+                        capsize=4, zorder=4, label=once(f"mean of trained seeds, {results['thresholds']['level']:.0%} "
+                                                        "interval"))
+        mine = runs[(runs.config_id == s["config_id"]) & (runs.phase == "search")]
+        collapsed = mine[mine.outcome == "collapsed"]
+        if len(collapsed):
+            ax.scatter(collapsed.value, np.full(len(collapsed), y), marker="x", color="grey", s=36, zorder=2,
+                       label=once("collapsed (ignores its condition): a failure"))
+        diverged_rows += [y] * int((mine.outcome == "diverged").sum())
     if results.get("copy_last") is not None:
         ax.axvline(results["copy_last"], color="red", ls="--", lw=1, label="copy last frame")
+    if diverged_rows:  # no value: drawn at the left edge of what is shown
+        left = ax.get_xlim()[0]
+        ax.scatter(np.full(len(diverged_rows), left), diverged_rows, marker="<", color="tab:red", s=40, zorder=5,
+                   clip_on=False, label=once("diverged (no value): a failure"))
     ax.set_yticks(range(len(settings)), [s["label"] for s in reversed(settings)], fontsize=8)
     ax.set_xlabel(_unit(metric))
-    ax.set_title(f"{metric} of every seed, per setting (best at the top)")
+    ax.set_title(f"{metric} of every seed, per setting (best score at the top)")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     return save_figure(fig, path)
 
 

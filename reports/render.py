@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reports.words import MAX_RUNS_HINT
+
 # helpers
 
 
@@ -31,13 +33,31 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
+def _rate(s: dict[str, Any]) -> str:
+    """'2/5 (40%, 5-85%)': failed over results, the rate and its exact interval."""
+    if not s.get("results"):
+        return "-"
+    lo, hi = s["failure_ci"]
+    return f"{s['failed']}/{s['results']} ({100 * s['failure_rate']:.0f}%, {100 * lo:.0f}-{100 * hi:.0f}%)"
+
+
+def failures_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per setting, its runs by outcome and its failure rate with an exact interval: the first thing to read."""
+    level = f"{results['thresholds']['level']:.0%}"
+    head = ["setting", "trained", "collapsed", "diverged", "pruned", "lost", f"fails ({level} exact interval)", "score"]
+    rows = [[s["label"], *(str(s["outcomes"][k]) for k in ("trained", "collapsed", "diverged", "pruned", "lost")),
+             _rate(s), _f(s.get("score"))] for s in results["settings"]]
+    return head, rows
+
+
 def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-setting table."""
-    head = ["setting", "config", "n", "mean", "std", "IQM", f"{results['thresholds']['level']:.0%} interval",
-            "seeds: values", "cond gain", "degenerate"]
+    """Header and rows of the per-setting table: the trained seeds' values, and the failed ones."""
+    head = ["setting", "config", "trained n", "mean", "std", "IQM", f"{results['thresholds']['level']:.0%} interval",
+            "seeds: values", "failed seeds", "cond gain", "score"]
     rows = [[s["label"], s["config_id"], str(s["n"]), _f(s.get("mean")), _f(s.get("std"), 3), _f(s.get("iqm")),
              _ci(s.get("ci")), ", ".join(f"{sd}: {_f(v)}" for sd, v in zip(s["seeds"], s["values"])),
-             _f(s.get("cond_gain")), str(s["degenerate"])] for s in results["settings"]]
+             ", ".join(f"{f['seed']}: {f['outcome']}" for f in s["failed_runs"]) or "-",
+             _f(s.get("cond_gain")), _f(s.get("score"))] for s in results["settings"]]
     if any(s.get("test_psnr") is not None for s in results["settings"]):  # `cvae eval --split test` was run
         head.append("test PSNR")
         for row, s in zip(rows, results["settings"]):
@@ -46,11 +66,11 @@ def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 
 def _runs_hint(c: dict[str, Any]) -> str:
-    from reports.analysis import MAX_RUNS_HINT
-
-    n = c.get("runs_needed")
+    n, need = c.get("runs_needed"), c.get("seeds_needed")
     if c["verdict"] not in ("cannot tell yet", "open"):
         return ""
+    if c["seeds"] >= c["max_seeds"] or need is None or need > c["max_seeds"]:
+        return "beyond the spec's maximum"
     return "-" if n is None or not math.isfinite(n) else (f"> {MAX_RUNS_HINT}" if n > MAX_RUNS_HINT else f"{math.ceil(n)}")
 
 
@@ -58,6 +78,8 @@ def _pairing(c: dict[str, Any]) -> str:
     if not c.get("paired"):
         return "unpaired" if c.get("test") != "not run" else "-"
     corr = c.get("correlation")
+    if corr is None:  # two seeds: a correlation of +-1 and a width ratio say nothing a reader can use
+        return f"paired over {c['n_a']} seeds"
     narrower = c.get("narrower")
     change = ("" if narrower is None else f", {100 * narrower:.0f}% narrower" if narrower >= 0
               else f", {-100 * narrower:.0f}% wider")  # little shared noise: the paired test's fewer df cost more
@@ -65,19 +87,31 @@ def _pairing(c: dict[str, Any]) -> str:
 
 
 def comparisons_table(cmps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = ["comparison", "verdict", "look", "runs", "A - B", "interval", "pairing", "P(A>B)", "p (Holm)",
-            "p (TOST)", "sign-flip p", "margin", "more runs to decide"]
-    rows = [[c["name"], c["verdict"] + (f" ({c['margin_note']})" if c.get("margin_note") else ""),
-             f"{c['look']} of {c['looks']}", str(c["runs"]), _f(c["diff"], 3), _ci(c["interval"], 3), _pairing(c),
-             _f(c["prob_improvement"]), _f(c["p_adjusted"], 3), _f(c["p_equivalence"], 3), _f(c.get("sign_flip_p"), 3),
-             f"+-{c['margin_db']:g}", _runs_hint(c)] for c in cmps]
+    head = ["comparison", "verdict", "fails A vs B", "p (failures)", "look", "runs", "A - B", "interval", "pairing",
+            "P(A>B)", "p (adjusted)", "p (TOST)", "equivalent within", "sign-flip p", "margin", "more runs to decide"]
+    rows = [[c["name"], _verdict(c), _fails(c), _f(c["failures"]["p_adjusted"], 3), f"{c['look']} of {c['looks']}",
+             str(c["runs"]), _f(c["diff"], 3), _ci(c["interval"], 3), _pairing(c), _f(c["prob_improvement"]),
+             _f(c["p_adjusted"], 3), _f(c.get("p_equivalence_adjusted"), 3),
+             "-" if c.get("equivalence_bound") is None else f"+-{c['equivalence_bound']:.2f}",
+             _f(c.get("sign_flip_p"), 3), f"+-{c['margin_db']:g}", _runs_hint(c)] for c in cmps]
     return head, rows
 
 
+def _verdict(c: dict[str, Any]) -> str:
+    notes = [n for n in (c.get("margin_note"), "fails more often" if c.get("decided_by") == "failures" else "") if n]
+    return c["verdict"] + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _fails(c: dict[str, Any]) -> str:
+    f = c["failures"]
+    return f"{f['a']}/{f['results_a']} vs {f['b']}/{f['results_b']}"
+
+
 def confirm_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "search mean (n)", "confirmed mean (n)", "interval", "confirmed - search"]
-    rows = [[c["label"], f"{_f(c['search_mean'])} ({c['search_n']})", f"{_f(c['mean'])} ({c['n']})", _ci(c["ci"]),
-             _f(c["shrinkage"])] for c in results["confirm"]]
+    head = ["setting", "search score (trained n)", "confirmed score", "confirmed trained mean (n)", "interval", "fails",
+            "confirmed - search"]
+    rows = [[c["label"], f"{_f(c['search_score'])} ({c['search_n']})", _f(c["score"]), f"{_f(c['mean'])} ({c['n']})",
+             _ci(c["ci"]), f"{c['failed']}/{c['results']}", _f(c["shrinkage"])] for c in results["confirm"]]
     return head, rows
 
 
@@ -113,10 +147,14 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
     intro = [f"{st.get('description') or ''}",
              f"Objective: best `{st['metric']}` on the validation split per run (the course's protocol: 2 frames in, "
              f"predicted frames scored, z from the prior); {seeds}; "
-             f"{comp['runs']} runs ({comp['complete']} complete, {comp['pruned']} pruned, {comp['failed']} failed)."]
+             f"{comp['runs']} runs: " + ", ".join(f"{comp[k]} {k}" for k in ("trained", "collapsed", "diverged",
+                                                                            "pruned", "lost")) + "."]
     out.append(("", intro))
     answer = [f"- {line}" for line in results["answer"]] or ["No comparison is possible yet (fewer than two settings "
-                                                            "with a complete run)."]
+                                                            "with a result)."]
+    answer.append(("table", *failures_table(results)))
+    answer.append("A collapsed run (it ignores its actions and positions: condition gain below "
+                  f"{th['degenerate_below']} dB) or a diverged one is a failure of its setting: " + th["failures"] + ".")
     answer.append(f"Verdict rule: {th['verdict']}. Test: {th['test']}. Intervals of a difference: repeated t "
                   f"intervals at 1 - {th['alpha']}, valid at whichever look the study stopped; of a setting: "
                   f"{th['bootstrap']['method']}, {th['bootstrap']['reps']} resamples, seed {th['bootstrap']['seed']}. "
@@ -134,21 +172,24 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
                str(r["look"]) if r.get("against") else "-"] for r in results["race"]])]))
     if results["confirm"]:
         out.append(("Confirmation runs (fresh seeds)", [
-            "Search-time means are chosen as the best, so they are biased upwards (the winner's curse); the "
-            "confirmed mean comes from seeds the search never saw.", ("table", *confirm_table(results))]))
+            "Search-time scores are chosen as the best, so they are biased upwards (the winner's curse); the "
+            "confirmed score comes from seeds the search never saw.", ("table", *confirm_table(results))]))
     out.append(("Learning curves", [("figure", "curves"), ("figure", "origin")]))
     out.append(("Per-frame PSNR and predictions", [("figure", "per_frame")] + [("media", k) for k in media]))
-    degen = results["degenerate"]
-    out.append(("Degenerate runs (ranked apart)", [
-        f"Runs whose condition gain at their best epoch is below {th['degenerate_below']} dB ignore their actions "
-        f"and positions; they are not ranked. {len(degen)} such run(s)" + (":" if degen else "."),
-        *[f"- trial {d['trial']} (configuration {d['config_id']}, seed {d['seed']}): {_f(d['value'])} dB, "
-          f"condition gain {_f(d['cond_gain'])} dB" for d in degen]]))
-    failed = [f"- trial {f['trial']} ({f['config_id']}): {f['reason'] or 'worker lost'}" for f in results["failed"]]
+    failed = results["failed_runs"]
+    out.append(("Failed runs (collapsed or diverged)", [
+        f"A run whose condition gain at its best epoch is below {th['degenerate_below']} dB ignores its actions and "
+        "positions (collapsed); a run whose loss became non-finite diverged. Both are failures of their setting: "
+        f"counted in its failure rate and in every comparison. {len(failed)} such run(s)" + (":" if failed else "."),
+        *[f"- trial {d['trial']} (configuration {d['config_id']}, seed {d['seed']}): {d['outcome']}"
+          + (f", {_f(d['value'])} dB, condition gain {_f(d['cond_gain'])} dB" if d["outcome"] == "collapsed"
+             else f" ({d['reason'] or 'non-finite value'})") for d in failed]]))
+    lost = [f"- trial {f['trial']} ({f['config_id']}, seed {f['seed']}): lost (killed or crashed; the same command "
+            "runs it again)" for f in results["lost_runs"]]
     out.append(("Pruning and compute", [
         f"{_f(comp['epochs_trained'], 0)} epochs trained of {_f(comp['epochs_planned'], 0)} planned; pruning saved "
         f"{_f(comp['epochs_saved_by_pruning'], 0)} epochs ({_f(100 * (comp['saved_fraction'] or 0), 0)}%); "
-        f"{_f(comp['worker_hours'], 2)} worker-hours.", *failed]))
+        f"{_f(comp['worker_hours'], 2)} worker-hours.", *lost]))
     app = results.get("appendix", {})
     note = app.get("warning", "")
     out.append(("Appendix: exploration", [

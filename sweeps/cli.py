@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         if status == "FINISHED" and (code or plan.unfinished(study, spec)):
             status = "FAILED"
-        coordinator.finish_parent(study, cfg, status)
+        coordinator.finish_parent(study, spec, cfg, status)
         print(summary(study, spec))
         if status == "FINISHED" and cfg.tracking.enabled and ns.confirm is None:
             try:  # the study's answer is in; its winner goes to the Model Registry

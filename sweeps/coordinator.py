@@ -99,7 +99,9 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
     return study
 
 
-def finish_parent(study: optuna.Study, cfg: Config, status: str) -> None:
+def finish_parent(study: optuna.Study, spec: StudySpec, cfg: Config, status: str) -> None:
+    """The study's outcome on its MLflow parent run: Optuna's trial states, the runs by outcome, and the pick
+    (plan.best_config: the same configuration the summary names and the registry registers)."""
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not parent or not cfg.tracking.enabled:
         return
@@ -110,13 +112,14 @@ def finish_parent(study: optuna.Study, cfg: Config, status: str) -> None:
     client.log_metric(parent, "trials/complete", counts[TrialState.COMPLETE])
     client.log_metric(parent, "trials/pruned", counts[TrialState.PRUNED])
     client.log_metric(parent, "trials/failed", counts[TrialState.FAIL])
-    from sweeps.design import top_configs
-
-    best = top_configs(plan.runs_of(study), 1, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    if best:
-        cid, mean = best[0]
-        client.log_metric(parent, "best/value", mean)
-        client.set_tag(parent, "best.config_id", cid)
+    runs = plan.runs_of(study)
+    for kind, n in plan.outcomes(runs, phase=None).items():
+        client.log_metric(parent, f"runs/{kind}", n)
+    best = plan.best_config(study, spec, runs)
+    if best is not None:
+        client.log_metric(parent, "best/value", best.score)
+        client.log_metric(parent, "best/failure_rate", best.failed / best.results)
+        client.set_tag(parent, "best.config_id", best.config_id)
     client.set_terminated(parent, status=status)
 
 
@@ -125,5 +128,6 @@ def register_line(study: optuna.Study, spec: StudySpec, cfg: Config) -> str:
 
     name, version, w = register(study, spec, cfg)
     return (f"registered the winner as {name} version {version} (configuration {w['config_id']}, seed {w['seed']}: "
-            f"{spec.metric} {w['value']:.2f}; its mean {w['mean']:.2f} over {w['seeds']} seed(s)): "
+            f"{spec.metric} {w['value']:.2f}; its mean {w['mean']:.2f} over {w['seeds']} trained seed(s), fails "
+            f"{w['failed']}/{w['results']}): "
             f"cvae eval models:/{name}/{version}")

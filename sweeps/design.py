@@ -21,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from sweeps import outcome
+
 SEARCH, CONFIRM = "search", "confirm"
 CONFIRM_SEED_OFFSET = 1000
 
@@ -36,7 +38,32 @@ class Run:
     phase: str
     value: float | None
     params: Mapping[str, Any]
-    diverged: bool = False  # a FAIL that is a result (it would diverge again), not a run lost to a kill or stop
+    outcome: str = outcome.PENDING
+    """sweeps.outcome: trained, collapsed, diverged, pruned, lost or pending"""
+
+    @property
+    def result(self) -> float | None:
+        """What the decisions read: the value of a trained run, NaN for a failed one, None for no result."""
+        return outcome.result(self.outcome, self.value)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A configuration's results as rankings read them."""
+
+    config_id: str
+    score: float
+    """mean of its results, each failure counted at the floor (sweeps.outcome.failure_floor)"""
+    trained: tuple[float, ...]
+    failed: int
+
+    @property
+    def results(self) -> int:
+        return len(self.trained) + self.failed
+
+    @property
+    def mean_trained(self) -> float:
+        return sum(self.trained) / len(self.trained) if self.trained else math.nan
 
 
 def config_id(params: Mapping[str, Any]) -> str:
@@ -75,15 +102,15 @@ def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable
 
 
 def lost_runs(runs: Iterable[Run]) -> list[Run]:
-    """The last trial of every (configuration, seed, phase) that has nothing but failed trials, none of them
-    a diverged result: runs lost to a kill, a stop or a crash (also after the stale-trial callback's retries
-    ran out), to be queued again so no (configuration, seed) is ever missing from a finished study."""
+    """The last trial of every (configuration, seed, phase) that has nothing but lost trials: runs lost to a
+    kill, a stop or a crash (also after the stale-trial callback's retries ran out), to be queued again so no
+    (configuration, seed) is ever missing from a finished study. A diverged run is a result, not lost."""
     groups: dict[tuple[str, int, str], list[Run]] = defaultdict(list)
     for r in runs:
         if r.config_id is not None and r.seed_index is not None:
             groups[(r.config_id, r.seed_index, r.phase)].append(r)
     return sorted((max(rs, key=lambda r: r.number) for rs in groups.values()
-                   if all(r.state == "FAIL" and not r.diverged for r in rs)), key=lambda r: r.number)
+                   if all(r.outcome == outcome.LOST for r in rs)), key=lambda r: r.number)
 
 
 def sibling_seeds(seeds: int, present: Iterable[int]) -> list[int]:
@@ -93,37 +120,66 @@ def sibling_seeds(seeds: int, present: Iterable[int]) -> list[int]:
 
 
 def search_configs(runs: Iterable[Run]) -> set[str]:
-    """Configurations the search has started and not lost: a configuration whose every run failed (diverged)
-    does not count, so a sampled study draws another in its place."""
-    return {r.config_id for r in runs if r.phase == SEARCH and r.config_id is not None and r.state != "FAIL"}
+    """Configurations the search has started and not lost: every configuration with a run that is pending or
+    finished as a result (trained, collapsed, diverged) or pruned. One whose runs were all lost does not count,
+    so a sampled study draws another in its place; one that diverged does: divergence is its result."""
+    return {r.config_id for r in runs if r.phase == SEARCH and r.config_id is not None and r.outcome != outcome.LOST}
 
 
-def config_values(runs: Iterable[Run], phase: str = SEARCH) -> dict[str, list[float]]:
-    """config_id -> values of its COMPLETE runs of one phase, in trial order."""
-    out: dict[str, list[float]] = defaultdict(list)
+def results(runs: Iterable[Run], phase: str = SEARCH) -> dict[tuple[str, int], float]:
+    """(config_id, seed_index) -> result of every run of a phase that is one (sweeps.sequential.Values): a trained
+    run's value, NaN for a collapsed or diverged one."""
+    out = {}
     for r in sorted(runs, key=lambda r: r.number):
-        if r.phase == phase and r.state == "COMPLETE" and r.value is not None and r.config_id is not None:
-            if not math.isnan(r.value):
-                out[r.config_id].append(r.value)
-    return dict(out)
+        v = r.result
+        if r.phase == phase and v is not None and r.config_id is not None and r.seed_index is not None:
+            out[(r.config_id, int(r.seed_index))] = v
+    return out
 
 
-def top_configs(runs: Iterable[Run], k: int, maximize: bool = True) -> list[tuple[str, float]]:
-    """The k configurations with the best search-time mean (config_id, mean), best first; ties by id."""
-    means = [(cid, sum(v) / len(v)) for cid, v in config_values(runs).items() if v]
-    means.sort(key=lambda cv: (-cv[1] if maximize else cv[1], cv[0]))
-    return means[:k]
+def scored(res: Mapping[tuple[str, int], float], margin: float, maximize: bool = True) -> dict[str, Score]:
+    """Every configuration of `res` ((config_id, seed_index) -> value, NaN for a failure) scored as rankings read
+    it: the mean of its results with a failure at the floor (margin worse than the worst trained run of them all),
+    its trained values, its failures."""
+    floor = outcome.failure_floor((v for v in res.values() if not math.isnan(v)), margin, maximize)
+    by: dict[str, list[float]] = defaultdict(list)
+    for (cid, _), v in sorted(res.items()):
+        by[cid].append(v)
+    return {cid: Score(config_id=cid, score=sum(outcome.scored(v, floor) for v in vs) / len(vs),
+                       trained=tuple(v for v in vs if not math.isnan(v)), failed=sum(math.isnan(v) for v in vs))
+            for cid, vs in by.items()}
 
 
-def confirm_runs(runs: list[Run], k: int, seeds: int, maximize: bool = True) -> list[tuple[dict[str, Any], str, int, float]]:
-    """(params, config_id, seed_index, search mean) of N fresh confirmation seeds for each of the top k.
+def scores(runs: Iterable[Run], margin: float, maximize: bool = True, phase: str = SEARCH) -> dict[str, Score]:
+    """Every configuration with a result in a phase, scored (`scored`)."""
+    return scored(results(runs, phase), margin, maximize)
+
+
+def rank(scores_by_config: Mapping[str, Score], maximize: bool = True, among: Iterable[str] | None = None) -> list[Score]:
+    """The configurations a study may pick, best first: those with a trained run (a configuration that failed on
+    every seed is never picked), by score; ties by id. `among`: only these (e.g. those still standing in a race)."""
+    keep = set(among) if among is not None else None
+    ranked = [s for s in scores_by_config.values() if s.trained and (keep is None or s.config_id in keep)]
+    ranked.sort(key=lambda s: (-s.score if maximize else s.score, s.config_id))
+    return ranked
+
+
+def ranking(runs: Iterable[Run], margin: float, maximize: bool = True, phase: str = SEARCH,
+            among: Iterable[str] | None = None) -> list[Score]:
+    """The study's ranking of a phase's configurations (`rank` of `scores`): the pick is its first."""
+    return rank(scores(runs, margin, maximize, phase), maximize, among)
+
+
+def confirm_runs(runs: list[Run], chosen: list[Score], seeds: int) -> list[tuple[dict[str, Any], str, int, float]]:
+    """(params, config_id, seed_index, search score) of N fresh confirmation seeds for each chosen configuration
+    (the top of `ranking`).
 
     Seed indices continue after the configuration's earlier confirmation seeds, so a second `--confirm`
     adds new seeds instead of repeating old ones.
     """
     params = {r.config_id: r.params for r in runs if r.config_id is not None}
     out = []
-    for cid, mean in top_configs(runs, k, maximize):
+    for cid, mean in ((s.config_id, s.score) for s in chosen):
         used = [r.seed_index for r in runs if r.config_id == cid and r.phase == CONFIRM and r.seed_index is not None]
         start = max(used, default=-1) + 1
         out += [(dict(params[cid]), cid, start + j, mean) for j in range(seeds)]

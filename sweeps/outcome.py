@@ -11,9 +11,10 @@ A run (one Optuna trial: one configuration, one seed) is exactly one of:
 - lost: killed, stopped or crashed (a FAIL without `fail_reason`): re-run, never a result;
 - pending: waiting or running.
 
-Collapsed and diverged runs are outcomes of the setting, not missing data: the verdicts count them
-(sweeps/sequential.py ranks them below every trained run), the failure rates report them, and no pick of a
-best configuration is made from them. `result` turns an outcome into what the decision code reads.
+Collapsed and diverged runs are outcomes of the setting, not missing data: the verdicts test the failure rates
+and count a failure as a margin's difference before calling two settings equivalent (sweeps/sequential.py), the
+rankings score a failure a margin below every trained run (`failure_floor`, `scored`), and no configuration is
+picked for its collapsed or diverged runs. `result` turns an outcome into what the decision code reads.
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ def result(kind: str, value: float | None) -> float | None:
     if kind == TRAINED:
         return float(value)  # type: ignore[arg-type]
     return FAILURE if kind in FAILED else None
+
+
+def failure_floor(trained: Iterable[float], margin: float, maximize: bool = True) -> float:
+    """What a failed run counts as where configurations are ranked: `margin` (the smallest difference that
+    matters) worse than the worst trained value among them; NaN when none trained."""
+    vals = list(trained)
+    if not vals:
+        return math.nan
+    return min(vals) - margin if maximize else max(vals) + margin
+
+
+def scored(value: float, floor: float) -> float:
+    """A result as rankings read it: a trained value as it is, a failure (NaN) at the floor."""
+    return floor if math.isnan(value) else value
 
 
 def counts(kinds: Iterable[str]) -> dict[str, int]:

@@ -10,40 +10,54 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from sweeps import racing, sequential
-from sweeps.design import CONFIRM, SEARCH, Run, confirm_runs, config_id, lost_runs, missing_runs, search_configs
+from sweeps import outcome, racing, sequential
+from sweeps.design import (CONFIRM, SEARCH, Run, Score, confirm_runs, config_id, lost_runs, missing_runs, ranking,
+                           results, search_configs)
 from sweeps.questions import Question, main_effects
 from sweeps.spec import SpecError, StudySpec
 
+
 def counts(study: optuna.Study) -> dict[TrialState, int]:
+    """Trials per Optuna state (what the workers schedule by)."""
     out = {s: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         out[t.state] += 1
     return out
 
 
-def runs_of(study: optuna.Study) -> list[Run]:
-    """Every trial as a design Run (configuration, seed, phase, state, value)."""
+def runs_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[Run]:
+    """Every trial as a design Run (configuration, seed, phase, state, value, outcome); `trials`: ones already read."""
     return [Run(number=t.number, state=t.state.name, config_id=t.user_attrs.get("config_id"),
                 seed_index=t.user_attrs.get("seed_index"), phase=t.user_attrs.get("phase", SEARCH),
-                value=t.value, params=t.params, diverged="fail_reason" in t.user_attrs)
-            for t in study.get_trials(deepcopy=False)]
+                value=t.value, params=t.params, outcome=outcome.of_trial(t))
+            for t in (trials if trials is not None else study.get_trials(deepcopy=False))]
 
 
-def usable_values(study: optuna.Study) -> dict[tuple[str, int], float]:
-    """(config_id, seed_index) -> value of every search run the verdicts may use: complete, finite, not degenerate."""
-    out = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if a.get("phase", SEARCH) == SEARCH and "config_id" in a and t.value is not None and not a.get("degenerate"):
-            if t.value == t.value and abs(t.value) != float("inf"):
-                out[(a["config_id"], int(a["seed_index"]))] = float(t.value)
-    return out
+def outcomes(runs: list[Run], phase: str | None = SEARCH) -> dict[str, int]:
+    """Runs per outcome (trained, collapsed, diverged, pruned, lost, pending) of a phase (None: every phase)."""
+    return outcome.counts(r.outcome for r in runs if phase is None or r.phase == phase)
 
 
-def seq_state(study: optuna.Study, spec: StudySpec) -> sequential.State:
+def standing(study: optuna.Study, attrs: dict | None = None) -> set[str] | None:
+    """In a race, the configurations not shown worse (None outside a race): the ones a study may pick from."""
+    lanes = (attrs if attrs is not None else study.user_attrs).get("race")
+    return None if not lanes else {c for c, lane in lanes.items() if lane.get("status") != racing.OUT}
+
+
+def best_config(study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None,
+                attrs: dict | None = None) -> Score | None:
+    """The study's pick: the best-scoring configuration with a trained run (design.ranking), among those still
+    standing in a race. The summary, the MLflow parent run, --confirm's order and the registry all take this.
+    `runs`, `attrs`: the study's, already read."""
+    ranked = ranking(runs if runs is not None else runs_of(study), spec.margin_db, spec.direction == "maximize",
+                     among=standing(study, attrs))
+    return ranked[0] if ranked else None
+
+
+def seq_state(study: optuna.Study, spec: StudySpec, attrs: dict | None = None) -> sequential.State:
     """The sequential design's look and seed targets as stored on the study (look 1 when none is stored)."""
-    return sequential.State.from_json(study.user_attrs.get("sequential"), [config_id(p) for p in spec.design], spec.plan)
+    raw = (attrs if attrs is not None else study.user_attrs).get("sequential")
+    return sequential.State.from_json(raw, [config_id(p) for p in spec.design], spec.plan)
 
 
 def questions_of(spec: StudySpec) -> list[Question]:
@@ -81,22 +95,23 @@ def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     if state.done:
         return 0
     runs = runs_of(study)
-    busy = any(r.state in ("WAITING", "RUNNING") and r.phase == SEARCH for r in runs)
+    busy = any(r.outcome == outcome.PENDING and r.phase == SEARCH for r in runs)
     if busy or missing_runs(spec.design, spec.seeds, runs, state.targets) or lost_runs(runs):
         return 0
-    new, decisions = sequential.advance(questions_of(spec), usable_values(study), spec.plan, state)
+    new, decisions = sequential.advance(questions_of(spec), results(runs), spec.plan, state)
     study.set_user_attr("sequential", new.as_json())
     print(look_line(new, decisions, spec), flush=True)
     return enqueue_grid(study, spec)
 
 
-def race_lanes(study: optuna.Study, spec: StudySpec) -> tuple[dict[str, racing.Lane], list[str]]:
+def race_lanes(study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None,
+               attrs: dict | None = None) -> tuple[dict[str, racing.Lane], list[str]]:
     """The race as stored on the study, every search configuration in it (a new one races from `min` seeds),
-    and the configurations in the order the study started them."""
-    raw = study.user_attrs.get("race") or {}
+    and the configurations in the order the study started them. `runs`, `attrs`: the study's, already read."""
+    raw = (attrs if attrs is not None else study.user_attrs).get("race") or {}
     lanes = {c: racing.Lane.from_json(v) for c, v in raw.items()}
     order: list[str] = []
-    for r in sorted(runs_of(study), key=lambda r: r.number):
+    for r in sorted(runs if runs is not None else runs_of(study), key=lambda r: r.number):
         if r.phase == SEARCH and r.config_id is not None and r.config_id not in order:
             order.append(r.config_id)
             lanes.setdefault(r.config_id, racing.Lane(target=spec.plan.looks[0]))
@@ -120,15 +135,15 @@ def advance_race(study: optuna.Study, spec: StudySpec) -> int:
         rs = by.get(c, [])
         have = {r.seed_index for r in rs}
         return (c not in lost and all(k in have for k in range(target))
-                and not any(r.state in ("WAITING", "RUNNING") for r in rs))
+                and not any(r.outcome == outcome.PENDING for r in rs))
 
-    pruned = {c for c in order if any(r.state == "PRUNED" for r in by.get(c, []))}
-    values = usable_values(study)
+    pruned = {c for c in order if any(r.outcome == outcome.PRUNED for r in by.get(c, []))}
+    values = results(runs)
+    complete = len(order) >= int(study.user_attrs.get("n_trials", spec.trials))  # no configuration joins any more
     new = lanes
     for _ in range(2 * len(order) + 1):  # a decision can hand out seeds that the next one waits on, or free a lead
         done = {c for c in order if finished(c, new[c].target)}
-        again = racing.race(new, order, done, values, spec.plan, maximize=spec.direction == "maximize",
-                                pruned=pruned)
+        again = racing.race(new, order, done, values, spec.plan, pruned=pruned, complete=complete)
         if again == new:
             break
         new = again
@@ -163,10 +178,14 @@ def requeue_lost(study: optuna.Study) -> int:
 
 
 def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) -> list[tuple[str, float]]:
-    """Queue `seeds` fresh seeds for each of the top-k configurations; returns (config_id, search mean)."""
-    todo = confirm_runs(runs_of(study), k, seeds, maximize=spec.direction == "maximize")
+    """Queue `seeds` fresh seeds for each of the top-k configurations (best_config's ranking); returns
+    (config_id, search score)."""
+    runs = runs_of(study)
+    chosen = ranking(runs, spec.margin_db, spec.direction == "maximize", among=standing(study))[:k]
+    todo = confirm_runs(runs, chosen, seeds)
     if not todo:
-        raise SpecError(f"study {spec.name} has no complete configuration to confirm yet: run `make sweep` first")
+        raise SpecError(f"study {spec.name} has no configuration with a trained run to confirm yet: run `make sweep` "
+                        "first")
     for params, cid, idx, mean in todo:
         study.enqueue_trial(params, user_attrs={"config_id": cid, "seed_index": idx, "phase": CONFIRM,
                                                 "search_value": mean})

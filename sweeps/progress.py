@@ -19,8 +19,9 @@ from typing import Any, Iterator, TextIO
 import optuna
 from optuna.trial import TrialState
 
-from sweeps import stats
-from sweeps.design import SEARCH, config_id
+from sweeps import outcome, plan, stats
+from sweeps.design import SEARCH, Run, results
+from sweeps.outcome import failure_floor, scored
 from sweeps.plan import race_lanes, seq_state
 
 FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -28,33 +29,34 @@ FINAL = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # helpers
 
 
-def planned_runs(study: optuna.Study, spec: Any) -> int:
-    """Runs the study plans now: a grid's current seed targets, a race's lanes, else configurations x seeds."""
+def planned_runs(study: optuna.Study, spec: Any, runs: list[Run] | None = None, attrs: dict | None = None) -> int:
+    """Runs the study plans now: a grid's current seed targets, a race's lanes, else configurations x seeds.
+    `runs`, `attrs`: the study's, already read."""
+    attrs = attrs if attrs is not None else study.user_attrs
     if spec.grid:
         if spec.sequential:
-            return sum(seq_state(study, spec).targets.values())
+            return sum(seq_state(study, spec, attrs).targets.values())
         return len(spec.design) * spec.seeds
-    target = int(study.user_attrs.get("n_trials", spec.trials))
+    target = int(attrs.get("n_trials", spec.trials))
     if spec.racing:
-        lanes, order = race_lanes(study, spec)
+        lanes, order = race_lanes(study, spec, runs, attrs)
         return sum(lane.target for lane in lanes.values()) + max(0, target - len(order)) * spec.seeds
     return target * spec.seeds
 
 
-def best_so_far(study: optuna.Study, maximize: bool) -> tuple[str, float, tuple[float, float], int] | None:
-    """(config_id, mean, 95% t interval, seeds) of the best configuration by the mean of its complete seeds."""
-    by: dict[str, list[float]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if a.get("phase", SEARCH) == SEARCH and t.value is not None and not a.get("degenerate") and math.isfinite(t.value):
-            by.setdefault(a.get("config_id") or config_id(t.params), []).append(t.value)
-    if not by:
+def best_so_far(study: optuna.Study, spec: Any, runs: list[Run],
+                attrs: dict | None = None) -> tuple[str, float, tuple[float, float], int] | None:
+    """(config_id, score, 95% t interval of its scored results, results) of the study's pick so far
+    (plan.best_config: failures count a margin below the worst trained run)."""
+    best = plan.best_config(study, spec, runs, attrs)
+    if best is None:
         return None
-    cid, vals = (max if maximize else min)(by.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
-    mean = sum(vals) / len(vals)
+    res = results(runs)
+    floor = failure_floor((v for v in res.values() if not math.isnan(v)), spec.margin_db, spec.direction == "maximize")
+    vals = [scored(v, floor) for (c, _), v in res.items() if c == best.config_id]
     if len(vals) < 2:
-        return cid, mean, (math.nan, math.nan), 1
-    return cid, mean, stats.interval(stats.mean_estimate(vals)), len(vals)
+        return best.config_id, best.score, (math.nan, math.nan), len(vals)
+    return best.config_id, best.score, stats.interval(stats.mean_estimate(vals)), len(vals)
 
 
 @contextmanager
@@ -95,12 +97,16 @@ class Progress:
             self._tick(study)
 
     def _tick(self, study: optuna.Study) -> None:
-        trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("phase", SEARCH) == SEARCH]
+        every = study.get_trials(deepcopy=False)  # one read of the trials and one of the study's attributes
+        attrs = study.user_attrs
+        trials = [t for t in every if t.user_attrs.get("phase", SEARCH) == SEARCH]
         done = [t for t in trials if t.state in FINAL]
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        failed = sum(t.state == TrialState.FAIL for t in trials)
-        planned = max(planned_runs(study, self.spec), len(done) + running)
-        best = best_so_far(study, self.spec.direction == "maximize")
+        runs = plan.runs_of(study, every)
+        kinds = plan.outcomes(runs)
+        failed = kinds[outcome.COLLAPSED] + kinds[outcome.DIVERGED]
+        planned = max(planned_runs(study, self.spec, runs, attrs), len(done) + running)
+        best = best_so_far(study, self.spec, runs, attrs)
         if self.tty:
             self._bar(len(done), planned, running, failed, best, done)
         else:
@@ -120,12 +126,12 @@ class Progress:
     def _line(self, t: optuna.trial.FrozenTrial, n: int, planned: int) -> str:
         a = t.user_attrs
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        value = f"{t.value:.2f}" if t.value is not None else t.state.name.lower()
+        value = f"{t.value:.2f}" if t.value is not None else "-"
         gain = a.get("cond_gain")
         minutes = t.duration.total_seconds() / 60 if t.duration else math.nan
         return (f"run {n}/{planned}: {a.get('config_id', '-')} ({params}) seed {a.get('seed_index', '-')}: "
-                f"{self.spec.metric} {value}" + (f", cond_gain {gain:.2f}" if isinstance(gain, float) else "")
-                + f", {minutes:.1f} min" + (" (degenerate)" if a.get("degenerate") else ""))
+                f"{outcome.of_trial(t)}, {self.spec.metric} {value}"
+                + (f", cond_gain {gain:.2f}" if isinstance(gain, float) else "") + f", {minutes:.1f} min")
 
     def _bar(self, n: int, planned: int, running: int, failed: int, best: Any, done: list[Any]) -> None:
         from tqdm import tqdm

@@ -38,13 +38,21 @@ class Lane:
                    look=int(raw.get("look", 1)), diff=math.nan if diff is None else float(diff))
 
 
+def trained(c: str, target: int, values: Values) -> bool:
+    """Whether a configuration has a trained run (a value, not a failure) among its first `target` seeds."""
+    return any(not math.isnan(values[(c, k)]) for k in range(target) if (c, k) in values)
+
+
 def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Values, plan: Plan,
-         maximize: bool = True, pruned: set[str] = frozenset()) -> dict[str, Lane]:
+         pruned: set[str] = frozenset(), complete: bool = False) -> dict[str, Lane]:
     """One pass over the racing configurations whose seeds are all finished (`done`), in `order`: each is tested
-    against the leader on the seeds both have, at the look its seed count is (the same paired test, boundary
-    and margin as a grid's questions). Better: it leads, the old leader is out. Worse: out. Equivalent: tied
-    (within the margin of the leader: no more seeds). Open: the next look's seeds. Cannot tell after the last
-    look: undecided. A leader with fewer seeds than its challenger first gets seeds up to the challenger's."""
+    against the leader on the seeds both have, at the look its seed count is (the same tests, boundary and
+    margin as a grid's questions, failures counted). Better: it leads, the old leader is out. Worse: out.
+    Equivalent: tied (within the margin of the leader: no more seeds). Open: the next look's seeds. Cannot tell
+    after the last look: undecided. A leader with fewer seeds than its challenger first gets seeds up to the
+    challenger's. Only a configuration with a trained run can lead: one that failed on every seed waits for a
+    leader to be tested against; `complete` (no configuration will join any more) with no leader at all leaves
+    the waiting ones undecided."""
     out = dict(lanes)
     for c in order:
         lane = out[c]
@@ -55,7 +63,8 @@ def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Va
             continue
         leader = next((x for x in order if out[x].status == LEADS), None)
         if leader is None:
-            out[c] = replace(lane, status=LEADS)
+            if trained(c, lane.target, values):
+                out[c] = replace(lane, status=LEADS)
             continue
         if out[leader].target < lane.target:
             out[leader] = replace(out[leader], target=lane.target)  # the leader needs the challenger's seeds
@@ -65,7 +74,7 @@ def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Va
         look = plan.looks.index(lane.target) + 1 if lane.target in plan.looks else len(plan.looks)
         q = setting_pair(c, leader, c, leader)
         d = decide_look([q], values, plan, look)[q.name]
-        verdict = d.verdict if maximize or d.verdict not in (BETTER, WORSE) else (WORSE if d.verdict == BETTER else BETTER)
+        verdict = d.verdict
         decided = replace(lane, against=leader, look=look, diff=d.diff)
         if verdict == BETTER:
             out[c] = replace(decided, status=LEADS)
@@ -79,4 +88,7 @@ def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Va
         else:
             nxt = next(n for n in plan.looks if n > lane.target)
             out[c] = replace(decided, target=nxt)
+    if complete and not any(lane.status == LEADS for lane in out.values()):
+        out = {c: replace(lane, status=UNDECIDED) if lane.status == RACING and c in done else lane
+               for c, lane in out.items()}
     return out

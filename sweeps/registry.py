@@ -1,7 +1,8 @@
 """The study's winner in MLflow's Model Registry: at the end of `cvae sweep`, and by `cvae register STUDY`.
 
-The winner is the best configuration by the mean of its usable seeds (in a race, of those not shown worse)
-and, of its seeds, the run with the best value. Its best checkpoint is logged to that run in MLflow's PyTorch
+The winner is the study's pick (sweeps.plan.best_config: the best score, failures counted a margin below the
+worst trained run, among configurations with a trained run, in a race of those not shown worse) and, of its
+trained runs, the one with the best value. Its best checkpoint is logged to that run in MLflow's PyTorch
 flavour (the course's prediction as one exported graph, torch.export: no pickled code; a signature of
 tensors and an input example from the built-in data), with the checkpoint itself beside it, and registered
 as a new version of `cvae-<study>`, tagged with the study, configuration, seed, value and condition gain.
@@ -11,7 +12,6 @@ as a new version of `cvae-<study>`, tagged with the study, configuration, seed, 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,11 +21,12 @@ from typing import Any, Iterator
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 from torch import nn
 
 from cvae.config import Config, ConfigError
+from sweeps import outcome
 from sweeps.design import SEARCH
+from sweeps.plan import best_config
 from sweeps.spec import StudySpec
 
 CHECKPOINT_FILE = "best.pt"
@@ -69,26 +70,19 @@ class Predictor(nn.Module):
 
 
 def winner(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
-    """The best configuration's best run: config_id, seed, value, cond_gain, MLflow run id and run folder."""
-    maximize = spec.direction == "maximize"
-    by: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if a.get("phase", SEARCH) == SEARCH and t.value is not None and math.isfinite(t.value) and not a.get("degenerate"):
-            by.setdefault(a["config_id"], []).append(t)
-    if not by:
-        raise ConfigError(f"study {spec.name} has no complete, non-degenerate run to register yet")
-    # a race: the best mean among the configurations still standing (the leader and those tied with it or
-    # undecided); the ones shown worse are out
-    lanes = study.user_attrs.get("race") or {}
-    standing = [c for c in sorted(by) if lanes.get(c, {}).get("status") != "out"] or sorted(by)
-    mean = lambda c: sum(t.value for t in by[c]) / len(by[c])  # noqa: E731
-    cid = (max if maximize else min)(standing, key=mean)
-    best = (max if maximize else min)(by[cid], key=lambda t: t.value)
-    a = best.user_attrs
-    return {"config_id": cid, "seed": a.get("seed"), "seed_index": a.get("seed_index"), "value": best.value,
-            "mean": mean(cid), "seeds": len(by[cid]), "cond_gain": a.get("cond_gain"),
-            "run_id": a.get("mlflow_run_id"), "run_dir": a.get("run_dir"), "trial": best.number}
+    """The study's pick (plan.best_config: by score, a configuration with a trained run, in a race one still
+    standing) and its best trained run: config_id, seed, value, cond_gain, MLflow run id and run folder."""
+    best = best_config(study, spec)
+    if best is None:
+        raise ConfigError(f"study {spec.name} has no trained run to register yet (every result collapsed or diverged)")
+    trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("config_id") == best.config_id
+               and t.user_attrs.get("phase", SEARCH) == SEARCH and outcome.of_trial(t) == outcome.TRAINED]
+    top = (max if spec.direction == "maximize" else min)(trained, key=lambda t: t.value)
+    a = top.user_attrs
+    return {"config_id": best.config_id, "seed": a.get("seed"), "seed_index": a.get("seed_index"), "value": top.value,
+            "mean": best.mean_trained, "score": best.score, "seeds": len(best.trained), "failed": best.failed,
+            "results": best.results, "cond_gain": a.get("cond_gain"), "run_id": a.get("mlflow_run_id"),
+            "run_dir": a.get("run_dir"), "trial": top.number}
 
 
 def _checkpoint(w: dict[str, Any], client: Any, into: Path) -> Path:
@@ -138,16 +132,20 @@ def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, st
                            TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond")]),
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]))
         logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
+        status = client.get_run(w["run_id"]).info.status if w["run_id"] else "FINISHED"
         with tracking(tracking_uri(cfg)), \
                 (mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner")):
             # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
             info = mlflow.pytorch.log_model(predictor, name="model", signature=signature, input_example=(frames, cond),
                                             extra_files=[str(ckpt)], registered_model_name=name,
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    if w["run_id"] and status != "FINISHED":  # logging reopened the run: it keeps the status it had (e.g. repaired)
+        client.set_terminated(w["run_id"], status=status)
     version = str(info.registered_model_version)
     tags = {"study": spec.name, "config_id": w["config_id"], "seed": str(w["seed"]), "val/psnr": f"{w['value']:.4f}",
             "cond_gain": f"{w['cond_gain']:.4f}" if w["cond_gain"] is not None else "",
-            "config_mean": f"{w['mean']:.4f}", "config_seeds": str(w["seeds"]), "trial": str(w["trial"])}
+            "config_mean": f"{w['mean']:.4f}", "config_seeds": str(w["seeds"]), "config_score": f"{w['score']:.4f}",
+            "config_failures": f"{w['failed']}/{w['results']}", "trial": str(w["trial"])}
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     return name, version, w

@@ -24,6 +24,7 @@ PRUNERS = ("none", "median", "hyperband", "successive_halving")
 DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
             "space", "grid", "heartbeat_seconds", "degenerate_below", "margin_db"}
+RACE_MIN_SEEDS = 3
 # The smallest difference that matters when a spec does not say: one grading bar of the course (>= 25 dB full
 # marks, then one bar per dB). A spec states its own, with why, in `margin_db`.
 MARGIN_DB = 1.0
@@ -93,7 +94,7 @@ class StudySpec:
         """The decision rule (sweeps.sequential.Plan): looks, margin."""
         from sweeps.sequential import Plan
 
-        return Plan(looks=self.looks or (self.seeds,), margin=self.margin_db)
+        return Plan(looks=self.looks or (self.seeds,), margin=self.margin_db, maximize=self.direction == "maximize")
 
     @property
     def design(self) -> list[dict[str, Any]]:
@@ -306,6 +307,10 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     seeds, looks = _parse_seeds(raw.get("seeds", 1))
     _req(not looks or s_type != "grid" or p_type == "none", f"pruner.type: {p_type} with a sequential design: each "
                                                              "look needs every run of its configurations (use pruner: none)")
+    # a race's first test at 2 seeds is a t on 1 degree of freedom, where the winner's curse is largest: the
+    # selection simulation (docs/statistics.md) is run from 3
+    _req(not looks or s_type == "grid" or seeds >= RACE_MIN_SEEDS,
+         f"seeds.min: a race (sampler {s_type} with a seed range) tests from {RACE_MIN_SEEDS} seeds a side, got {seeds}")
     margin = raw.get("margin_db", MARGIN_DB)
     _req(isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
          f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}")

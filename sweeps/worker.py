@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from cvae.config import Config
 from cvae.trainer import Diverged
-from sweeps import plan, space
+from sweeps import outcome, plan, space
 from sweeps.design import SEARCH, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
@@ -52,10 +52,11 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
             optuna.storages.fail_stale_trials(study)
             plan.advance_race(study, spec)  # seeds the race hands out are queued before anything else is asked
             c = plan.counts(study)
-            if c[TrialState.FAIL] >= (MAX_RETRY + 1) * target * spec.max_seeds:  # failed runs do not count: never-ending
-                print(f"worker {index}: giving up after {c[TrialState.FAIL]} failed runs", flush=True)
-                return ran
             runs = plan.runs_of(study)
+            lost = plan.outcomes(runs, phase=None)[outcome.LOST]
+            if lost >= (MAX_RETRY + 1) * target * spec.max_seeds:  # runs that crash every time: never-ending
+                print(f"worker {index}: giving up after {lost} lost runs (killed or crashed)", flush=True)
+                return ran
             new_config = spec.sampler != "grid" and len(search_configs(runs)) < target
             if new_config and sum(r.phase == SEARCH for r in runs) >= 3 * target * spec.max_seeds:
                 print(f"worker {index}: the space gave the same configurations again and again; stopping at "

@@ -5,8 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeps.design import (CONFIRM, CONFIRM_SEED_OFFSET, SEARCH, Run, config_id, config_values, confirm_runs,
-                           grid_points, lost_runs, missing_runs, prune_config, run_seed, search_configs, top_configs)
+import math
+
+from sweeps import outcome
+from sweeps.design import (CONFIRM, CONFIRM_SEED_OFFSET, SEARCH, Run, config_id, confirm_runs, grid_points, lost_runs,
+                           missing_runs, prune_config, ranking, results, run_seed, scores, search_configs)
 from sweeps.pruning import ConfigMedianPruner
 
 A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cyclical", "tf.start_decay_epoch": 1}, \
@@ -16,9 +19,11 @@ A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cycl
 
 
 def run(number: int, params: dict, k: int, state: str = "COMPLETE", value: float | None = None,
-        phase: str = SEARCH, diverged: bool = False) -> Run:
+        phase: str = SEARCH, diverged: bool = False, collapsed: bool = False) -> Run:
+    """A Run whose outcome is decided by the one rule (sweeps.outcome) from what its trial would carry."""
+    attrs = {"fail_reason": "diverged at epoch 1"} if diverged else {"degenerate": True} if collapsed else {}
     return Run(number=number, state=state, config_id=config_id(params), seed_index=k, phase=phase, value=value,
-               params=params, diverged=diverged)
+               params=params, outcome=outcome.outcome(state, value, attrs))
 
 
 # identities and seeds
@@ -66,31 +71,59 @@ def test_lost_runs_are_the_last_failure_of_a_seed_with_nothing_else() -> None:
     assert lost_runs([run(0, A, 0, "RUNNING")]) == []
 
 
-def test_search_configs_drop_configurations_whose_every_run_failed() -> None:
+def test_search_configs_drop_configurations_whose_every_run_was_lost_but_keep_diverged_ones() -> None:
     runs = [run(0, A, 0, "FAIL"), run(1, A, 0, "WAITING"), run(2, B, 0, "FAIL"), run(3, C, 0, "PRUNED"),
             run(4, B, 0, "COMPLETE", 1.0, phase=CONFIRM)]
-    assert search_configs(runs) == {config_id(A), config_id(C)}
+    assert search_configs(runs) == {config_id(A), config_id(C)}  # B was lost (killed): another takes its place
+    assert search_configs(runs + [run(5, B, 1, "FAIL", diverged=True)]) == {config_id(A), config_id(B), config_id(C)}
 
 
-def test_config_values_and_top_configs() -> None:
+def test_results_carry_failures_as_nan_and_leave_out_what_is_not_a_result() -> None:
+    runs = [run(0, A, 0, value=24.0), run(1, A, 1, value=25.0, collapsed=True), run(2, B, 0, "FAIL", diverged=True),
+            run(3, B, 1, "FAIL"), run(4, C, 0, "PRUNED", 30.0), run(5, C, 1, "RUNNING"),
+            run(6, C, 2, value=99.0, phase=CONFIRM), run(7, C, 3, value=math.inf)]
+    got = results(runs)
+    assert set(got) == {(config_id(A), 0), (config_id(A), 1), (config_id(B), 0), (config_id(C), 3)}
+    assert got[(config_id(A), 0)] == 24.0 and all(math.isnan(got[k]) for k in got if k != (config_id(A), 0))
+    assert results(runs, CONFIRM) == {(config_id(C), 2): 99.0}
+
+
+def test_scores_count_a_failure_a_margin_below_the_worst_trained_run() -> None:
     runs = [run(0, A, 0, value=24.0), run(1, A, 1, value=25.0), run(2, B, 0, value=24.6),
-            run(3, C, 0, value=23.0), run(4, C, 1, "PRUNED", 30.0), run(5, B, 1, "RUNNING"),
-            run(6, C, 2, value=99.0, phase=CONFIRM)]
-    assert config_values(runs) == {config_id(A): [24.0, 25.0], config_id(B): [24.6], config_id(C): [23.0]}
-    assert top_configs(runs, 2) == [(config_id(B), 24.6), (config_id(A), 24.5)]
-    assert top_configs(runs, 1, maximize=False) == [(config_id(C), 23.0)]
+            run(3, B, 1, value=30.0, collapsed=True), run(4, C, 0, value=23.0), run(5, C, 1, "PRUNED", 30.0)]
+    s = scores(runs, margin=1.0)
+    # the floor is 23 - 1 = 22: B's collapsed 30 dB counts as 22, not as 30
+    assert (s[config_id(B)].score, s[config_id(B)].failed, s[config_id(B)].trained) == (23.3, 1, (24.6,))
+    assert s[config_id(A)].score == 24.5 and s[config_id(C)].score == 23.0 and s[config_id(C)].results == 1
+    assert [x.config_id for x in ranking(runs, 1.0)] == [config_id(A), config_id(B), config_id(C)]
+    assert [x.config_id for x in ranking(runs, 1.0, maximize=False)][0] == config_id(C)
     tie = [run(0, A, 0, value=1.0), run(1, B, 0, value=1.0)]
-    assert [c for c, _ in top_configs(tie, 2)] == sorted([config_id(A), config_id(B)])
+    assert [x.config_id for x in ranking(tie, 1.0)] == sorted([config_id(A), config_id(B)])
+    assert [x.config_id for x in ranking(runs, 1.0, among={config_id(B), config_id(C)})] == [config_id(B), config_id(C)]
+
+
+def test_no_pick_is_made_for_collapsed_or_diverged_runs() -> None:
+    # the issue's case: three runs of D at 25.0 that collapsed, three of G at 22.0 that trained
+    d, g = {"x": "D"}, {"x": "G"}
+    runs = [run(k, d, k, value=25.0, collapsed=True) for k in range(3)] + [run(3 + k, g, k, value=22.0) for k in range(3)]
+    assert [s.config_id for s in ranking(runs, 1.0)] == [config_id(g)]  # D has no trained run: never picked
+    assert [cid for _, cid, _, _ in confirm_runs(runs, ranking(runs, 1.0)[:1], 3)] == [config_id(g)] * 3
+    # one trained run among failures buys no lead: D's score counts its two failures at 21 (22 - 1): 21.67 < 22
+    runs[0] = run(0, d, 0, value=23.0)
+    assert [(s.config_id, round(s.score, 2)) for s in ranking(runs, 1.0)] == [(config_id(g), 22.0),
+                                                                               (config_id(d), 21.67)]
+    diverged = [run(6 + k, {"x": "V"}, k, "FAIL", diverged=True) for k in range(3)]
+    assert config_id({"x": "V"}) not in {s.config_id for s in ranking(runs + diverged, 1.0)}
 
 
 def test_confirm_runs_give_fresh_seed_indices() -> None:
     runs = [run(0, A, 0, value=25.0), run(1, B, 0, value=24.0), run(2, C, 0, value=23.0)]
-    first = confirm_runs(runs, k=2, seeds=2)
+    first = confirm_runs(runs, ranking(runs, 1.0)[:2], seeds=2)
     assert [(cid, k, m) for _, cid, k, m in first] == [(config_id(A), 0, 25.0), (config_id(A), 1, 25.0),
                                                          (config_id(B), 0, 24.0), (config_id(B), 1, 24.0)]
     assert first[0][0] == A
     done = runs + [run(3 + i, A, k, value=24.0, phase=CONFIRM) for i, k in enumerate((0, 1))]
-    again = confirm_runs(done, k=1, seeds=2)  # search means decide; confirmation seeds continue at 2
+    again = confirm_runs(done, ranking(done, 1.0)[:1], seeds=2)  # search scores decide; confirmation seeds go on
     assert [(cid, k) for _, cid, k, _ in again] == [(config_id(A), 2), (config_id(A), 3)]
 
 

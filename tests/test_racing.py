@@ -41,8 +41,28 @@ def test_race_a_leader_behind_its_challenger_gets_seeds_first():
 
 
 def test_race_minimising_flips_better_and_lanes_round_trip():
-    plan = seq.Plan(looks=(3,), margin=0.1)
+    plan = seq.Plan(looks=(3,), margin=0.1, maximize=False)
     vals = _race_values({"a": 25.0, "b": 20.0}, 3)
-    lanes = racing.race({"a": racing.Lane(3, racing.LEADS), "b": racing.Lane(3)}, ["a", "b"], {"a", "b"}, vals, plan, maximize=False)
+    lanes = racing.race({"a": racing.Lane(3, racing.LEADS), "b": racing.Lane(3)}, ["a", "b"], {"a", "b"}, vals, plan)
     assert lanes["b"].status == racing.LEADS and lanes["a"].status == racing.OUT  # lower is better
     assert racing.Lane.from_json(lanes["b"].as_json()) == lanes["b"]
+
+
+def test_a_configuration_with_no_trained_run_never_leads():
+    plan = seq.Plan(looks=(3, 4, 5), margin=1.0)
+    nan = float("nan")
+    vals = {("dead", k): nan for k in range(5)} | _race_values({"live": 23.0}, 5, spread=0.2)
+    lanes = {c: racing.Lane(target=3) for c in ("dead", "live")}
+    first = racing.race(lanes, ["dead", "live"], {"dead"}, vals, plan)  # only the dead one has finished
+    assert first["dead"].status == racing.RACING and first["live"].status == racing.RACING  # it waits for a leader
+    lanes = dict(lanes)
+    for _ in range(6):  # the live one leads; the dead one is tested against it, seeds handed out as it asks
+        done = {c for c in lanes if all((c, k) in vals for k in range(lanes[c].target))}
+        lanes = racing.race(lanes, ["dead", "live"], done, vals, plan)
+    assert lanes["live"].status == racing.LEADS and lanes["dead"].status == racing.OUT
+    assert lanes["dead"].against == "live"
+    # nobody trained and nobody will join: the race cannot go on, and no one is called a winner
+    dead = {("d1", k): nan for k in range(3)} | {("d2", k): nan for k in range(3)}
+    alone = racing.race({c: racing.Lane(target=3) for c in ("d1", "d2")}, ["d1", "d2"], {"d1", "d2"}, dead, plan,
+                        complete=True)
+    assert {lane.status for lane in alone.values()} == {racing.UNDECIDED}

@@ -18,8 +18,7 @@ from mlflow import MlflowClient
 
 from browser import chromium_path, ci, external_references, open_page
 from reports import analysis
-from sweeps import stats
-from sweeps import sequential
+from sweeps import outcome, sequential, stats
 from reports import build as build_mod
 from sweeps import cli as cli_mod
 
@@ -56,6 +55,8 @@ def hand_runs(design: dict[tuple[str, int], list[float]], degenerate: set[tuple[
         rows.append({**rows[0], "trial": trial, "state": "PRUNED", "value": np.nan, "config_id": f"{mode[:3]}{start}p",
                      "epochs": epochs, "run_id": f"r{trial}", "param:kl.mode": mode, "param:tf.start_decay_epoch": start})
         trial += 1
+    for r in rows:  # the one rule, as collect.runs_frame applies it
+        r["outcome"] = outcome.outcome(r["state"], None if r["value"] != r["value"] else r["value"], r)
     return pd.DataFrame(rows)
 
 
@@ -67,35 +68,51 @@ def test_main_effects_and_pairs_with_their_verdicts() -> None:
     early = [24.0, 24.1, 24.2]
     runs = hand_runs({("monotonic", 1): early, ("cyclical", 1): [v + 0.05 for v in early],
                       ("monotonic", 4): late, ("cyclical", 4): [v + 0.05 for v in late]},
-                     degenerate={(("cyclical", 4), 2)})
+                     degenerate={(("cyclical", 1), 2)})
     res = analysis.analyse(runs, INFO, reps=2000)
     by_name = {c["name"]: c for c in res["comparisons"]}
     tf = by_name["tf.start_decay_epoch: 1 vs 4"]
-    # paired by seed within each KL mode: seeds 0, 1 have both cells, seed 2 only the monotonic one
-    # (cyclical/4 seed 2 is degenerate): D = [-1.0, -1.1, -0.9] on (mean of cells) -> diff -1.0
+    # paired by seed within each KL mode, over the cells where both sides trained: the collapsed run (cyclical,
+    # start 1, seed 2) leaves its cell out of seed 2: D = [-1.0, -1.1, 24.2 - 25.1 = -0.9]
+    d = [-1.0, -1.1, -0.9]
     assert tf["paired"] and tf["test"] == "paired t" and tf["pair_seeds"] == [0, 1, 2]
     assert tf["diff"] == pytest.approx(-1.0) and tf["prob_improvement"] == 0.0
-    assert tf["verdict"] == sequential.WORSE and tf["runs"] == 11 and tf["look"] == 1
-    assert tf["p_value"] == pytest.approx(stats.p_two_sided(stats.paired_estimate([-1.0, -1.1, -0.9], [0, 0, 0])))
+    # what equivalence reads: the failure against its trained partner is a margin worse: seed 2's cells -0.9, -1.0
+    assert tf["diff_counted"] == pytest.approx(np.mean([-1.0, -1.1, (-0.9 - 1.0) / 2]))
+    assert tf["verdict"] == sequential.WORSE and tf["decided_by"] == "values" and tf["runs"] == 12 and tf["look"] == 1
+    assert tf["p_value"] == pytest.approx(stats.p_two_sided(stats.paired_estimate(d, [0, 0, 0])))
     assert tf["sign_flip_p"] == 0.25  # 3 pairs: its floor, shown, never deciding
+    f = tf["failures"]
+    assert (f["a"], f["results_a"], f["b"], f["results_b"], f["seeds_a_more"], f["seeds_b_more"]) == (1, 6, 0, 6, 1, 0)
     kl = by_name["kl.mode: cyclical vs monotonic"]
     assert kl["diff"] == pytest.approx(0.05) and kl["verdict"] == sequential.BETTER  # no spread at all: certain
     assert kl["margin_note"] == "within the margin" and kl["margin_db"] == 1.0
-    # Holm within each family: the 2 main effects, then the best setting against the 3 others
-    for kind, size in (("main effect", 2), ("setting pair", 3)):
-        family = [c for c in res["comparisons"] if c["kind"] == kind]
-        assert len(family) == size
-        assert [c["p_adjusted"] for c in family] == pytest.approx(stats.holm([c["p_sequential"] for c in family]).tolist())
-    # the best setting is ranked on its usable seeds; the degenerate run is listed apart
+    assert (kl["failures"]["a"], kl["failures"]["b"]) == (1, 0)  # cyclical failed once: stated beside it
+    # within each family the value and failure tests are adjusted together (Holm, with Tarone's rule): the main
+    # effects' failure test on 3 seeds of two cells cannot go below 0.061, so the value tests share alpha as Holm
+    # alone would; a setting pair's on 3 seeds of one cell can (2/64), and counts
+    mains = [c for c in res["comparisons"] if c["kind"] == "main effect"]
+    assert [c["p_adjusted"] for c in mains] == pytest.approx(stats.holm([c["p_sequential"] for c in mains]).tolist())
+    pairs = [c for c in res["comparisons"] if c["kind"] == "setting pair"]
+    fails = [c["failures"]["p_sequential"] if c["failures"]["test"] else np.nan for c in pairs]
+    _, want = stats.tarone_holm([c["p_sequential"] for c in pairs] + fails,
+                                [0.0] * len(pairs) + [stats.failure_test_paired_min_p(3)] * len(pairs), 0.05)
+    assert len(pairs) == 3 and [c["p_adjusted"] for c in pairs] == pytest.approx(want[:3].tolist())
+    # settings ranked by score; the collapsed run is counted in its setting's failure rate and listed
     best = res["settings"][0]
-    assert best["label"] == "kl.mode=cyclical, tf.start_decay_epoch=4" and best["n"] == 2
-    assert best["values"] == pytest.approx([25.05, 25.25]) and best["degenerate"] == 1
-    assert [d["seed"] for d in res["degenerate"]] == [3]
-    assert res["noise_floor"] == pytest.approx(stats.noise_floor([early, early, late, [25.05, 25.25]]))
+    assert best["label"] == "kl.mode=cyclical, tf.start_decay_epoch=4" and best["n"] == 3 and best["failed"] == 0
+    assert best["values"] == pytest.approx([25.05, 25.25, 25.15]) and best["score"] == pytest.approx(25.15)
+    bad = next(x for x in res["settings"] if x["config_id"] == "cyc1")
+    assert (bad["failed"], bad["results"], bad["outcomes"]["collapsed"]) == (1, 3, 1)
+    assert bad["score"] == pytest.approx((24.05 + 24.15 + 23.0) / 3) and bad["failure_ci"][0] > 0
+    assert [(d["seed"], d["outcome"]) for d in res["failed_runs"]] == [(3, "collapsed")]
+    assert res["noise_floor"] == pytest.approx(stats.noise_floor([early, [24.05, 24.15], late, [v + 0.05 for v in late]]))
     # -1.0 dB with an interval reaching past -1 on one side and short of it on the other: no margin word
-    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse**: -1.00 dB [") for line in res["answer"])
+    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse**: -1.00 dB [")
+               and line.endswith("fails 1/6 vs 0/6.") for line in res["answer"])
     for c in res["comparisons"]:  # what results.json promises for every comparison
-        assert {"verdict", "look", "runs", "paired", "margin_db", "p_adjusted", "interval", "prob_improvement"} <= set(c)
+        assert {"verdict", "look", "runs", "paired", "margin_db", "p_adjusted", "interval", "prob_improvement",
+                "failures", "equivalence_bound", "decided_by"} <= set(c)
     json.dumps(res)  # results.json-ready
 
 
@@ -130,7 +147,7 @@ def test_single_seed_studies_never_give_a_verdict() -> None:
     res = analysis.analyse(runs, {**INFO, "seeds": 1}, reps=500)
     assert "cannot separate settings from seed noise" in res["answer"][0] and "--confirm" in res["answer"][0]
     pair = [c for c in res["comparisons"] if c["kind"] == "setting pair"][0]
-    assert pair["verdict"] == sequential.CANNOT_TELL and "fewer than 2 seeds" in pair["reason"]
+    assert pair["verdict"] == sequential.CANNOT_TELL and "fewer than 2 trained seeds" in pair["reason"]
 
 
 def test_compute_counts_what_pruning_saved() -> None:

@@ -158,7 +158,7 @@ def test_spec_paths_are_accepted(tmp_path: Path) -> None:
 def test_the_demo_studies_are_sequential_with_a_stated_margin() -> None:
     demo, tpe = load_spec("demo"), load_spec("demo_tpe")
     assert demo.sequential and not demo.racing and demo.plan.looks == (3, 4, 5) and demo.plan.margin == 1.0
-    assert tpe.racing and tpe.plan.looks == (2, 3, 4) and tpe.pruner == "none"  # no rung ranks like the end
+    assert tpe.racing and tpe.plan.looks == (3, 4, 5) and tpe.pruner == "none"  # no rung ranks like the end
     assert demo.plan.shape == 0.0  # O'Brien-Fleming, as make bench-decisions measured
     assert demo.identity()["seeds"] == {"looks": [3, 4, 5], "margin_db": 1.0}
     assert load_spec("lab_grid").identity()["seeds"] == load_spec("lab_grid").seeds  # fixed designs keep their identity

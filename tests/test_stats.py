@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -253,13 +254,43 @@ def test_tost_matches_two_one_sided_scipy_tests(margin):
                                                         alternative="less").pvalue, rel=1e-10)
 
 
-@pytest.mark.parametrize("more_a, more_b", [(3, 0), (5, 0), (4, 1), (2, 2), (7, 1), (0, 6), (1, 0)])
-def test_sign_test_is_scipys_exact_binomial_test_of_discordant_seeds(more_a, more_b):
-    ref = scipy_stats.binomtest(more_a, more_a + more_b, 0.5).pvalue
-    assert stats.sign_test_p(more_a, more_b) == pytest.approx(ref, rel=1e-12)
-    assert stats.sign_test_min_p(more_a + more_b) == pytest.approx(
-        scipy_stats.binomtest(more_a + more_b, more_a + more_b, 0.5).pvalue, rel=1e-12)
-    assert stats.sign_test_p(0, 0) == 1.0 and stats.sign_test_min_p(0) == 1.0
+def test_discordance_bound_by_hand():
+    # one cell: a seed is discordant when exactly one side fails: 2 p (1 - p), at most 1/2; two cells, independent
+    # failures at p = 1/2: ties are (1/16)^2... sum_j Bin(j; 2, 1/2)^2 = 1/16 + 4/16 + 1/16 = 3/8, so 5/8
+    assert stats.discordance_bound(1) == pytest.approx(0.5) and stats.discordance_bound(2) == pytest.approx(5 / 8)
+
+
+def test_paired_failure_test_by_hand():
+    # all n seeds one way: 2 (psi / 2)^n at the bound psi = 1/2: 2 / 4^n
+    assert stats.failure_test_paired(3, 0, 3) == pytest.approx(2 / 64)
+    assert stats.failure_test_paired(0, 5, 5) == pytest.approx(2 / 1024) == stats.failure_test_paired_min_p(5)
+    # 4 of 5 one way, one seed concordant: |S| >= 4 is S = +-5 or +-4 (four one way and a tie):
+    # 2 (1/4^5 + 5 (1/4)^4 (1/2)) = 22 / 1024
+    assert stats.failure_test_paired(4, 0, 5) == pytest.approx(22 / 1024)
+    assert stats.failure_test_paired(2, 2, 5) == 1.0 and stats.failure_test_paired(0, 0, 5) == 1.0
+
+
+@pytest.mark.parametrize("seeds, cells", [(3, 1), (4, 2), (5, 2)])
+def test_paired_failure_test_against_brute_force_enumeration(seeds, cells):
+    # every sequence of seeds (+1, -1 or 0 each), at the bound: an independent count of the same tail
+    psi = stats.discordance_bound(cells)
+    prob = {1: psi / 2, -1: psi / 2, 0: 1 - psi}
+    for more_a, more_b in ((seeds, 0), (seeds - 1, 0), (1, 0), (seeds - 1, 1)):
+        t = abs(more_a - more_b)
+        tail = sum(math.prod(prob[x] for x in seq) for seq in itertools.product((1, -1, 0), repeat=seeds)
+                   if abs(sum(seq)) >= t)
+        assert stats.failure_test_paired(more_a, more_b, seeds, cells) == pytest.approx(min(1.0, tail), rel=1e-9)
+
+
+def test_paired_failure_test_keeps_its_level_where_the_bound_is_reached():
+    # two cells a side, every run failing independently with probability 1/2: the most discordant null there is
+    rng = np.random.default_rng(2)
+    for seeds in (5, 8):
+        fail = rng.random((20_000, seeds, 2, 2)) < 0.5  # study, seed, side, cell
+        sums = fail.sum(axis=3)
+        more_a, more_b = (sums[:, :, 0] > sums[:, :, 1]).sum(1), (sums[:, :, 1] > sums[:, :, 0]).sum(1)
+        p = np.array([stats.failure_test_paired(int(x), int(y), seeds, 2) for x, y in zip(more_a, more_b)])
+        assert (p <= 0.05).mean() <= 0.05 + 0.0046  # 3 standard errors of 20,000 studies
 
 
 @pytest.mark.parametrize("k, n", [(0, 5), (3, 5), (5, 5), (1, 12), (4, 16)])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import optuna
 import psutil
 import pytest
@@ -42,9 +43,11 @@ CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_U
 def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: Any) -> Path:
     """A study spec in tmp_path on the demo experiment with TINY overrides; `fields` replace top-level keys."""
     overrides = {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
+    # a 4-iteration model cannot learn its condition (cond_gain 0): these tests are about the sweep's mechanics, so
+    # every finished run counts as trained unless a test asks for the real threshold
     raw: dict[str, Any] = {"name": name, "experiment": "demo", "overrides": overrides, "trials": 2,
                            "sampler": {"type": "random", "seed": 1}, "pruner": {"type": "none"},
-                           "heartbeat_seconds": 5, "space": SMALL_SPACE}
+                           "heartbeat_seconds": 5, "space": SMALL_SPACE, "degenerate_below": -100.0}
     raw.update(fields)
     raw = {k: v for k, v in raw.items() if v is not None}
     path = tmp_path / f"{name}.yaml"
@@ -177,8 +180,10 @@ BAD_SPECS = {
     "zero heartbeat": ({"heartbeat_seconds": 0}, "heartbeat_seconds: expected a positive integer"),
     "unknown metric": ({"objective": {"metric": "train/loss"}}, "objective.metric"),
     "unknown experiment": ({"experiment": "nosuch"}, "experiment not found: nosuch"),
-    "seed range with single-run pruning": ({"seeds": {"min": 2, "max": 4}, "pruner": {"type": "hyperband"}},
+    "seed range with single-run pruning": ({"seeds": {"min": 3, "max": 4}, "pruner": {"type": "hyperband"}},
                                            "pruner.type: hyperband judges single runs"),
+    "race from two seeds": ({"seeds": {"min": 2, "max": 4}},
+                            "seeds.min: a race (sampler random with a seed range) tests from 3 seeds a side, got 2"),
     "seed range upside down": ({"seeds": {"min": 5, "max": 3}}, "seeds: max (3) must be above min (5)"),
     "seed range from one seed": ({"seeds": {"min": 1, "max": 3}}, "seeds.min: a sequential design needs at least 2"),
     "seed range with an unknown field": ({"seeds": {"min": 3, "most": 5}}, "seeds: unknown field(s) most"),
@@ -258,7 +263,7 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
 
     study = load_study(tmp_path)
     trials = study.get_trials()
-    # the diverged trial does not count toward the target of 2: the sweep went on
+    # the diverged trial is a result and counts toward the target of 2; the queued third runs all the same
     assert states(study) == ["FAIL", "COMPLETE", "PRUNED"]
     failed, complete, pruned = trials
     assert failed.user_attrs["fail_reason"].startswith("diverged at epoch 1")
@@ -280,18 +285,22 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
     assert parent.data.metrics["best/value"] == pytest.approx(complete.value)
 
 
-def test_a_sweep_where_every_trial_diverges_gives_up_and_fails(
+def test_a_configuration_that_diverges_is_a_result_not_a_lost_run(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1, space={"kl.ratio": SMALL_SPACE["kl.ratio"]})
-    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 1
-    assert "worker 0: giving up after 3 failed runs" in capsys.readouterr().out
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 0
+    out = capsys.readouterr().out
     study = load_study(tmp_path)
-    assert states(study) == ["FAIL"] * 3
-    assert all(t.user_attrs["fail_reason"].startswith("diverged at epoch 1") for t in study.get_trials())
+    # run once: its divergence is the configuration's result, neither retried nor replaced by another draw
+    assert states(study) == ["FAIL"]
+    assert study.get_trials()[0].user_attrs["fail_reason"].startswith("diverged at epoch 1")
+    assert "study tiny: 1 run: 0 trained, 0 collapsed, 1 diverged, 0 pruned, 0 lost" in out
+    assert "no configuration has a trained run: nothing to pick" in out
     client = mlflow_client(tmp_path)
-    for t in study.get_trials():
-        check_trial_run(client, study, t, "FAILED")
-    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+    check_trial_run(client, study, study.get_trials()[0], "FAILED")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["runs/diverged"] == 1
+    assert "best.config_id" not in parent.data.tags  # nothing trained: nothing is called the best
 
 
 def test_rerun_adds_nothing_extends_on_more_trials_and_refuses_other_overrides(
@@ -343,7 +352,7 @@ def test_two_workers_run_exactly_the_requested_trials_without_duplicates(tmp_pat
         check_trial_run(client, study, t, "FINISHED")
     assert set(child_runs(client, study)) == set(run_ids)
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
-    assert "study tiny: 4 complete" in out.stdout
+    assert "study tiny: 4 runs: 4 trained, 0 collapsed, 0 diverged, 0 pruned, 0 lost" in out.stdout
 
 
 @pytest.mark.slow
@@ -454,7 +463,7 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
 # a model that ignores its condition
 
 
-def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apart(
+def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_counted_as_a_failure(
         tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
     from cvae.model import CVAE
     from reports import analysis, collect
@@ -465,7 +474,7 @@ def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apar
         return predict(self, x, cond * 0, n_past, n_future)  # by construction: the condition never reaches it
 
     monkeypatch.setattr(CVAE, "predict", blind)
-    spec = write_spec(tmp_path, data_cache, trials=1)
+    spec = write_spec(tmp_path, data_cache, trials=1, degenerate_below=0.25)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     (trial,) = study.get_trials()
@@ -473,8 +482,11 @@ def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_ranked_apar
     run = check_trial_run(mlflow_client(tmp_path), study, trial, "FINISHED")
     assert run.data.tags["degenerate"] == "true" and run.data.metrics["val/cond_gain"] == 0.0
     results = analysis.analyse(collect.runs_frame(study), {"name": "tiny", "metric": "val/psnr", "niter": 2}, reps=100)
-    assert [d["trial"] for d in results["degenerate"]] == [0]
-    assert results["settings"][0]["n"] == 0 and results["settings"][0]["degenerate"] == 1  # listed, never ranked
+    assert [(d["trial"], d["outcome"]) for d in results["failed_runs"]] == [(0, "collapsed")]
+    (setting,) = results["settings"]
+    assert setting["n"] == 0 and setting["outcomes"]["collapsed"] == 1  # no trained run: nothing to rank it by
+    assert (setting["failed"], setting["results"], setting["failure_rate"]) == (1, 1, 1.0)
+    assert setting["failure_ci"] == [pytest.approx(0.025), 1.0]  # one failure in one run: 2.5% to 100%
 
 
 def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again(
@@ -616,10 +628,53 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_setting_that_diverges_on_every_seed_is_worse_not_dropped(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from reports import analysis, collect
+
+    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
+                      grid={"train.lr": [0.002, 1000000.0]}, seeds={"min": 3, "max": 5})
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    study = load_study(tmp_path)
+    diverged = [t for t in study.get_trials() if t.params["train.lr"] == 1000000.0]
+    assert all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"].startswith("diverged") for t in diverged)
+    assert study.user_attrs["sequential"]["done"] is True
+    line = next(x for x in out.splitlines() if x.startswith("  train.lr: 0.002 vs 1e+06: "))
+    n = len(diverged)
+    assert f"better (1e+06 fails more often, fails 0/{n} vs {n}/{n})" in line, out
+    res = analysis.analyse(collect.runs_frame(study), {"name": "tiny", "metric": "val/psnr", "niter": 2,
+                                                       "looks": [3, 4, 5], "look": study.user_attrs["sequential"]["look"],
+                                                       "margin_db": 1.0}, reps=100)
+    cmp = res["comparisons"][0]  # the main effect: 0.002 (A) against 1e6 (B)
+    assert cmp["verdict"] == "better" and cmp["decided_by"] == "failures" and cmp["failures"]["a"] == 0
+    assert cmp["failures"]["b"] == cmp["failures"]["results_b"] == n and cmp["diff_counted"] == pytest.approx(1.0)
+    dead = next(s for s in res["settings"] if s["params"]["train.lr"] == 1000000.0)
+    assert dead["failure_rate"] == 1.0 and dead["outcomes"]["diverged"] == len(diverged) and dead["n"] == 0
+    assert res["settings"][0]["params"]["train.lr"] == 0.002  # the one that trains ranks first
+
+
+@pytest.mark.slow
+def test_two_settings_that_compute_the_same_function_are_never_told_apart(
+        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # eval.gif_sequences changes what is drawn, not what is trained or scored: seed by seed the same numbers
+    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
+                      grid={"eval.gif_sequences": [1, 2]}, seeds={"min": 3, "max": 4})
+    assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    study = load_study(tmp_path)
+    by_seed: dict[int, set[float]] = {}
+    for t in study.get_trials():
+        by_seed.setdefault(t.user_attrs["seed_index"], set()).add(t.value)
+    assert all(len(v) == 1 for v in by_seed.values())  # deterministic: the same value on both settings
+    line = next(x for x in out.splitlines() if x.startswith("  eval.gif_sequences: "))
+    assert " better" not in line and " worse" not in line and "equivalent at look 1" in line, out
+
+
 def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
         tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write_spec(tmp_path, data_cache, trials=3, seeds={"min": 2, "max": 3}, margin_db=1e-6,
-                      degenerate_below=-100.0)
+    spec = write_spec(tmp_path, data_cache, trials=3, seeds={"min": 3, "max": 4}, margin_db=1e-6)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
     trials = study.get_trials()
@@ -632,8 +687,8 @@ def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
     assert len(pairs) == len(set(pairs))  # no (configuration, seed) twice
     for c, lane in race.items():  # each configuration ran exactly the seeds its lane asked for
         assert sorted(k for cid, k in pairs if cid == c) == list(range(lane["target"]))
-    assert states(study) == ["COMPLETE"] * len(trials) and 6 <= len(trials) <= 9
-    assert "race (seeds 2, 3, margin 1e-06):" in capsys.readouterr().out
+    assert states(study) == ["COMPLETE"] * len(trials) and 9 <= len(trials) <= 12
+    assert "race (seeds 3, 4, margin 1e-06):" in capsys.readouterr().out
 
 
 # progress
@@ -647,7 +702,7 @@ def test_progress_is_a_bar_in_a_terminal_and_a_line_per_run_in_a_log(tmp_path: P
     out = run_cli(sweep_cmd(spec), cwd=tmp_path)  # not a terminal: a log
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("run ")]
-    assert len(lines) == 2 and lines[0].startswith("run 1/2: ") and "seed 0: val/psnr " in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("run 1/2: ") and "seed 0: trained, val/psnr " in lines[0]
     assert "cond_gain" in lines[0] and lines[0].endswith(" min") or "degenerate" in lines[0]
 
     spec2 = write_spec(tmp_path, data_cache, name="tty", trials=2)
@@ -670,21 +725,30 @@ def test_progress_is_a_bar_in_a_terminal_and_a_line_per_run_in_a_log(tmp_path: P
     assert "run 1/2:" not in screen  # the bar, not the log lines
 
 
-def test_the_bar_s_best_is_the_best_mean_with_its_t_interval() -> None:
+def test_the_bar_s_best_is_the_study_s_pick_with_its_t_interval() -> None:
+    from types import SimpleNamespace
+
     from optuna.distributions import FloatDistribution
 
+    from sweeps.plan import runs_of
     from sweeps.progress import best_so_far
 
     study = optuna.create_study(direction="maximize")
     dist = {"lr": FloatDistribution(0.0, 1.0)}
-    for cid, value, extra in [("a", 20.0, {}), ("a", 21.0, {}), ("a", 22.0, {}), ("b", 23.0, {}),
-                              ("b", 30.0, {"degenerate": True}), ("c", 25.0, {"phase": "confirm"})]:
+    for k, (cid, value, extra) in enumerate([("a", 20.0, {}), ("a", 21.0, {}), ("a", 21.5, {}), ("b", 23.0, {}),
+                                             ("b", 30.0, {"degenerate": True}), ("c", 25.0, {"phase": "confirm"})]):
         study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=dist, value=value,
-                                                  user_attrs={"config_id": cid, **extra}))
-    # b's only usable seed (23) beats a's mean (21); degenerate and confirmation runs do not count
-    cid, mean, (lo, hi), n = best_so_far(study, maximize=True)
-    assert (cid, mean, n) == ("b", 23.0, 1) and lo != lo and hi != hi
-    # a's mean 21 with its t interval: sd 1, se 1/sqrt(3), t(2) 0.975 = 4.302653
-    cid, mean, (lo, hi), n = best_so_far(study, maximize=False)
-    assert (cid, mean, n) == ("a", 21.0, 3)
-    assert (lo, hi) == pytest.approx((21 - 4.302653 / 3 ** 0.5, 21 + 4.302653 / 3 ** 0.5), abs=1e-5)
+                                                  user_attrs={"config_id": cid, "seed_index": k, **extra}))
+    # b's collapsed 30 dB counts as a failure, a margin below the worst trained run: 20 - 1 = 19. b scores
+    # (23 + 19) / 2 = 21 against a's 20.83; confirmation runs do not count. Its interval: sd 2 sqrt(2), se 2,
+    # t(1) 0.975 = 12.7062
+    spec = SimpleNamespace(margin_db=1.0, direction="maximize")
+    cid, score, (lo, hi), n = best_so_far(study, spec, runs_of(study))
+    assert (cid, score, n) == ("b", 21.0, 2)
+    assert (lo, hi) == pytest.approx((21 - 2 * 12.706205, 21 + 2 * 12.706205), abs=1e-5)
+    # lower is better: the floor is 23 + 1 = 24, b scores 23.5; a's 20.83 with sd 0.7638, t(2) 0.975 = 4.302653
+    spec = SimpleNamespace(margin_db=1.0, direction="minimize")
+    cid, score, (lo, hi), n = best_so_far(study, spec, runs_of(study))
+    assert (cid, n) == ("a", 3) and score == pytest.approx(62.5 / 3)
+    half = 4.302653 * np.std([20.0, 21.0, 21.5], ddof=1) / 3 ** 0.5
+    assert (lo, hi) == pytest.approx((62.5 / 3 - half, 62.5 / 3 + half), abs=1e-5)
