@@ -7,10 +7,12 @@ import pytest
 
 import math
 
+from cvae.config import ConfigError
 from sweeps import outcome
 from sweeps.design import (CONFIRM, CONFIRM_SEED_OFFSET, SEARCH, Run, config_id, confirm_runs, grid_points, lost_runs,
                            missing_runs, prune_config, ranking, results, run_seed, scores, search_configs)
 from sweeps.pruning import ConfigMedianPruner
+from sweeps.spec import SpecError
 
 A, B, C = {"kl.mode": "monotonic", "tf.start_decay_epoch": 1}, {"kl.mode": "cyclical", "tf.start_decay_epoch": 1}, \
     {"kl.mode": "monotonic", "tf.start_decay_epoch": 4}
@@ -181,3 +183,42 @@ def test_config_pruner_warmup_confirmation_and_pruned_siblings() -> None:
     assert first.should_prune()
     study.tell(first, state=optuna.trial.TrialState.PRUNED)
     assert _running(study, "f", 99.0).should_prune()  # a configuration stands or falls with all its seeds
+
+
+# the study's pick: one function for the summary, --confirm, the MLflow parent, the registry
+
+
+def _study_of(trials: list[tuple[str, int, str, float | None, dict]]) -> optuna.Study:
+    """An in-memory study of (config, seed, state, value, attrs) trials, as a sweep would have stored them."""
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.CategoricalDistribution(["D", "G", "V"])}
+    for cid, k, state, value, attrs in trials:
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": cid}, distributions=dist, state=optuna.trial.TrialState[state], value=value,
+            user_attrs={"config_id": cid, "seed_index": k, "phase": SEARCH, "seed": 1 + k, **attrs}))
+    return study
+
+
+def test_every_pick_of_a_study_skips_collapsed_and_diverged_runs() -> None:
+    from sweeps import plan, registry
+    from sweeps.spec import load_spec
+    from sweeps.summary import summary
+
+    # D: three runs at 25.0 that collapsed; G: three trained runs at 22.0; V: three that diverged
+    study = _study_of([("D", k, "COMPLETE", 25.0, {"degenerate": True}) for k in range(3)]
+                      + [("G", k, "COMPLETE", 22.0 + 0.1 * k, {}) for k in range(3)]
+                      + [("V", k, "FAIL", None, {"fail_reason": "diverged at epoch 1"}) for k in range(3)])
+    spec = load_spec("demo_tpe")  # a sampled study: maximize, margin 1 dB
+    assert plan.best_config(study, spec).config_id == "G"
+    assert [cid for cid, _ in plan.enqueue_confirm(study, spec, k=3, seeds=2)] == ["G"]  # only G can be confirmed
+    assert registry.winner(study, spec)["config_id"] == "G"
+    text = summary(study, spec)
+    assert "best configuration G:" in text and "fails 0/3" in text
+    assert "study demo_tpe: 11 runs: 3 trained, 3 collapsed, 3 diverged, 0 pruned, 0 lost, 2 pending" in text
+    # nothing trained: nothing is picked, confirmed or registered
+    dead = _study_of([("D", k, "COMPLETE", 25.0, {"degenerate": True}) for k in range(3)])
+    assert plan.best_config(dead, spec) is None
+    with pytest.raises(SpecError, match="no configuration with a trained run"):
+        plan.enqueue_confirm(dead, spec, k=1, seeds=2)
+    with pytest.raises(ConfigError, match="no trained run to register"):
+        registry.winner(dead, spec)
