@@ -24,7 +24,7 @@ OUT ?= runs
 warn_exposed = case '$(HOST)' in 127.0.0.1|localhost|::1) ;; *) echo "warning: HOST=$(HOST) exposes this server, without authentication, to every machine that can reach this one" >&2;; esac
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test sweep worker ui dashboard report confirm bench bench-sweep bench-decisions schedules preview clean
+.PHONY: help install train eval test lint sweep worker ui dashboard report confirm bench bench-sweep bench-decisions schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 test: $(TEST_STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers; then the heaviest apart)
 	$(BIN)/python -m pytest -n 2 -m "not alone"
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m alone
+
+lint: $(TEST_STAMP) ## ruff: lint and format check (configured in pyproject.toml); `ruff format .` fixes the format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: $(STAMP) ## browse tracked runs with `mlflow ui`: make ui [OUT=runs] [PORT=5000] [HOST=127.0.0.1]
 	@$(call warn_exposed)

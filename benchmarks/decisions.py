@@ -34,16 +34,23 @@ OUT = Path("bench") / "decisions.json"
 STUDIES = 20_000
 SELECTION_STUDIES = 4_000
 CONFIGS = 6  # demo_tpe's trials
-POPULATIONS = (sel.Population("spread 0.5 dB", 0.5), sel.Population("spread 1 dB", 1.0),
-               sel.Population("spread 2 dB", 2.0), sel.Population("spread 1 dB, a third fail 30%", 1.0, 1 / 3, 0.3))
+POPULATIONS = (
+    sel.Population("spread 0.5 dB", 0.5),
+    sel.Population("spread 1 dB", 1.0),
+    sel.Population("spread 2 dB", 2.0),
+    sel.Population("spread 1 dB, a third fail 30%", 1.0, 1 / 3, 0.3),
+)
 
 
-def measured(path: Path = DATA) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int], float],
-                                         set[tuple[str, int]], dict[str, Any]]:
+def measured(
+    path: Path = DATA,
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int], float], set[tuple[str, int]], dict[str, Any]]:
     """(configs, values, failed runs, the file's header) of the measured demo study."""
     raw = json.loads(path.read_text())
     configs = {config_id(c["params"]): c["params"] for c in raw["configs"]}
-    values = {(config_id(c["params"]), k): v for c in raw["configs"] for k, v in enumerate(c["values"]) if v is not None}
+    values = {
+        (config_id(c["params"]), k): v for c in raw["configs"] for k, v in enumerate(c["values"]) if v is not None
+    }
     bad = {(config_id(c["params"]), k) for c in raw["configs"] for k in c.get("degenerate_seeds", [])}
     return configs, values, bad, {k: v for k, v in raw.items() if k != "configs"}
 
@@ -69,12 +76,16 @@ def _selection_job(args: tuple[sel.Population, float, float, float, int, int]) -
     """Every design on one population: the shipped race, a race from 2 seeds, a fixed design of the race's runs,
     one seed a configuration, and one seed with the top 2 confirmed on 3 fresh seeds."""
     pop, sd, rho, margin, n, seed = args
-    race = sel.run_selection(pop, sel.Design("race, 3 to 5 seeds (shipped)", looks=(3, 4, 5)), CONFIGS, sd, rho, margin,
-                             n, seed)
+    race = sel.run_selection(
+        pop, sel.Design("race, 3 to 5 seeds (shipped)", looks=(3, 4, 5)), CONFIGS, sd, rho, margin, n, seed
+    )
     equal = max(1, round(race["mean_runs"] / CONFIGS))
-    designs = [sel.Design("race, 2 to 4 seeds", looks=(2, 3, 4)),
-               sel.Design(f"fixed, {equal} seeds (the race's runs)", seeds=equal),
-               sel.Design("one seed each", seeds=1), sel.Design("one seed, top 2 confirmed on 3", seeds=1, confirm=(2, 3))]
+    designs = [
+        sel.Design("race, 2 to 4 seeds", looks=(2, 3, 4)),
+        sel.Design(f"fixed, {equal} seeds (the race's runs)", seeds=equal),
+        sel.Design("one seed each", seeds=1),
+        sel.Design("one seed, top 2 confirmed on 3", seeds=1, confirm=(2, 3)),
+    ]
     return [race] + [sel.run_selection(pop, d, CONFIGS, sd, rho, margin, n, seed) for d in designs]
 
 
@@ -82,34 +93,62 @@ def evaluate(studies: int, workers: int, selection_studies: int = SELECTION_STUD
     """Every case x noise model, the fixed design of equal power, the picks, and whether each target holds."""
     configs, plan, noise, header = setup()
     factors = sorted({q.factor for q in main_effects(configs)})
-    jobs = [(case, kind, effects, studies, 1000 + 10 * i + j) for j, kind in enumerate(sim.NOISES)
-            for i, (case, effects) in enumerate(sim.cases(factors, plan.margin,
-                                                          sim.failure_signs(configs, noise, kind)).items())]
+    jobs = [
+        (case, kind, effects, studies, 1000 + 10 * i + j)
+        for j, kind in enumerate(sim.NOISES)
+        for i, (case, effects) in enumerate(
+            sim.cases(factors, plan.margin, sim.failure_signs(configs, noise, kind)).items()
+        )
+    ]
     sd = float(np.sqrt(np.diag(noise.cov)).mean())
     corr = noise.cov / np.outer(np.sqrt(np.diag(noise.cov)), np.sqrt(np.diag(noise.cov)))
     rho = float(corr[np.triu_indices_from(corr, 1)].mean())
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(_job, jobs))
-        picks = [r for rs in pool.map(_selection_job, [(p, sd, rho, plan.margin, selection_studies, 7000 + i)
-                                                       for i, p in enumerate(POPULATIONS)]) for r in rs]
-    results: list[dict[str, Any]] = [{"case": case, **r, "judged": sim.judge(case, r, configs)} for case, kind, r in done]
+        picks = [
+            r
+            for rs in pool.map(
+                _selection_job,
+                [(p, sd, rho, plan.margin, selection_studies, 7000 + i) for i, p in enumerate(POPULATIONS)],
+            )
+            for r in rs
+        ]
+    results: list[dict[str, Any]] = [
+        {"case": case, **r, "judged": sim.judge(case, r, configs)} for case, kind, r in done
+    ]
     seq_power = next(r for r in results if r["case"] == "twice the margin" and r["noise"] == "normal")
     power = seq_power["judged"]["power"]["rate"]
-    fixed = sim.fixed_design_runs(configs, plan, noise, "normal", seq_power["effects"], power,
-                                  max(2000, studies // 5), 7)
+    fixed = sim.fixed_design_runs(
+        configs, plan, noise, "normal", seq_power["effects"], power, max(2000, studies // 5), 7
+    )
     passed = all(j["pass"] for r in results for j in r["judged"].values() if "pass" in j)
-    return {"plan": {"looks": list(plan.looks), "margin_db": plan.margin, "alpha": plan.alpha, "shape": plan.shape},
-            "noise": {"measured": header, "seeds": int(noise.rows.shape[0]),
-                      "covariance": noise.cov.round(4).tolist(), "configs": list(noise.configs),
-                      "failed_runs": int(noise.failed.sum()), "bad_p": noise.bad_p, "bad_db": noise.bad_db,
-                      "outlier_p": sim.OUTLIER_P, "outlier_sds": list(sim.OUTLIER_SDS),
-                      "side_a": [c for c, a in zip(noise.configs, noise.side_a) if a],
-                      "side_b": [c for c, b in zip(noise.configs, noise.side_b) if b]},
-            "studies_per_case": studies, "results": results,
-            "fixed_design": {**fixed, "sequential_mean_runs": seq_power["mean_runs"], "sequential_power": power},
-            "selection": {"configurations": CONFIGS, "per_run_sd": sd, "seed_correlation": rho,
-                          "studies_per_design": selection_studies, "results": picks},
-            "pass": passed}
+    return {
+        "plan": {"looks": list(plan.looks), "margin_db": plan.margin, "alpha": plan.alpha, "shape": plan.shape},
+        "noise": {
+            "measured": header,
+            "seeds": int(noise.rows.shape[0]),
+            "covariance": noise.cov.round(4).tolist(),
+            "configs": list(noise.configs),
+            "failed_runs": int(noise.failed.sum()),
+            "bad_p": noise.bad_p,
+            "bad_db": noise.bad_db,
+            "outlier_p": sim.OUTLIER_P,
+            "outlier_sds": list(sim.OUTLIER_SDS),
+            "side_a": [c for c, a in zip(noise.configs, noise.side_a) if a],
+            "side_b": [c for c, b in zip(noise.configs, noise.side_b) if b],
+        },
+        "studies_per_case": studies,
+        "results": results,
+        "fixed_design": {**fixed, "sequential_mean_runs": seq_power["mean_runs"], "sequential_power": power},
+        "selection": {
+            "configurations": CONFIGS,
+            "per_run_sd": sd,
+            "seed_correlation": rho,
+            "studies_per_design": selection_studies,
+            "results": picks,
+        },
+        "pass": passed,
+    }
 
 
 def _pct(j: dict[str, Any], k: str) -> str:
@@ -121,28 +160,43 @@ def _pct(j: dict[str, Any], k: str) -> str:
 
 def table(report: dict[str, Any]) -> str:
     """The Markdown tables of docs/statistics.md: one row per case and noise model, then the picks."""
-    lines = ["| true effects | noise | false better/worse (family) | false equivalent | power | failure-only difference "
-             "found | mean runs | looks 1/2/3 |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| true effects | noise | false better/worse (family) | false equivalent | power | failure-only difference "
+        "found | mean runs | looks 1/2/3 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         j = r["judged"]
         looks = "/".join(f"{100 * v:.0f}%" for v in r["looks"].values())
         eff = ", ".join(f"{k.split('.')[0]} {v:+g}" for k, v in r["effects"].items())
-        lines.append(f"| {r['case']} ({eff}) | {r['noise']} | {_pct(j, 'false_difference')} | "
-                     f"{_pct(j, 'false_equivalent')} | {_pct(j, 'power')} | {_pct(j, 'failure_found')} | "
-                     f"{r['mean_runs']:.1f} | {looks} |")
+        lines.append(
+            f"| {r['case']} ({eff}) | {r['noise']} | {_pct(j, 'false_difference')} | "
+            f"{_pct(j, 'false_equivalent')} | {_pct(j, 'power')} | {_pct(j, 'failure_found')} | "
+            f"{r['mean_runs']:.1f} | {looks} |"
+        )
     f = report["fixed_design"]
-    lines += ["", f"Fixed design of equal power (normal noise, twice the margin): {f['seeds']} seeds per configuration, "
-                  f"{f['runs']} runs (power {f['power']:.3f}); the sequential design used {f['sequential_mean_runs']:.1f} "
-                  f"runs on average (power {f['sequential_power']:.3f}).", ""]
+    lines += [
+        "",
+        f"Fixed design of equal power (normal noise, twice the margin): {f['seeds']} seeds per configuration, "
+        f"{f['runs']} runs (power {f['power']:.3f}); the sequential design used {f['sequential_mean_runs']:.1f} "
+        f"runs on average (power {f['sequential_power']:.3f}).",
+        "",
+    ]
     s = report["selection"]
-    lines += [f"Picks of {s['configurations']} configurations (per-run SD {s['per_run_sd']:.2f} dB, seed correlation "
-              f"{s['seed_correlation']:.2f}, {s['studies_per_design']:,} studies per row):", "",
-              "| configurations | design | pick within the margin of the best | mean regret (dB) | 90% regret | "
-              "mean runs | best put out |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Picks of {s['configurations']} configurations (per-run SD {s['per_run_sd']:.2f} dB, seed correlation "
+        f"{s['seed_correlation']:.2f}, {s['studies_per_design']:,} studies per row):",
+        "",
+        "| configurations | design | pick within the margin of the best | mean regret (dB) | 90% regret | "
+        "mean runs | best put out |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in s["results"]:
         out = "-" if r["best_put_out"] is None else f"{100 * r['best_put_out']:.1f}%"
-        lines.append(f"| {r['population']} | {r['design']} | {100 * r['within_margin']:.1f}% | {r['mean_regret']:.3f} | "
-                     f"{r['regret_p90']:.2f} | {r['mean_runs']:.1f} | {out} |")
+        lines.append(
+            f"| {r['population']} | {r['design']} | {100 * r['within_margin']:.1f}% | {r['mean_regret']:.3f} | "
+            f"{r['regret_p90']:.2f} | {r['mean_runs']:.1f} | {out} |"
+        )
     return "\n".join(lines)
 
 
@@ -159,15 +213,29 @@ def measure(db: str, study: str, out: Path = DATA) -> None:
         if outcome.of_trial(t) == outcome.COLLAPSED:
             c["degenerate"].append(int(t.user_attrs["seed_index"]))
     n = 1 + max(k for c in by.values() for k in c["values"])
-    configs = [{"params": c["params"], "values": [c["values"].get(k) for k in range(n)],
-                "degenerate_seeds": sorted(c["degenerate"])}
-               for c in sorted(by.values(), key=lambda c: json.dumps(c["params"], sort_keys=True))]
+    configs = [
+        {
+            "params": c["params"],
+            "values": [c["values"].get(k) for k in range(n)],
+            "degenerate_seeds": sorted(c["degenerate"]),
+        }
+        for c in sorted(by.values(), key=lambda c: json.dumps(c["params"], sort_keys=True))
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"study": study, "measured": time.strftime("%Y-%m-%d"),
-                               "command": f"the demo grid with seeds: {n} (the demo spec with name: {study} and seeds: {n}; cvae sweep "
-                                          f"{study}.yaml --workers 2), then "
-                                          f"python -m benchmarks.decisions --measure {db} --study {study}",
-                               "configs": configs}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "study": study,
+                "measured": time.strftime("%Y-%m-%d"),
+                "command": f"the demo grid with seeds: {n} (the demo spec with name: {study} and seeds: {n}; "
+                f"cvae sweep {study}.yaml --workers 2), then "
+                f"python -m benchmarks.decisions --measure {db} --study {study}",
+                "configs": configs,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out} ({len(configs)} configurations x {n} seeds)")
 
 

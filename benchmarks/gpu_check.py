@@ -79,6 +79,7 @@ def step_variants(device: torch.device, out: dict) -> None:
                 model = model.to(memory_format=torch.channels_last)
             opt = make_optimizer(model, 1e-4, 0.9, capturable=graphs)
             if ref:
+
                 def step() -> None:
                     opt.zero_grad(set_to_none=True)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -90,6 +91,7 @@ def step_variants(device: torch.device, out: dict) -> None:
 
                 def step() -> None:
                     fn(x, c, 1.0, tf)
+
             out["steps"][name] = timed(step, device)
         except Exception as e:  # noqa: BLE001 - a failed variant is a result too
             out["steps"][name] = {"error": f"{type(e).__name__}: {e}"[:400]}
@@ -112,8 +114,11 @@ def graphed_trains_like_eager(device: torch.device, out: dict) -> None:
         opt = make_optimizer(model, 2e-4, 0.9, capturable=graphs)
         fn = make_step(model, opt, device, 2, True, 0.0, graphs) if graphs else eager_step(model, opt, 2, True, 0.0)
         curves[graphs] = [float(fn(x, c, 1e-4, True)[1]) for _ in range(40)]
-    out["graphed_vs_eager_mse"] = {"eager": curves[False][::8], "graphed": curves[True][::8],
-                                   "rel_diff_last": abs(curves[True][-1] - curves[False][-1]) / curves[False][-1]}
+    out["graphed_vs_eager_mse"] = {
+        "eager": curves[False][::8],
+        "graphed": curves[True][::8],
+        "rel_diff_last": abs(curves[True][-1] - curves[False][-1]) / curves[False][-1],
+    }
     print("graphed vs eager", out["graphed_vs_eager_mse"], flush=True)
 
 
@@ -121,9 +126,20 @@ def train_check(device: torch.device, out: dict) -> None:
     from cvae.trainer import train
 
     epoch_size = 5 if SMALL else 400  # long enough that each branch's one-time graph capture is amortised
-    extra = ["tracking.enabled=false", "train.progress=false", "train.niter=2", f"train.epoch_size={epoch_size}",
-             "eval.every=2", "eval.sequences=256", "eval.batch_size=256", "data.n_train=1024", "data.n_val=256",
-             "run.out_dir=/tmp/gpu_check_runs", "data.cache_dir=/tmp/gpu_check_cache", "tf.start_decay_epoch=1"]
+    extra = [
+        "tracking.enabled=false",
+        "train.progress=false",
+        "train.niter=2",
+        f"train.epoch_size={epoch_size}",
+        "eval.every=2",
+        "eval.sequences=256",
+        "eval.batch_size=256",
+        "data.n_train=1024",
+        "data.n_val=256",
+        "run.out_dir=/tmp/gpu_check_runs",
+        "data.cache_dir=/tmp/gpu_check_cache",
+        "tf.start_decay_epoch=1",
+    ]
     if SMALL:
         extra += ["eval.sequences=16", "data.n_train=32", "data.n_val=16"]
     cfg = lab_cfg(extra)
@@ -131,20 +147,29 @@ def train_check(device: torch.device, out: dict) -> None:
     result = train(cfg)
     wall = time.perf_counter() - t
     h = result.history
-    out["train"] = {"iterations": cfg.total_iters, "wall_s": wall,
-                    "ms_per_iter_epoch1": 1000 * h[0]["perf/epoch_seconds"] / epoch_size,
-                    "ms_per_iter_epoch2": 1000 * h[1]["perf/epoch_seconds"] / epoch_size,
-                    "tfr": [r["sched/tfr"] for r in h], "val_psnr": h[-1].get("val/psnr"),
-                    "copy_last": h[-1].get("val/psnr_copy_last"), "cond_gain": h[-1].get("val/cond_gain"),
-                    "psnr_moving": h[-1].get("val/psnr_moving"),
-                    "psnr_moving_copy_last": h[-1].get("val/psnr_moving_copy_last")}
+    out["train"] = {
+        "iterations": cfg.total_iters,
+        "wall_s": wall,
+        "ms_per_iter_epoch1": 1000 * h[0]["perf/epoch_seconds"] / epoch_size,
+        "ms_per_iter_epoch2": 1000 * h[1]["perf/epoch_seconds"] / epoch_size,
+        "tfr": [r["sched/tfr"] for r in h],
+        "val_psnr": h[-1].get("val/psnr"),
+        "copy_last": h[-1].get("val/psnr_copy_last"),
+        "cond_gain": h[-1].get("val/cond_gain"),
+        "psnr_moving": h[-1].get("val/psnr_moving"),
+        "psnr_moving_copy_last": h[-1].get("val/psnr_moving_copy_last"),
+    }
     print("train", out["train"], flush=True)
 
 
 def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "small": SMALL, "steps": {}}
+    out: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "small": SMALL,
+        "steps": {},
+    }
     torch.backends.cudnn.benchmark = True
     for part in (step_variants, graphed_trains_like_eager, train_check):
         try:

@@ -14,8 +14,9 @@ from cvae.model import CVAE, frame_mse
 from cvae.modules import kl_gaussians, kl_standard_normal, reparameterize
 
 
-def reference_forward(model: CVAE, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool,
-                      eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def reference_forward(
+    model: CVAE, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool, eps: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(sum over steps of MSE, sum over steps of KL) computed one time step at a time."""
     b, T = x.shape[:2]
     ref = x.new_zeros(b, 1)

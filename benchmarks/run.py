@@ -74,7 +74,9 @@ def _steps(cfg: config_mod.Config, batch: int, seed: int = 0) -> dict[str, Calla
     x, c = torch.rand(batch, t, 3, 64, 64, generator=g), torch.randn(batch, t, 7, generator=g)
     torch.manual_seed(seed)
     ours_model = CVAE(cfg.model)
-    ours_model.frames_per_call = frames_per_call(cfg.run.frames_per_call, torch.device("cpu"), cfg.model)  # as the trainer
+    ours_model.frames_per_call = frames_per_call(
+        cfg.run.frames_per_call, torch.device("cpu"), cfg.model
+    )  # as the trainer
     ref_model = CVAE(cfg.model)
     ref_model.load_state_dict(ours_model.state_dict())
     if cfg.run.channels_last != "off":  # as the trainer: both steps on the same modules in the same layout
@@ -92,8 +94,11 @@ def _steps(cfg: config_mod.Config, batch: int, seed: int = 0) -> dict[str, Calla
 
 
 def train_steps(results: dict[str, Any]) -> None:
-    sizes = {"demo": ("demo", {}, None), "vgg_w025": ("lab", {"model.width": 0.25}, 12),
-             "vgg_full": ("lab", {}, 4 if not torch.cuda.is_available() else 12)}
+    sizes = {
+        "demo": ("demo", {}, None),
+        "vgg_w025": ("lab", {"model.width": 0.25}, 12),
+        "vgg_full": ("lab", {}, 4 if not torch.cuda.is_available() else 12),
+    }
     for name, (exp, extra, batch) in sizes.items():
         cfg = _cfg(exp, extra)
         b = batch or cfg.train.batch_size
@@ -101,16 +106,28 @@ def train_steps(results: dict[str, Any]) -> None:
         flops = {k: _flops(fn) for k, fn in steps.items()}
         times = _alternate(steps)
         ours, ref = _rates(times["ours"], b), _rates(times["reference"], b)
-        entry = {f"ours_seq_per_s{k}": v for k, v in ours.items()} | {f"reference_seq_per_s{k}": v for k, v in ref.items()}
-        entry |= {"ratio": ours[""] / ref[""], "ratio_min": ours["_min"] / ref["_max"], "ratio_max": ours["_max"] / ref["_min"],
-                  "flops_per_iter": flops["ours"], "reference_flops_per_iter": flops["reference"],
-                  # what the batched order saves in work alone: the ratio a step at equal FLOP/s would reach
-                  "flop_ratio": flops["reference"] / flops["ours"],
-                  "batch": b, "frames": cfg.train.n_past + cfg.train.n_future, "teacher_forcing": True}
+        entry = {f"ours_seq_per_s{k}": v for k, v in ours.items()} | {
+            f"reference_seq_per_s{k}": v for k, v in ref.items()
+        }
+        entry |= {
+            "ratio": ours[""] / ref[""],
+            "ratio_min": ours["_min"] / ref["_max"],
+            "ratio_max": ours["_max"] / ref["_min"],
+            "flops_per_iter": flops["ours"],
+            "reference_flops_per_iter": flops["reference"],
+            # what the batched order saves in work alone: the ratio a step at equal FLOP/s would reach
+            "flop_ratio": flops["reference"] / flops["ours"],
+            "batch": b,
+            "frames": cfg.train.n_past + cfg.train.n_future,
+            "teacher_forcing": True,
+        }
         results["train_step"][name] = entry
-        print(f"train step {name:9s} batch {b:2d}: ours {ours['']:7.2f} seq/s, reference {ref['']:7.2f} seq/s, "
-              f"ratio {entry['ratio']:.2f} [{entry['ratio_min']:.2f}, {entry['ratio_max']:.2f}] "
-              f"(FLOP ratio {entry['flop_ratio']:.2f})", flush=True)
+        print(
+            f"train step {name:9s} batch {b:2d}: ours {ours['']:7.2f} seq/s, reference {ref['']:7.2f} seq/s, "
+            f"ratio {entry['ratio']:.2f} [{entry['ratio_min']:.2f}, {entry['ratio_max']:.2f}] "
+            f"(FLOP ratio {entry['flop_ratio']:.2f})",
+            flush=True,
+        )
 
 
 def _flops(fn: Callable[[], None]) -> int:
@@ -133,10 +150,18 @@ def hardware(results: dict[str, Any]) -> None:
         mm = _alternate({"mm": lambda: a @ m}, reps=5)["mm"]
         peak = max(peak, 2 * n**3 / min(mm))
     achieved = flops * results["train_step"]["vgg_full"]["ours_seq_per_s"] / b
-    results["hardware"] = {"flops_per_iter": flops, "achieved_flops_per_s": achieved, "peak_matmul_flops_per_s": peak,
-                           "utilisation": achieved / peak, "threads": torch.get_num_threads()}
-    print(f"full-size step: {flops / 1e9:.1f} GFLOP/iteration (batch {b}), {achieved / 1e9:.1f} GFLOP/s achieved, "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s -> {achieved / peak:.0%}", flush=True)
+    results["hardware"] = {
+        "flops_per_iter": flops,
+        "achieved_flops_per_s": achieved,
+        "peak_matmul_flops_per_s": peak,
+        "utilisation": achieved / peak,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"full-size step: {flops / 1e9:.1f} GFLOP/iteration (batch {b}), {achieved / 1e9:.1f} GFLOP/s achieved, "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s -> {achieved / peak:.0%}",
+        flush=True,
+    )
 
 
 def data(results: dict[str, Any]) -> None:
@@ -147,14 +172,23 @@ def data(results: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         cfg = config_mod.load(config_mod.find_experiment("demo"), {"data.cache_dir": f"{tmp}/cache"})
         split = load_split(cfg.data, "validate")
-        course.write_split(Path(tmp) / "tree", "train", np.asarray(split.frames[:256]), np.asarray(split.cond[:256]),
-                           start=512)
-        r = measure(Path(tmp) / "tree", split="train", sequences=256, batch_size=12, n_frames=12, threads=1,
-                    tmp_dir=tmp)
-    results["data"] = {"png_seq_per_s": r["source_seq_per_s"], "cache_seq_per_s": r["cache_seq_per_s"],
-                       "ratio": r["cache_seq_per_s"] / r["source_seq_per_s"], "loader": r["loader"]}
-    print(f"data: PNG tree {r['source_seq_per_s']:.0f} seq/s, cache {r['cache_seq_per_s']:.0f} seq/s "
-          f"-> {results['data']['ratio']:.0f}x", flush=True)
+        course.write_split(
+            Path(tmp) / "tree", "train", np.asarray(split.frames[:256]), np.asarray(split.cond[:256]), start=512
+        )
+        r = measure(
+            Path(tmp) / "tree", split="train", sequences=256, batch_size=12, n_frames=12, threads=1, tmp_dir=tmp
+        )
+    results["data"] = {
+        "png_seq_per_s": r["source_seq_per_s"],
+        "cache_seq_per_s": r["cache_seq_per_s"],
+        "ratio": r["cache_seq_per_s"] / r["source_seq_per_s"],
+        "loader": r["loader"],
+    }
+    print(
+        f"data: PNG tree {r['source_seq_per_s']:.0f} seq/s, cache {r['cache_seq_per_s']:.0f} seq/s "
+        f"-> {results['data']['ratio']:.0f}x",
+        flush=True,
+    )
 
 
 def evaluation(results: dict[str, Any]) -> None:
@@ -170,8 +204,11 @@ def evaluation(results: dict[str, Any]) -> None:
             model = model.to(memory_format=torch.channels_last)
         times = _alternate({"eval": lambda: ev(model)}, reps=3)["eval"]
     n = len(ev.x)
-    results["eval"] = {"seq_per_s": n / statistics.median(times), "sequences": n,
-                       "what": "course protocol (2 in, 10 out) + shuffled-condition pass + posterior pass, PSNR/SSIM"}
+    results["eval"] = {
+        "seq_per_s": n / statistics.median(times),
+        "sequences": n,
+        "what": "course protocol (2 in, 10 out) + shuffled-condition pass + posterior pass, PSNR/SSIM",
+    }
     print(f"evaluation: {results['eval']['seq_per_s']:.0f} sequences/s ({n} sequences, demo model)", flush=True)
 
 
@@ -184,10 +221,13 @@ def _get(results: dict[str, Any], key: str) -> float | None:
 
 def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x {torch.get_num_threads()} threads",
-                               "torch": torch.__version__, "train_step": {},
-                               # as the trainer does on a CPU; one process, so both steps of each pair get it
-                               "malloc_keeps_freed_memory": device == "cpu" and keep_freed_memory()}
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "train_step": {},
+        # as the trainer does on a CPU; one process, so both steps of each pair get it
+        "malloc_keeps_freed_memory": device == "cpu" and keep_freed_memory(),
+    }
     start = time.perf_counter()
     for part in (train_steps, hardware, data, evaluation):
         part(results)

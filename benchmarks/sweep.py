@@ -52,20 +52,35 @@ def run(spec: dict, folder: Path) -> dict:
     """Run one copy of the study (2 workers) in `folder`; epochs trained and the best configuration mean."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec['name']}.yaml"
-    spec = {**spec, "overrides": {**spec.get("overrides", {}), "run.out_dir": str(folder / "runs"),
-                                  "tracking.system_metrics": False}}
+    spec = {
+        **spec,
+        "overrides": {
+            **spec.get("overrides", {}),
+            "run.out_dir": str(folder / "runs"),
+            "tracking.system_metrics": False,
+        },
+    }
     path.write_text(yaml.safe_dump(spec))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", str(path), "--workers", "2"], cwd=folder, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "sweep", str(path), "--workers", "2"],
+        cwd=folder,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name=spec["name"], storage=f"sqlite:///{folder / 'runs' / 'optuna.db'}")
     trials = study.get_trials()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     curves = [(dict(t.intermediate_values), t.value) for t in done]
-    return {"curves": curves, "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials), "runs": len(trials),
-            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
-            "best_psnr": max((t.value for t in done), default=float("nan")), "seconds": seconds}
+    return {
+        "curves": curves,
+        "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+        "runs": len(trials),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+        "best_psnr": max((t.value for t in done), default=float("nan")),
+        "seconds": seconds,
+    }
 
 
 def judge_rungs(rungs: dict[int, dict[str, float]], pruner: dict, niter: int) -> tuple[bool, str]:
@@ -76,8 +91,10 @@ def judge_rungs(rungs: dict[int, dict[str, float]], pruner: dict, niter: int) ->
         return True, f"no pruner decides (rank correlation with the final value: {corr})"
     first = max(1, int(pruner.get("warmup_epochs", 0)))
     below = [e for e, r in rungs.items() if first <= e < niter and r["spearman"] < MIN_RUNG_CORRELATION]
-    return not below, (f"the pruner decides from epoch {first}; rank correlation with the final value ({corr}) is "
-                       f">= {MIN_RUNG_CORRELATION} at every epoch it decides" + (f" except {below}" if below else ""))
+    return not below, (
+        f"the pruner decides from epoch {first}; rank correlation with the final value ({corr}) is "
+        f">= {MIN_RUNG_CORRELATION} at every epoch it decides" + (f" except {below}" if below else "")
+    )
 
 
 def main() -> int:
@@ -91,16 +108,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cvae-bench-sweep-") as tmp:
         for seed in SAMPLER_SEEDS:
             seeded = {**spec, "sampler": {**spec["sampler"], "seed": seed}}
-            without = run({**seeded, "name": "demo_tpe_nopruning", "pruner": {"type": "none"}},
-                          Path(tmp) / f"without-{seed}")
+            without = run(
+                {**seeded, "name": "demo_tpe_nopruning", "pruner": {"type": "none"}}, Path(tmp) / f"without-{seed}"
+            )
             unpruned += without["curves"]
-            row = {"sampler_seed": seed, "epochs_without": without["epochs"], "best_psnr_without": without["best_psnr"],
-                   "seconds_without": without["seconds"]}
+            row = {
+                "sampler_seed": seed,
+                "epochs_without": without["epochs"],
+                "best_psnr_without": without["best_psnr"],
+                "seconds_without": without["seconds"],
+            }
             if shipped:
                 with_p = run(seeded, Path(tmp) / f"with-{seed}")
-                row |= {"epochs_with_pruning": with_p["epochs"], "saved_fraction": 1 - with_p["epochs"] / without["epochs"],
-                        "best_psnr_with_pruning": with_p["best_psnr"], "gap_db": without["best_psnr"] - with_p["best_psnr"],
-                        "pruned_runs": with_p["pruned"], "seconds_with": with_p["seconds"]}
+                row |= {
+                    "epochs_with_pruning": with_p["epochs"],
+                    "saved_fraction": 1 - with_p["epochs"] / without["epochs"],
+                    "best_psnr_with_pruning": with_p["best_psnr"],
+                    "gap_db": without["best_psnr"] - with_p["best_psnr"],
+                    "pruned_runs": with_p["pruned"],
+                    "seconds_with": with_p["seconds"],
+                }
             by_seed.append(row)
             print(json.dumps(row), flush=True)
     rungs = rung_correlations(unpruned)
@@ -114,14 +141,18 @@ def main() -> int:
         gap = max(r["gap_db"] for r in by_seed)
         out |= {**total, "saved_fraction": saved, "worst_gap_db": gap}
         each = ", ".join(f"{r['saved_fraction']:.0%}" for r in by_seed)
-        lines += [f"{'PASS' if saved >= TARGET_SAVED else 'FAIL'}  pruning saves {saved:.0%} of the epochs over "
-                  f"{len(by_seed)} sampler seeds ({each}) (>= {TARGET_SAVED:.0%})",
-                  f"{'PASS' if gap <= TARGET_GAP_DB else 'FAIL'}  best value at most {gap:+.2f} dB from the unpruned "
-                  f"study's (<= {TARGET_GAP_DB} dB)"]
+        lines += [
+            f"{'PASS' if saved >= TARGET_SAVED else 'FAIL'}  pruning saves {saved:.0%} of the epochs over "
+            f"{len(by_seed)} sampler seeds ({each}) (>= {TARGET_SAVED:.0%})",
+            f"{'PASS' if gap <= TARGET_GAP_DB else 'FAIL'}  best value at most {gap:+.2f} dB from the unpruned "
+            f"study's (<= {TARGET_GAP_DB} dB)",
+        ]
         ok = ok and saved >= TARGET_SAVED and gap <= TARGET_GAP_DB
     else:
-        lines.append("note  demo_tpe ships no pruner (no epoch before the last ranks configurations like the end), "
-                     "so there is no saving to measure; its race over seeds is what saves runs")
+        lines.append(
+            "note  demo_tpe ships no pruner (no epoch before the last ranks configurations like the end), "
+            "so there is no saving to measure; its race over seeds is what saves runs"
+        )
     Path("bench").mkdir(exist_ok=True)
     (Path("bench") / "sweep.json").write_text(json.dumps(out, indent=1) + "\n")
     print("\n".join(lines))

@@ -85,11 +85,15 @@ def cmd_schedules(ns: argparse.Namespace) -> int:
     epochs = list(range(1, t.niter + 1))
     tfr = [teacher_forcing_ratio(ep, cfg.tf, t.niter) for ep in epochs]
     out = Path(ns.out) if ns.out else Path(cfg.run.out_dir) / cfg.run.name / "schedules.png"
-    title = f"{cfg.run.name}: KL {cfg.kl.mode} (cycles {cfg.kl.cycles}, ratio {cfg.kl.ratio}), " \
-            f"TF decay from epoch {cfg.tf.start_decay_epoch}"
+    title = (
+        f"{cfg.run.name}: KL {cfg.kl.mode} (cycles {cfg.kl.cycles}, ratio {cfg.kl.ratio}), "
+        f"TF decay from epoch {cfg.tf.start_decay_epoch}"
+    )
     schedule_plot(its / t.epoch_size, beta, epochs, tfr, out, title)
-    print(f"wrote {out}  (epochs {t.niter} x {t.epoch_size} iterations; "
-          f"tfr {tfr[0]:.2f} -> {tfr[-1]:.2f}; beta max {max(beta):.3g})")
+    print(
+        f"wrote {out}  (epochs {t.niter} x {t.epoch_size} iterations; "
+        f"tfr {tfr[0]:.2f} -> {tfr[-1]:.2f}; beta max {max(beta):.3g})"
+    )
     return 0
 
 
@@ -106,8 +110,10 @@ def cmd_data_preview(ns: argparse.Namespace) -> int:
     out = Path(ns.out) if ns.out else Path(cfg.run.out_dir) / "preview"
     gif = sequences_gif(out / f"{cfg.data.name}_{ns.split}.gif", list(x), ncols=min(4, n))
     strip = save_strip(out / f"{cfg.data.name}_{ns.split}_strip.png", list(x[: min(n, 4)]))
-    print(f"wrote {gif} and {strip} ({n} sequences of {cfg.data.name}/{ns.split}, "
-          f"{len(split)} in the split; cond[0] of sequence 0: {np.round(c[0, 0].numpy(), 3).tolist()})")
+    print(
+        f"wrote {gif} and {strip} ({n} sequences of {cfg.data.name}/{ns.split}, "
+        f"{len(split)} in the split; cond[0] of sequence 0: {np.round(c[0, 0].numpy(), 3).tolist()})"
+    )
     return 0
 
 
@@ -169,8 +175,14 @@ def cmd_data_convert(ns: argparse.Namespace) -> int:
         raise DataError("--validate applies to --to course; the cache keeps the loader's own split rule")
     try:
         if ns.to == "course":
-            report = convert.to_course(ns.src, ns.dest, camera=ns.camera, validate=ns.validate,
-                                       skip_bad=ns.skip_bad, workers=_workers(ns.workers))
+            report = convert.to_course(
+                ns.src,
+                ns.dest,
+                camera=ns.camera,
+                validate=ns.validate,
+                skip_bad=ns.skip_bad,
+                workers=_workers(ns.workers),
+            )
         else:
             report = convert.to_cache(ns.src, ns.dest, skip_bad=ns.skip_bad)
     except DamagedData as exc:
@@ -198,8 +210,9 @@ def cmd_data_check(ns: argparse.Namespace) -> int:
 
     from cvae.data import check, sources
 
-    report = check.check(ns.root, seq_len=ns.seq_len, workers=_workers(ns.workers),
-                         on_bad=lambda message: tqdm.write(f"bad: {message}"))
+    report = check.check(
+        ns.root, seq_len=ns.seq_len, workers=_workers(ns.workers), on_bad=lambda message: tqdm.write(f"bad: {message}")
+    )
     print(f"{ns.root}: {sources.KIND_NAMES[report.kind]}")
     for split, n in report.sequences.items():
         bad = report.bad_per_split[split]
@@ -215,8 +228,9 @@ def cmd_data_bench(ns: argparse.Namespace) -> int:
     if ns.frames > 30:
         raise DataError(f"--frames {ns.frames}: BAIR sequences have 30 frames")
     try:
-        r = bench.measure(ns.root, split=ns.split, sequences=ns.n, batch_size=ns.batch_size, n_frames=ns.frames,
-                          threads=ns.threads)
+        r = bench.measure(
+            ns.root, split=ns.split, sequences=ns.n, batch_size=ns.batch_size, n_frames=ns.frames, threads=ns.threads
+        )
     except DamagedData as exc:
         print(f"cvae: error: {exc} (run `cvae data check {ns.root}`)", file=sys.stderr)
         return 1
@@ -246,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
     sub.add_parser("sweep repair", help="close MLflow runs whose trial is no longer alive: cvae sweep repair STUDY")
     sub.add_parser("report", help="comparison report of a study: cvae report [STUDY]")
-    sub.add_parser("register", help="the study's winner into MLflow's Model Registry as cvae-<study>: cvae register STUDY")
+    sub.add_parser(
+        "register", help="the study's winner into MLflow's Model Registry as cvae-<study>: cvae register STUDY"
+    )
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="experiment (name or YAML path) then section.key=value overrides")
@@ -255,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("eval", help="the course's score of a checkpoint on a whole split: cvae eval RUN_DIR|CHECKPOINT")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its best.pt) or a checkpoint file")
-    p.add_argument("overrides", nargs="*", default=[],
-                   help="section.key=value of run/data/eval/tracking (e.g. data.root=...)")
+    p.add_argument(
+        "overrides", nargs="*", default=[], help="section.key=value of run/data/eval/tracking (e.g. data.root=...)"
+    )
     # checked by the command, not argparse: a bad value is one line, like every other mistake
     p.add_argument("--split", default="test", help="train, validate or test (default test)")
     p.add_argument("--samples", metavar="N", help="also score the best of N samples per sequence by SSIM (SVG)")
-    p.add_argument("--horizon", metavar="N", help="frames to predict (default the checkpoint's eval.n_future, "
-                                                  "e.g. 28 for SVG's protocol)")
+    p.add_argument(
+        "--horizon",
+        metavar="N",
+        help="frames to predict (default the checkpoint's eval.n_future, e.g. 28 for SVG's protocol)",
+    )
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("schedules", help="plot KL weight and teacher-forcing ratio before training")
@@ -284,28 +304,40 @@ def main(argv: list[str] | None = None) -> int:
     p = data.add_parser("convert", help="original TFRecords -> course PNG+CSV tree, or a source -> the cache")
     p.add_argument("src", help="softmotion30_44k/ (or the folder holding it); a course tree too with --to cache")
     p.add_argument("dest", help="new or empty folder, or the DEST of an earlier run to resume")
-    p.add_argument("--to", choices=["course", "cache"], default="course",
-                   help="course: PNG+CSV tree; cache: memory-mapped arrays for data.cache_dir=DEST")
+    p.add_argument(
+        "--to",
+        choices=["course", "cache"],
+        default="course",
+        help="course: PNG+CSV tree; cache: memory-mapped arrays for data.cache_dir=DEST",
+    )
     p.add_argument("--camera", choices=["aux1", "main"], default="aux1", help="aux1 is the course's view")
-    p.add_argument("--validate", metavar="FILE",
-                   help="train file that becomes the validate split (default: the lowest-numbered, traj_256_to_511)")
+    p.add_argument(
+        "--validate",
+        metavar="FILE",
+        help="train file that becomes the validate split (default: the lowest-numbered, traj_256_to_511)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip damaged records/files and list them")
-    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
-                   help="processes for --to course (0 = one per core, max 8)")
+    p.add_argument(
+        "--workers",
+        type=_at_least(0),
+        default=0,
+        metavar="N",
+        help="processes for --to course (0 = one per core, max 8)",
+    )
     p.set_defaults(fn=cmd_data_convert)
     p = data.add_parser("check", help="read every file and record of a course tree or TFRecord folder")
     p.add_argument("root")
     p.add_argument("--seq-len", type=_at_least(1), default=30, help="frames every sequence must have")
-    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
-                   help="processes (0 = one per core, max 8)")
+    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N", help="processes (0 = one per core, max 8)")
     p.set_defaults(fn=cmd_data_check)
     p = data.add_parser("bench", help="sequences/s from the source files and from the cache")
     p.add_argument("root")
     p.add_argument("--split", default="train", choices=["train", "validate", "test"])
     p.add_argument("-n", type=_at_least(1), default=256, help="sequences to read")
     p.add_argument("--batch-size", type=_at_least(1), default=12)
-    p.add_argument("--frames", type=_at_least(1), default=12,
-                   help="frames per batch sequence (n_past + n_future, <= 30)")
+    p.add_argument(
+        "--frames", type=_at_least(1), default=12, help="frames per batch sequence (n_past + n_future, <= 30)"
+    )
     p.add_argument("--threads", type=_at_least(1), default=1, help="torch threads while batching")
     p.set_defaults(fn=cmd_data_bench)
 

@@ -186,6 +186,7 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 # helpers
 
+
 def _field_types(section: str) -> dict[str, Any]:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
@@ -238,8 +239,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark else ""
         if isinstance(e, yaml.constructor.ConstructorError) and "tag:yaml.org,2002:" in str(e.problem or ""):
             tag = "!!" + str(e.problem).split("tag:yaml.org,2002:", 1)[1].rstrip("'")
-            raise ConfigError(f"{path}{where}: the tag {tag} is refused (plain values only: a tag could run code)") \
-                from None
+            raise ConfigError(
+                f"{path}{where}: the tag {tag} is refused (plain values only: a tag could run code)"
+            ) from None
         raise ConfigError(f"{path}{where}: not valid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
@@ -337,26 +339,48 @@ def _require(cond: bool, msg: str) -> None:
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     t, d, e = cfg.train, cfg.data, cfg.eval
-    for key in ("train.lr", "train.batch_size", "train.niter", "train.epoch_size", "train.n_future",
-                "model.width", "model.g_dim", "model.z_dim", "model.rnn_size", "model.posterior_layers",
-                "model.prior_layers", "model.predictor_layers", "model.cond_dim", "data.seq_len",
-                "eval.every", "eval.n_past", "eval.n_future", "eval.batch_size", "eval.samples"):
+    for key in (
+        "train.lr",
+        "train.batch_size",
+        "train.niter",
+        "train.epoch_size",
+        "train.n_future",
+        "model.width",
+        "model.g_dim",
+        "model.z_dim",
+        "model.rnn_size",
+        "model.posterior_layers",
+        "model.prior_layers",
+        "model.predictor_layers",
+        "model.cond_dim",
+        "data.seq_len",
+        "eval.every",
+        "eval.n_past",
+        "eval.n_future",
+        "eval.batch_size",
+        "eval.samples",
+    ):
         section, _, k = key.partition(".")
         v = getattr(getattr(cfg, section), k)
         _require(v > 0, f"{key}: must be positive, got {v}")
     _require(t.n_past >= 1, f"train.n_past: must be at least 1, got {t.n_past}")
     _require(0.0 <= t.beta1 < 1.0, f"train.beta1: must be in [0, 1), got {t.beta1}")
     _require(t.grad_clip >= 0, f"train.grad_clip: must be >= 0, got {t.grad_clip}")
-    _require(t.n_past + t.n_future <= d.seq_len,
-             f"train.n_past + train.n_future = {t.n_past + t.n_future} exceeds data.seq_len = {d.seq_len}")
-    _require(e.n_past + e.n_future <= d.seq_len,
-             f"eval.n_past + eval.n_future = {e.n_past + e.n_future} exceeds data.seq_len = {d.seq_len}")
+    _require(
+        t.n_past + t.n_future <= d.seq_len,
+        f"train.n_past + train.n_future = {t.n_past + t.n_future} exceeds data.seq_len = {d.seq_len}",
+    )
+    _require(
+        e.n_past + e.n_future <= d.seq_len,
+        f"eval.n_past + eval.n_future = {e.n_past + e.n_future} exceeds data.seq_len = {d.seq_len}",
+    )
     _require(d.seq_len <= 30, f"data.seq_len: BAIR sequences have 30 frames, got {d.seq_len}")
     for key in ("tf.ratio", "tf.lower_bound"):
         v = getattr(cfg.tf, key.split(".")[1])
         _require(0.0 <= v <= 1.0, f"{key}: must be in [0, 1], got {v}")
-    _require(cfg.tf.lower_bound <= cfg.tf.ratio,
-             f"tf.lower_bound: {cfg.tf.lower_bound} is above tf.ratio {cfg.tf.ratio}")
+    _require(
+        cfg.tf.lower_bound <= cfg.tf.ratio, f"tf.lower_bound: {cfg.tf.lower_bound} is above tf.ratio {cfg.tf.ratio}"
+    )
     _require(cfg.tf.start_decay_epoch >= 0, f"tf.start_decay_epoch: must be >= 0, got {cfg.tf.start_decay_epoch}")
     _require(cfg.tf.decay_step >= 0, f"tf.decay_step: must be >= 0, got {cfg.tf.decay_step}")
     _require(cfg.kl.cycles >= 1, f"kl.cycles: must be at least 1, got {cfg.kl.cycles}")
@@ -369,7 +393,10 @@ def validate(cfg: Config) -> None:
     _require(e.gif_sequences >= 0, f"eval.gif_sequences: must be >= 0, got {e.gif_sequences}")
     _require(cfg.run.threads >= 0, f"run.threads: must be >= 0, got {cfg.run.threads}")
     _require(cfg.run.prefetch >= 0, f"run.prefetch: must be >= 0, got {cfg.run.prefetch}")
-    _require(cfg.run.frames_per_call >= -1, f"run.frames_per_call: must be -1 (auto), 0 (all) or more, got {cfg.run.frames_per_call}")
+    _require(
+        cfg.run.frames_per_call >= -1,
+        f"run.frames_per_call: must be -1 (auto), 0 (all) or more, got {cfg.run.frames_per_call}",
+    )
     _require(cfg.tracking.outage_wait_s >= 0, f"tracking.outage_wait_s: must be >= 0, got {cfg.tracking.outage_wait_s}")
     if d.name in ("bair", "tfrecord"):
         _require(bool(d.root), f"data.root: required for data.name={d.name}")
@@ -385,5 +412,3 @@ def diff_from_defaults(cfg: Config) -> dict[str, Any]:
     base = Config().flat()
     skip = {"run.name", "run.out_dir", "tracking.uri", "tracking.experiment"}
     return {k: v for k, v in cfg.flat().items() if base[k] != v and k not in skip}
-
-

@@ -32,8 +32,12 @@ FORMAT_VERSION = 1
 CHECKPOINT = "best.pt"
 # sections whose overrides cannot change an evaluation: the weights fix the model, the rest is training
 _TRAINING_ONLY = "training settings have no effect on an evaluation (its protocol is eval.*, --horizon, --samples)"
-FIXED = {"model": "the checkpoint's weights fix the model", "train": _TRAINING_ONLY, "tf": _TRAINING_ONLY,
-         "kl": _TRAINING_ONLY}
+FIXED = {
+    "model": "the checkpoint's weights fix the model",
+    "train": _TRAINING_ONLY,
+    "tf": _TRAINING_ONLY,
+    "kl": _TRAINING_ONLY,
+}
 ARTIFACT_DIR = "eval"
 
 
@@ -67,8 +71,10 @@ class Outcome:
         """The one line a user reads at the end."""
         m, p = self.metrics, self.tag
         best = f", best of {self.samples} {m[f'{p}/psnr_best']:.2f} dB" if self.samples > 1 else ""
-        return (f"{p}/psnr={m[f'{p}/psnr']:.2f} dB (copy-last {m[f'{p}/psnr_copy_last']:.2f} dB{best}) "
-                f"on {self.sequences} sequences -> {self.files['json']}")
+        return (
+            f"{p}/psnr={m[f'{p}/psnr']:.2f} dB (copy-last {m[f'{p}/psnr_copy_last']:.2f} dB{best}) "
+            f"on {self.sequences} sequences -> {self.files['json']}"
+        )
 
 
 # checking the request
@@ -145,8 +151,10 @@ def eval_config(saved: Config, overrides: dict[str, str], samples: int | None, h
     base = config_mod.build({**saved.flat(), "eval.sequences": 0, **overrides})
     e, seq_len = base.eval, base.data.seq_len
     if horizon is not None and e.n_past + horizon > seq_len:
-        raise ConfigError(f"--horizon {horizon}: {e.n_past} frames in + {horizon} predicted exceeds the "
-                          f"{seq_len} frames of each sequence (data.seq_len); at most --horizon {seq_len - e.n_past}")
+        raise ConfigError(
+            f"--horizon {horizon}: {e.n_past} frames in + {horizon} predicted exceeds the "
+            f"{seq_len} frames of each sequence (data.seq_len); at most --horizon {seq_len - e.n_past}"
+        )
     extra = {"eval.samples": samples, "eval.n_future": horizon}
     return config_mod.build({**base.flat(), **{k: v for k, v in extra.items() if v is not None}})
 
@@ -161,8 +169,13 @@ def result_tag(split: str, saved: Config, cfg: Config) -> str:
     return tag
 
 
-def plan(target: str | Path, split: str = "test", samples: str | int | None = None, horizon: str | int | None = None,
-         overrides: list[str] | None = None) -> Plan:
+def plan(
+    target: str | Path,
+    split: str = "test",
+    samples: str | int | None = None,
+    horizon: str | int | None = None,
+    overrides: list[str] | None = None,
+) -> Plan:
     """Check a `cvae eval` request without writing anything."""
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -178,8 +191,16 @@ def plan(target: str | Path, split: str = "test", samples: str | int | None = No
     state = read_checkpoint(checkpoint)
     saved = saved_config(checkpoint, state)
     cfg = eval_config(saved, overrides_, n_samples, n_future)
-    return Plan(checkpoint=checkpoint, out_dir=checkpoint.parent, cfg=cfg, split=split,
-                tag=result_tag(split, saved, cfg), epoch=int(state["epoch"]), run_id=state.get("run_id"), state=state)
+    return Plan(
+        checkpoint=checkpoint,
+        out_dir=checkpoint.parent,
+        cfg=cfg,
+        split=split,
+        tag=result_tag(split, saved, cfg),
+        epoch=int(state["epoch"]),
+        run_id=state.get("run_id"),
+        state=state,
+    )
 
 
 # outputs
@@ -188,8 +209,12 @@ def plan(target: str | Path, split: str = "test", samples: str | int | None = No
 def output_paths(out_dir: Path, tag: str) -> dict[str, Path]:
     """Where one evaluation's files go."""
     stem = out_dir / f"eval_{tag}"
-    return {"json": stem.with_suffix(".json"), "plot": out_dir / f"eval_{tag}_per_step.png",
-            "gif": stem.with_suffix(".gif"), "strip": out_dir / f"eval_{tag}_strip.png"}
+    return {
+        "json": stem.with_suffix(".json"),
+        "plot": out_dir / f"eval_{tag}_per_step.png",
+        "gif": stem.with_suffix(".gif"),
+        "strip": out_dir / f"eval_{tag}_strip.png",
+    }
 
 
 def _number(v: float) -> float | None:
@@ -204,10 +229,15 @@ def _numbers(a: np.ndarray) -> list[float | None] | list[int]:
 
 def report_data(ev: Evaluation, settings: dict[str, Any]) -> dict[str, Any]:
     """Everything eval_<tag>.json holds: scalars, per-step arrays, KL diagnostics and the settings used."""
-    return {"format_version": FORMAT_VERSION, "settings": settings,
-            "metrics": {k: _number(v) for k, v in ev.metrics.items()},
-            "per_step": {k: _numbers(v) for k, v in ev.per_step.items()},
-            "kld_step": _numbers(ev.kld_step), "kld_dim": _numbers(ev.kld_dim), "mu_var": _numbers(ev.mu_var)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "settings": settings,
+        "metrics": {k: _number(v) for k, v in ev.metrics.items()},
+        "per_step": {k: _numbers(v) for k, v in ev.per_step.items()},
+        "kld_step": _numbers(ev.kld_step),
+        "kld_dim": _numbers(ev.kld_dim),
+        "mu_var": _numbers(ev.mu_var),
+    }
 
 
 def settings_of(p: Plan, sequences: int, split_size: int, device: str) -> dict[str, Any]:
@@ -217,21 +247,35 @@ def settings_of(p: Plan, sequences: int, split_size: int, device: str) -> dict[s
     from cvae.evaluate import EVAL_SEED_OFFSET
 
     e, d = p.cfg.eval, p.cfg.data
-    return {"split": p.split, "tag": p.tag, "sequences": sequences, "split_sequences": split_size,
-            "samples": e.samples, "n_past": e.n_past, "horizon": e.n_future, "batch_size": e.batch_size,
-            "checkpoint": str(p.checkpoint.resolve()), "epoch": p.epoch, "best_epoch": p.state.get("best_epoch"),
-            "run_id": p.run_id, "seed": p.cfg.run.seed, "noise_seed": p.cfg.run.seed + EVAL_SEED_OFFSET,
-            "device": device, "amp": p.cfg.run.amp and device.startswith("cuda"), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "data": {"name": d.name, "root": str(Path(d.root).resolve()) if d.root else "", "seq_len": d.seq_len},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "split": p.split,
+        "tag": p.tag,
+        "sequences": sequences,
+        "split_sequences": split_size,
+        "samples": e.samples,
+        "n_past": e.n_past,
+        "horizon": e.n_future,
+        "batch_size": e.batch_size,
+        "checkpoint": str(p.checkpoint.resolve()),
+        "epoch": p.epoch,
+        "best_epoch": p.state.get("best_epoch"),
+        "run_id": p.run_id,
+        "seed": p.cfg.run.seed,
+        "noise_seed": p.cfg.run.seed + EVAL_SEED_OFFSET,
+        "device": device,
+        "amp": p.cfg.run.amp and device.startswith("cuda"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "data": {"name": d.name, "root": str(Path(d.root).resolve()) if d.root else "", "seq_len": d.seq_len},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def per_step_figure(per_step: dict[str, np.ndarray], samples: int, path: Path, title: str) -> Path:
     """PSNR and SSIM per predicted frame: model, copy-last and (samples > 1) best of N by SSIM."""
-    from cvae.plots import save_figure  # picks the headless backend before pyplot is imported
-
     import matplotlib.pyplot as plt
+
+    from cvae.plots import save_figure  # picks the headless backend before pyplot is imported
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric, unit in zip(axes, ("psnr", "ssim"), ("dB", "SSIM")):
@@ -285,8 +329,10 @@ def tracking_target(cfg: Config, run_id: str | None) -> tuple[RunTarget | None, 
 
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None, (f"no MLflow store at {uri} (run from the folder you trained in, or give "
-                      "tracking.uri=... or run.out_dir=...)")
+        return None, (
+            f"no MLflow store at {uri} (run from the folder you trained in, or give "
+            "tracking.uri=... or run.out_dir=...)"
+        )
     try:
         client = make_client(cfg)
         run = client.get_run(run_id)

@@ -58,7 +58,7 @@ class Evaluator:
         n = len(split) if e.sequences == 0 else min(e.sequences, len(split))
         self.x, self.cond = to_tensors(split, np.arange(n), e.n_past + e.n_future)
         self.cond_shuffled = self.cond[shuffled_index(n)]
-        future = self.x[:, e.n_past:]
+        future = self.x[:, e.n_past :]
         last = self.x[:, e.n_past - 1 : e.n_past]
         copy = last.expand_as(future)
         self.mask = moving_mask(future, last)  # (N, n_future, 1, H, W)
@@ -76,7 +76,7 @@ class Evaluator:
             c = cond[i : i + e.batch_size].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = model.predict(x, c, e.n_past, e.n_future)
-            pred, target = pred[:, e.n_past:].float().clamp_(0, 1), x[:, e.n_past:]
+            pred, target = pred[:, e.n_past :].float().clamp_(0, 1), x[:, e.n_past :]
             out["psnr"].append(psnr(pred, target).cpu())
             if full:
                 out["ssim"].append(ssim(pred, target).cpu())
@@ -121,11 +121,17 @@ class Evaluator:
         ss = torch.stack([r["ssim"] for r in runs])
         p0, moving = ps[0], runs[0]["psnr_moving"]
         mu_var, n_active = active_units(mu)
-        metrics = {f"{p}/psnr": _nanmean(p0), f"{p}/ssim": _nanmean(ss[0]),
-                   f"{p}/psnr_copy_last": _nanmean(self.copy_psnr), f"{p}/ssim_copy_last": _nanmean(self.copy_ssim),
-                   f"{p}/psnr_moving": _nanmean(moving), f"{p}/psnr_moving_copy_last": _nanmean(self.copy_psnr_moving),
-                   f"{p}/cond_gain": _nanmean(p0) - _nanmean(p_shuffled),
-                   f"{p}/kld": float(kl_td.sum(1).mean()), f"{p}/active_dims": float(n_active)}
+        metrics = {
+            f"{p}/psnr": _nanmean(p0),
+            f"{p}/ssim": _nanmean(ss[0]),
+            f"{p}/psnr_copy_last": _nanmean(self.copy_psnr),
+            f"{p}/ssim_copy_last": _nanmean(self.copy_ssim),
+            f"{p}/psnr_moving": _nanmean(moving),
+            f"{p}/psnr_moving_copy_last": _nanmean(self.copy_psnr_moving),
+            f"{p}/cond_gain": _nanmean(p0) - _nanmean(p_shuffled),
+            f"{p}/kld": float(kl_td.sum(1).mean()),
+            f"{p}/active_dims": float(n_active),
+        }
         if e.samples > 1:
             # SVG protocol: per sequence, keep the sample with the best mean SSIM
             best = ss.mean(2).argmax(0)
@@ -133,13 +139,25 @@ class Evaluator:
             metrics[f"{p}/psnr_best"] = _nanmean(ps[best, idx])
             metrics[f"{p}/ssim_best"] = _nanmean(ss[best, idx])
         col = lambda t: torch.nanmean(t.double(), dim=0).numpy()  # noqa: E731 - mean over sequences per frame
-        per_step = {"frame": np.arange(e.n_past, e.n_past + e.n_future), "psnr": col(p0),
-                    "psnr_copy_last": col(self.copy_psnr), "psnr_moving": col(moving),
-                    "psnr_moving_copy_last": col(self.copy_psnr_moving), "cond_gain": col(p0) - col(p_shuffled),
-                    "ssim": col(ss[0]), "ssim_copy_last": col(self.copy_ssim)}
+        per_step = {
+            "frame": np.arange(e.n_past, e.n_past + e.n_future),
+            "psnr": col(p0),
+            "psnr_copy_last": col(self.copy_psnr),
+            "psnr_moving": col(moving),
+            "psnr_moving_copy_last": col(self.copy_psnr_moving),
+            "cond_gain": col(p0) - col(p_shuffled),
+            "ssim": col(ss[0]),
+            "ssim_copy_last": col(self.copy_ssim),
+        }
         if e.samples > 1:
             per_step |= {"psnr_best": col(ps[best, idx]), "ssim_best": col(ss[best, idx])}
         n_gif = e.gif_sequences
         gif_pred = torch.cat([self.x[:n_gif, : e.n_past], runs[0]["gif"]], 1)
-        return Evaluation(metrics=metrics, per_step=per_step, kld_step=kl_td.sum(1).numpy(),
-                          kld_dim=kl_td.mean(0).numpy(), mu_var=mu_var.numpy(), gif=(self.x[:n_gif], gif_pred))
+        return Evaluation(
+            metrics=metrics,
+            per_step=per_step,
+            kld_step=kl_td.sum(1).numpy(),
+            kld_dim=kl_td.mean(0).numpy(),
+            mu_var=mu_var.numpy(),
+            gif=(self.x[:n_gif], gif_pred),
+        )

@@ -23,8 +23,10 @@ def _plan(text: str) -> dict[str, int]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, n = item.partition(":")
         if name not in POINTS or not n.isdigit() or int(n) < 1:
-            raise SystemExit(f"cvae: error: CVAE_FAULTS: {item!r} is not <point>:<n> with n >= 1 and the point one of "
-                             f"{', '.join(POINTS)}")
+            raise SystemExit(
+                f"cvae: error: CVAE_FAULTS: {item!r} is not <point>:<n> with n >= 1 and the point one of "
+                f"{', '.join(POINTS)}"
+            )
         plan[name] = int(n)
     return plan
 

@@ -100,10 +100,12 @@ def experiment_name(cfg: Config) -> str:
 
 def _git_info() -> dict[str, str]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     if not commit:
@@ -157,8 +159,11 @@ class MlflowTracker(Tracker):
                     return
                 raise
             self._pending.pop(0)
-        print(f"tracking: {self.client.tracking_uri} answers again; queued logging of run {self.run_id} replayed",
-              file=sys.stderr, flush=True)
+        print(
+            f"tracking: {self.client.tracking_uri} answers again; queued logging of run {self.run_id} replayed",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """One logging call. While an http(s) server is unreachable, calls queue (training goes on; metrics.csv,
@@ -173,8 +178,12 @@ class MlflowTracker(Tracker):
             except Exception:
                 if not self._server_down():
                     raise
-                print(f"tracking: {self.client.tracking_uri} unreachable; training goes on and the logging of run "
-                      f"{self.run_id} is queued until it answers", file=sys.stderr, flush=True)
+                print(
+                    f"tracking: {self.client.tracking_uri} unreachable; training goes on and the logging of run "
+                    f"{self.run_id} is queued until it answers",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self._pending.append((fn, args, kwargs))
         if self._finished:
             self._wait_for_server()
@@ -188,10 +197,13 @@ class MlflowTracker(Tracker):
             if self._pending:
                 time.sleep(2.0)
         if self._pending:
-            print(f"tracking: {self.client.tracking_uri} still unreachable after {self._wait_s:g} s; "
-                  f"{len(self._pending)} logging call(s) of run {self.run_id} are lost there (the run folder has "
-                  "everything); `cvae sweep repair STUDY` closes the run once the server is back",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tracking: {self.client.tracking_uri} still unreachable after {self._wait_s:g} s; "
+                f"{len(self._pending)} logging call(s) of run {self.run_id} are lost there (the run folder has "
+                "everything); `cvae sweep repair STUDY` closes the run once the server is back",
+                file=sys.stderr,
+                flush=True,
+            )
             self._pending.clear()
 
     def start(self, cfg: Config, run_dir: Path, resume_run_id: str | None = None) -> None:
@@ -204,9 +216,15 @@ class MlflowTracker(Tracker):
             self._logged_steps = self._last_steps(resume_run_id)
         else:
             exp_id = ensure_experiment(self.client, experiment_name(cfg), artifact_root(cfg))
-            tags = {"dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
-                    "run_dir": str(Path(run_dir).resolve()), "command": shlex.join(sys.argv),
-                    "torch": _version("torch"), "mlflow": _version("mlflow"), **_git_info(), **self.extra_tags}
+            tags = {
+                "dataset": cfg.data.name if not cfg.data.root else f"{cfg.data.name}:{cfg.data.root}",
+                "run_dir": str(Path(run_dir).resolve()),
+                "command": shlex.join(sys.argv),
+                "torch": _version("torch"),
+                "mlflow": _version("mlflow"),
+                **_git_info(),
+                **self.extra_tags,
+            }
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
             run = self.client.create_run(exp_id, tags=tags, run_name=run_name(cfg))
@@ -236,16 +254,24 @@ class MlflowTracker(Tracker):
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         except ImportError:
             return
-        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
-                                             resume_logging=True, tracking_uri=self.client.tracking_uri)
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=10,
+            samples_before_logging=1,
+            resume_logging=True,
+            tracking_uri=self.client.tracking_uri,
+        )
         self._monitor.start()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if v is not None and step > self._logged_steps.get(k, -1)]
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and step > self._logged_steps.get(k, -1)
+        ]
         if batch:
             self._call(self.client.log_batch, self.run_id, metrics=batch)
             faults.point("mlflow")  # the epoch's metrics are in, its files not yet
@@ -270,9 +296,12 @@ class MlflowTracker(Tracker):
             for q in quiet:
                 q.setLevel(logging.ERROR)
             with tempfile.TemporaryDirectory() as tmp:
-                mlflow.pytorch.save_model(copy.deepcopy(model).cpu(), os.path.join(tmp, "model"),
-                                          serialization_format="pickle",
-                                          pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+                mlflow.pytorch.save_model(
+                    copy.deepcopy(model).cpu(),
+                    os.path.join(tmp, "model"),
+                    serialization_format="pickle",
+                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                )
                 self.client.log_artifacts(self.run_id, os.path.join(tmp, "model"), artifact_path="model")
         finally:
             for q, level in zip(quiet, levels):
@@ -304,8 +333,17 @@ def _version(pkg: str) -> str:
         return "unknown"
 
 
-__all__ = ["MlflowTracker", "TrackingError", "tracking_uri", "artifact_root", "make_client", "ensure_experiment",
-           "check_reachable", "experiment_name", "run_name"]
+__all__ = [
+    "MlflowTracker",
+    "TrackingError",
+    "tracking_uri",
+    "artifact_root",
+    "make_client",
+    "ensure_experiment",
+    "check_reachable",
+    "experiment_name",
+    "run_name",
+]
 
 
 # the Model Registry (sweeps/registry.py registers; `cvae eval models:/...` reads)
@@ -340,11 +378,14 @@ def registered_checkpoint(uri: str, cfg: Config, into: Path) -> Path:
         # the version's own artifact location, read through this store (a models:/ URI would be resolved
         # against MLflow's global registry URI, not this configuration's)
         location = client.get_model_version_download_uri(name, str(mv.version))
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
-                                                       tracking_uri=client.tracking_uri))
+        got = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri)
+        )
         found = sorted(got.rglob(REGISTERED_CHECKPOINT))
         if not found:
-            raise ConfigError(f"{uri}: version {mv.version} holds no {REGISTERED_CHECKPOINT} (not registered by cvae-sweep)")
+            raise ConfigError(
+                f"{uri}: version {mv.version} holds no {REGISTERED_CHECKPOINT} (not registered by cvae-sweep)"
+            )
         folder = into / f"{name}-v{mv.version}"
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / REGISTERED_CHECKPOINT

@@ -84,7 +84,7 @@ class CVAE(nn.Module):
         used = next(i + 1 for i, n in enumerate(itertools.accumulate(sizes)) if n >= keep)
         maps = [cat(m) for m in zip(*(p[1] for p in parts[:used]))]
         # one call for every step (CUDA): its first `keep` steps are a contiguous prefix of each map
-        maps = [m if m.shape[0] == keep * b else m[:keep * b] for m in maps]
+        maps = [m if m.shape[0] == keep * b else m[: keep * b] for m in maps]
         return view(cat([p[0] for p in parts])), [view(m) for m in maps]
 
     def _time_major(self, x: Tensor) -> Tensor:
@@ -104,8 +104,9 @@ class CVAE(nn.Module):
         """Index of the frame whose encoder skips decode frame t: x[t-1] while conditioning, then x[n_past-1]."""
         return t - 1 if self.cfg.last_frame_skip or t <= n_past else n_past - 1
 
-    def forward(self, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool,
-                eps: Tensor | None = None) -> StepLoss:
+    def forward(
+        self, x: Tensor, cond: Tensor, n_past: int, teacher_forcing: bool, eps: Tensor | None = None
+    ) -> StepLoss:
         """Training pass over T = x.shape[1] frames; without teacher forcing, predictions are fed back.
 
         `eps` (B, T-1, z_dim) fixes the posterior noise (tests); by default it is drawn here.
@@ -151,15 +152,18 @@ class CVAE(nn.Module):
         mse, lo = [], 0
         for k, g_k in zip(sizes, g.transpose(0, 1).split(sizes)):
             spans = [(a - lo, z - lo) for a, z in ((lo, min(lo + k, own)), (max(lo, own), lo + k)) if a < z]
-            chunk_terms = [StepTerms(spans, [term[a + lo:z + lo] if a + lo < own else term[-1:] for a, z in spans])
-                           for term in terms]
+            chunk_terms = [
+                StepTerms(spans, [term[a + lo : z + lo] if a + lo < own else term[-1:] for a, z in spans])
+                for term in terms
+            ]
             out = self.decoder.decode(g_k.reshape(k * b, -1), chunk_terms)
-            mse.append(per_step_mse(out.split(b), x[:, lo + 1:lo + k + 1].unbind(1)))
+            mse.append(per_step_mse(out.split(b), x[:, lo + 1 : lo + k + 1].unbind(1)))
             lo += k
         return torch.cat(mse)
 
-    def _free_run(self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor,
-                  n_past: int) -> tuple[list[Tensor], Tensor]:
+    def _free_run(
+        self, h_all: Tensor, skips_all: list[Tensor], z: Tensor, cond: Tensor, n_past: int
+    ) -> tuple[list[Tensor], Tensor]:
         """Feed the model's own predictions back after the conditioning frames: (the predicted frames, each
         (B, 3, H, W), and the predictor inputs h (B, T-1, g))."""
         b, T = h_all.shape[:2]

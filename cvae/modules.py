@@ -56,11 +56,11 @@ class VGGEncoder(nn.Module):
     def __init__(self, g_dim: int, width: float = 1.0):
         super().__init__()
         c64, c128, c256, c512 = (_ch(c, width) for c in (64, 128, 256, 512))
-        self.c1 = nn.Sequential(vgg_block(3, c64), vgg_block(c64, c64))                                   # 64x64
-        self.c2 = nn.Sequential(vgg_block(c64, c128), vgg_block(c128, c128))                              # 32x32
-        self.c3 = nn.Sequential(vgg_block(c128, c256), vgg_block(c256, c256), vgg_block(c256, c256))      # 16x16
-        self.c4 = nn.Sequential(vgg_block(c256, c512), vgg_block(c512, c512), vgg_block(c512, c512))      # 8x8
-        self.c5 = nn.Sequential(nn.Conv2d(c512, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())        # 4x4 -> 1x1
+        self.c1 = nn.Sequential(vgg_block(3, c64), vgg_block(c64, c64))  # 64x64
+        self.c2 = nn.Sequential(vgg_block(c64, c128), vgg_block(c128, c128))  # 32x32
+        self.c3 = nn.Sequential(vgg_block(c128, c256), vgg_block(c256, c256), vgg_block(c256, c256))  # 16x16
+        self.c4 = nn.Sequential(vgg_block(c256, c512), vgg_block(c512, c512), vgg_block(c512, c512))  # 8x8
+        self.c5 = nn.Sequential(nn.Conv2d(c512, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())  # 4x4 -> 1x1
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -88,8 +88,9 @@ class SkipStage(nn.Module):
 
     def forward(self, d: Tensor, skip_term: Tensor | StepTerms) -> Tensor:
         y = self.conv_d(d)
-        return self.rest(y + skip_term if isinstance(skip_term, Tensor) else _AddSteps.apply(y, skip_term.spans,
-                                                                                              *skip_term.terms))
+        return self.rest(
+            y + skip_term if isinstance(skip_term, Tensor) else _AddSteps.apply(y, skip_term.spans, *skip_term.terms)
+        )
 
 
 @dataclass
@@ -120,7 +121,9 @@ class _AddSteps(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         g5 = grad.reshape(ctx.spans[-1][1], -1, *grad.shape[1:])
-        terms = [g5[a:z] if rows == z - a else g5[a:z].sum(0, keepdim=True) for (a, z), rows in zip(ctx.spans, ctx.rows)]
+        terms = [
+            g5[a:z] if rows == z - a else g5[a:z].sum(0, keepdim=True) for (a, z), rows in zip(ctx.spans, ctx.rows)
+        ]
         return (grad, None, *terms)
 
 
@@ -146,17 +149,38 @@ class VGGDecoder(SkipDecoder):
         c64, c128, c256, c512 = (_ch(c, width) for c in (64, 128, 256, 512))
         conv = dict(kernel_size=3, stride=1, padding=1)
         act = lambda c: [nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]  # noqa: E731
-        self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c512, 4, 1, 0), nn.BatchNorm2d(c512),
-                                  nn.LeakyReLU(0.2, inplace=True))                                         # 1 -> 4
-        self.stages = nn.ModuleList([
-            SkipStage(nn.Conv2d, c512, c512, c512, nn.Sequential(*act(c512), vgg_block(c512, c512),
-                                                                 vgg_block(c512, c256)), **conv),          # 8
-            SkipStage(nn.Conv2d, c256, c256, c256, nn.Sequential(*act(c256), vgg_block(c256, c256),
-                                                                 vgg_block(c256, c128)), **conv),          # 16
-            SkipStage(nn.Conv2d, c128, c128, c128, nn.Sequential(*act(c128), vgg_block(c128, c64)), **conv),  # 32
-            SkipStage(nn.Conv2d, c64, c64, c64, nn.Sequential(*act(c64), nn.ConvTranspose2d(c64, 3, 3, 1, 1),
-                                                              nn.Sigmoid()), **conv),                      # 64
-        ])
+        self.upc1 = nn.Sequential(
+            nn.ConvTranspose2d(g_dim, c512, 4, 1, 0), nn.BatchNorm2d(c512), nn.LeakyReLU(0.2, inplace=True)
+        )  # 1 -> 4
+        self.stages = nn.ModuleList(
+            [
+                SkipStage(
+                    nn.Conv2d,
+                    c512,
+                    c512,
+                    c512,
+                    nn.Sequential(*act(c512), vgg_block(c512, c512), vgg_block(c512, c256)),
+                    **conv,
+                ),  # 8
+                SkipStage(
+                    nn.Conv2d,
+                    c256,
+                    c256,
+                    c256,
+                    nn.Sequential(*act(c256), vgg_block(c256, c256), vgg_block(c256, c128)),
+                    **conv,
+                ),  # 16
+                SkipStage(nn.Conv2d, c128, c128, c128, nn.Sequential(*act(c128), vgg_block(c128, c64)), **conv),  # 32
+                SkipStage(
+                    nn.Conv2d,
+                    c64,
+                    c64,
+                    c64,
+                    nn.Sequential(*act(c64), nn.ConvTranspose2d(c64, 3, 3, 1, 1), nn.Sigmoid()),
+                    **conv,
+                ),  # 64
+            ]
+        )
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def decode(self, h: Tensor, terms: list[Tensor]) -> Tensor:
@@ -173,10 +197,10 @@ class DCGANEncoder(nn.Module):
     def __init__(self, g_dim: int, width: float = 1.0):
         super().__init__()
         nf = _ch(64, width)
-        self.c1 = dcgan_down(3, nf)               # 64 -> 32
-        self.c2 = dcgan_down(nf, nf * 2)          # 32 -> 16
-        self.c3 = dcgan_down(nf * 2, nf * 4)      # 16 -> 8
-        self.c4 = dcgan_down(nf * 4, nf * 8)      # 8 -> 4
+        self.c1 = dcgan_down(3, nf)  # 64 -> 32
+        self.c2 = dcgan_down(nf, nf * 2)  # 32 -> 16
+        self.c3 = dcgan_down(nf * 2, nf * 4)  # 16 -> 8
+        self.c4 = dcgan_down(nf * 4, nf * 8)  # 8 -> 4
         self.c5 = nn.Sequential(nn.Conv2d(nf * 8, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())  # 4 -> 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -193,14 +217,17 @@ class DCGANDecoder(SkipDecoder):
         nf = _ch(64, width)
         up = dict(kernel_size=4, stride=2, padding=1)
         act = lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True))  # noqa: E731
-        self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, nf * 8, 4, 1, 0), nn.BatchNorm2d(nf * 8),
-                                  nn.LeakyReLU(0.2, inplace=True))          # 1 -> 4
-        self.stages = nn.ModuleList([
-            SkipStage(nn.ConvTranspose2d, nf * 8, nf * 8, nf * 4, act(nf * 4), **up),   # 4 -> 8
-            SkipStage(nn.ConvTranspose2d, nf * 4, nf * 4, nf * 2, act(nf * 2), **up),   # 8 -> 16
-            SkipStage(nn.ConvTranspose2d, nf * 2, nf * 2, nf, act(nf), **up),           # 16 -> 32
-            SkipStage(nn.ConvTranspose2d, nf, nf, 3, nn.Sigmoid(), **up),               # 32 -> 64
-        ])
+        self.upc1 = nn.Sequential(
+            nn.ConvTranspose2d(g_dim, nf * 8, 4, 1, 0), nn.BatchNorm2d(nf * 8), nn.LeakyReLU(0.2, inplace=True)
+        )  # 1 -> 4
+        self.stages = nn.ModuleList(
+            [
+                SkipStage(nn.ConvTranspose2d, nf * 8, nf * 8, nf * 4, act(nf * 4), **up),  # 4 -> 8
+                SkipStage(nn.ConvTranspose2d, nf * 4, nf * 4, nf * 2, act(nf * 2), **up),  # 8 -> 16
+                SkipStage(nn.ConvTranspose2d, nf * 2, nf * 2, nf, act(nf), **up),  # 16 -> 32
+                SkipStage(nn.ConvTranspose2d, nf, nf, 3, nn.Sigmoid(), **up),  # 32 -> 64
+            ]
+        )
 
     def decode(self, h: Tensor, terms: list[Tensor]) -> Tensor:
         d = self.upc1(h[:, :, None, None])

@@ -26,8 +26,13 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _line(path: Path, title: str, ylabel: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-          xlabel: str = "epoch") -> Path:
+def _line(
+    path: Path,
+    title: str,
+    ylabel: str,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str = "epoch",
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, (xs, ys) in series.items():
         pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and y == y]  # drop epochs without a value
@@ -47,28 +52,51 @@ def training_plots(rows: list[dict[str, float]], out_dir: Path) -> list[Path]:
     ep = [r["epoch"] for r in rows]
     col = lambda k: [r.get(k) for r in rows]  # noqa: E731
     return [
-        _line(out_dir / "loss.png", "Training loss (per step)", "loss",
-              {"loss": (ep, col("train/loss")), "mse": (ep, col("train/mse"))}),
-        _line(out_dir / "psnr.png", "Validation PSNR", "dB",
-              {"model": (ep, col("val/psnr")), "copy last frame": (ep, col("val/psnr_copy_last"))}),
-        _line(out_dir / "psnr_moving.png", "Validation PSNR on moving pixels", "dB",
-              {"model": (ep, col("val/psnr_moving")), "copy last frame": (ep, col("val/psnr_moving_copy_last"))}),
-        _line(out_dir / "cond_gain.png", "Condition gain (true minus shuffled actions/positions)", "dB",
-              {"cond_gain": (ep, col("val/cond_gain"))}),
+        _line(
+            out_dir / "loss.png",
+            "Training loss (per step)",
+            "loss",
+            {"loss": (ep, col("train/loss")), "mse": (ep, col("train/mse"))},
+        ),
+        _line(
+            out_dir / "psnr.png",
+            "Validation PSNR",
+            "dB",
+            {"model": (ep, col("val/psnr")), "copy last frame": (ep, col("val/psnr_copy_last"))},
+        ),
+        _line(
+            out_dir / "psnr_moving.png",
+            "Validation PSNR on moving pixels",
+            "dB",
+            {"model": (ep, col("val/psnr_moving")), "copy last frame": (ep, col("val/psnr_moving_copy_last"))},
+        ),
+        _line(
+            out_dir / "cond_gain.png",
+            "Condition gain (true minus shuffled actions/positions)",
+            "dB",
+            {"cond_gain": (ep, col("val/cond_gain"))},
+        ),
         _line(out_dir / "kl_weight.png", "KL weight (beta, end of epoch)", "beta", {"beta": (ep, col("sched/beta"))}),
         _line(out_dir / "tfr.png", "Teacher-forcing ratio", "ratio", {"tfr": (ep, col("sched/tfr"))}),
     ]
 
 
-def per_step_plot(steps: Sequence[int], model: Sequence[float], copy_last: Sequence[float], path: Path,
-                  title: str) -> Path:
+def per_step_plot(
+    steps: Sequence[int], model: Sequence[float], copy_last: Sequence[float], path: Path, title: str
+) -> Path:
     """PSNR against the predicted time step, model vs copy-last-frame."""
-    return _line(path, title, "dB", {"model": (steps, model), "copy last frame": (steps, copy_last)},
-                 xlabel="frame index (predicted frames only)")
+    return _line(
+        path,
+        title,
+        "dB",
+        {"model": (steps, model), "copy last frame": (steps, copy_last)},
+        xlabel="frame index (predicted frames only)",
+    )
 
 
-def schedule_plot(iters: Sequence[float], beta: Sequence[float], epochs: Sequence[int], tfr: Sequence[float],
-                  path: Path, title: str) -> Path:
+def schedule_plot(
+    iters: Sequence[float], beta: Sequence[float], epochs: Sequence[int], tfr: Sequence[float], path: Path, title: str
+) -> Path:
     """KL weight over iterations and teacher-forcing ratio over epochs, one figure."""
     fig, (a, b) = plt.subplots(2, 1, figsize=(7, 5))
     a.plot(iters, beta)
@@ -100,8 +128,11 @@ def diagnostics_plot(ev: Any, path: Path, title: str) -> Path:
     c.set(title="KL per step (posterior vs prior)", xlabel="frame", ylabel="nats")
     dims = range(len(ev.kld_dim))
     d.bar(dims, ev.kld_dim, color="steelblue")
-    d.set(title=f"KL per latent dimension ({int(ev.metrics.get('val/active_dims', 0))} active)",
-          xlabel="dimension", ylabel="nats (mean over steps)")
+    d.set(
+        title=f"KL per latent dimension ({int(ev.metrics.get('val/active_dims', 0))} active)",
+        xlabel="dimension",
+        ylabel="nats (mean over steps)",
+    )
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(title)

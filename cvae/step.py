@@ -27,8 +27,13 @@ def make_optimizer(model: CVAE, lr: float, beta1: float, capturable: bool) -> to
     a step); on CUDA the default multi-tensor update, as measured there.
     """
     cpu = next(model.parameters()).device.type == "cpu"
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999), capturable=capturable,
-                            fused=True if cpu and not capturable else None)
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=lr,
+        betas=(beta1, 0.999),
+        capturable=capturable,
+        fused=True if cpu and not capturable else None,
+    )
 
 
 def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
@@ -40,8 +45,17 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
         group.update(kept)
 
 
-def _iteration(model: CVAE, opt: torch.optim.Optimizer, x: Tensor, c: Tensor, beta: Tensor | float, n_past: int,
-               tf: bool, amp: bool, grad_clip: float) -> Tensor:
+def _iteration(
+    model: CVAE,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    c: Tensor,
+    beta: Tensor | float,
+    n_past: int,
+    tf: bool,
+    amp: bool,
+    grad_clip: float,
+) -> Tensor:
     """The iteration's math, shared by the eager and the captured step: returns [loss, mse, kld] (detached)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
         terms = model(x, c, n_past, tf)
@@ -120,8 +134,15 @@ class GraphedStep:
         return out.clone()
 
 
-def make_step(model: CVAE, opt: torch.optim.Optimizer, device: torch.device, n_past: int, amp: bool,
-              grad_clip: float, cuda_graphs: bool) -> Step:
+def make_step(
+    model: CVAE,
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    n_past: int,
+    amp: bool,
+    grad_clip: float,
+    cuda_graphs: bool,
+) -> Step:
     """The fastest step that applies: graphed on CUDA when asked for, eager otherwise."""
     if cuda_graphs and device.type == "cuda":
         return GraphedStep(model, opt, n_past, amp, grad_clip)

@@ -41,12 +41,38 @@ LOG_EVERY = 50  # iterations between looks at the device's running sums (progres
 # takes about 0.8 s of CPU, which at every evaluation was 3/4 of a seconds-long run (measured: 26 s vs 6 s for
 # 25 tiny epochs). MLflow has every epoch's values meanwhile.
 PLOT_SECONDS = 30.0
-METRIC_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
-                  "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
-                  "val/ssim_best", "val/psnr_moving", "val/psnr_moving_copy_last", "val/cond_gain", "val/kld",
-                  "val/active_dims", "perf/seq_per_s", "perf/epoch_seconds"]
-PER_STEP_COLUMNS = ["epoch", "frame", "psnr", "psnr_copy_last", "psnr_moving", "psnr_moving_copy_last", "cond_gain",
-                    "kld"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train/loss",
+    "train/mse",
+    "train/kld",
+    "sched/beta",
+    "sched/tfr",
+    "train/lr",
+    "val/psnr",
+    "val/ssim",
+    "val/psnr_copy_last",
+    "val/ssim_copy_last",
+    "val/psnr_best",
+    "val/ssim_best",
+    "val/psnr_moving",
+    "val/psnr_moving_copy_last",
+    "val/cond_gain",
+    "val/kld",
+    "val/active_dims",
+    "perf/seq_per_s",
+    "perf/epoch_seconds",
+]
+PER_STEP_COLUMNS = [
+    "epoch",
+    "frame",
+    "psnr",
+    "psnr_copy_last",
+    "psnr_moving",
+    "psnr_moving_copy_last",
+    "cond_gain",
+    "kld",
+]
 
 
 class Diverged(RuntimeError):
@@ -67,8 +93,10 @@ class Result:
 
     def summary(self) -> str:
         """The one line a user reads at the end."""
-        return (f"best val/psnr={self.best_psnr:.2f} dB (copy-last {self.copy_last_psnr:.2f} dB) "
-                f"at epoch {self.best_epoch} -> {self.run_dir}")
+        return (
+            f"best val/psnr={self.best_psnr:.2f} dB (copy-last {self.copy_last_psnr:.2f} dB) "
+            f"at epoch {self.best_epoch} -> {self.run_dir}"
+        )
 
 
 # helpers
@@ -146,8 +174,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise config_mod.ConfigError(f"{path}: not a cvae checkpoint (no model state and format version)")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise config_mod.ConfigError(f"{path}: checkpoint format {ckpt['format_version']} is not {FORMAT_VERSION} "
-                                     "(written by another version of cvae-sweep)")
+        raise config_mod.ConfigError(
+            f"{path}: checkpoint format {ckpt['format_version']} is not {FORMAT_VERSION} "
+            "(written by another version of cvae-sweep)"
+        )
     return ckpt
 
 
@@ -157,8 +187,9 @@ def load_state(model: CVAE, state: dict[str, Any], path: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line]
-        raise config_mod.ConfigError(f"{path}: checkpoint is for another model "
-                                     f"({(shapes or [str(e).splitlines()[0]])[0][:160]})") from None
+        raise config_mod.ConfigError(
+            f"{path}: checkpoint is for another model ({(shapes or [str(e).splitlines()[0]])[0][:160]})"
+        ) from None
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CVAE, Config]:
@@ -204,17 +235,26 @@ def _write_diagnostics(run_dir: Path, epoch: int, ev: Evaluation) -> None:
         vals = [ps[k][i] if i is not None else float("nan") for k in PER_STEP_COLUMNS[2:-1]]
         rows.append([epoch, t] + [_fmt(v) for v in vals] + [_fmt(kld)])
     _append_rows(run_dir / "per_step.csv", PER_STEP_COLUMNS, rows)
-    _append_rows(run_dir / "kl_per_dim.csv", ["epoch", "dim", "kld", "mu_var"],
-                 [[epoch, d, _fmt(k), _fmt(v)] for d, (k, v) in enumerate(zip(ev.kld_dim, ev.mu_var))])
+    _append_rows(
+        run_dir / "kl_per_dim.csv",
+        ["epoch", "dim", "kld", "mu_var"],
+        [[epoch, d, _fmt(k), _fmt(v)] for d, (k, v) in enumerate(zip(ev.kld_dim, ev.mu_var))],
+    )
 
 
 def _draw_plots(run_dir: Path, history: list[dict[str, float]], epoch: int, ev: Evaluation) -> list[Path]:
     """The run's plots as of the evaluation at `epoch`: its curves, PSNR per frame and diagnostics."""
     ps = ev.per_step
     return training_plots(history, run_dir) + [
-        per_step_plot(ps["frame"], ps["psnr"], ps["psnr_copy_last"], run_dir / "per_step_psnr.png",
-                      f"Validation PSNR per frame, epoch {epoch}"),
-        diagnostics_plot(ev, run_dir / "diagnostics.png", f"Diagnostics, epoch {epoch}")]
+        per_step_plot(
+            ps["frame"],
+            ps["psnr"],
+            ps["psnr_copy_last"],
+            run_dir / "per_step_psnr.png",
+            f"Validation PSNR per frame, epoch {epoch}",
+        ),
+        diagnostics_plot(ev, run_dir / "diagnostics.png", f"Diagnostics, epoch {epoch}"),
+    ]
 
 
 # the loop
@@ -227,8 +267,14 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
         raise Diverged(f"diverged at epoch {epoch}, iteration {bad + 1}")
 
 
-def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tracker: Tracker | None = None,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Result:
+def train(
+    cfg: Config,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> Result:
     """Train per cfg; returns the best validation PSNR. `on_epoch` may raise to stop (sweeps prune that way)."""
     tracker = tracker or Tracker()
     t, e = cfg.train, cfg.eval
@@ -286,8 +332,9 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, mse, kld: read at logging points
             first_bad = torch.full((), -1, dtype=torch.long, device=device)
             start = time.perf_counter()
-            bar = tqdm(total=t.epoch_size, desc=f"epoch {epoch}/{t.niter}", leave=False,
-                       disable=None if t.progress else True)
+            bar = tqdm(
+                total=t.epoch_size, desc=f"epoch {epoch}/{t.niter}", leave=False, disable=None if t.progress else True
+            )
             with Batches(train_split, idx, n_frames, device, prefetch=cfg.run.prefetch) as batches:
                 for i, (x, c) in enumerate(batches):
                     beta = kl_beta((epoch - 1) * t.epoch_size + i, cfg.total_iters, cfg.kl)
@@ -299,15 +346,24 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                     if (i + 1) % LOG_EVERY == 0 or i + 1 == t.epoch_size:
                         _check_finite(first_bad, epoch)
                         bar.update((i + 1) - bar.n)
-                        bar.set_postfix(loss=f"{float(sums[0]) / (i + 1) / (n_frames - 1):.5f}",
-                                        seq_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - start):.1f}")
+                        bar.set_postfix(
+                            loss=f"{float(sums[0]) / (i + 1) / (n_frames - 1):.5f}",
+                            seq_s=f"{(i + 1) * t.batch_size / (time.perf_counter() - start):.1f}",
+                        )
             bar.close()
             seconds = time.perf_counter() - start
             mean = (sums / (t.epoch_size * (n_frames - 1))).tolist()  # logged per predicted step, as SVG does
-            row: dict[str, float] = {"epoch": epoch, "train/loss": mean[0], "train/mse": mean[1], "train/kld": mean[2],
-                                     "sched/beta": beta, "sched/tfr": tfr, "train/lr": opt.param_groups[0]["lr"],
-                                     "perf/seq_per_s": t.batch_size * t.epoch_size / seconds,
-                                     "perf/epoch_seconds": seconds}
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "train/loss": mean[0],
+                "train/mse": mean[1],
+                "train/kld": mean[2],
+                "sched/beta": beta,
+                "sched/tfr": tfr,
+                "train/lr": opt.param_groups[0]["lr"],
+                "perf/seq_per_s": t.batch_size * t.epoch_size / seconds,
+                "perf/epoch_seconds": seconds,
+            }
             evaluated = epoch % e.every == 0 or epoch == t.niter
             if evaluated:
                 ev = evaluator(model)
@@ -316,11 +372,22 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 _write_diagnostics(run_dir, epoch, ev)
                 undrawn = (epoch, ev)
             history.append(row)
-            state = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "epoch": epoch, "config": cfg.to_dict(), "history": history, "run_id": tracker.run_id,
-                     "best_psnr": best_psnr, "best_epoch": best_epoch,
-                     "rng": {"sampler": gen.get_state(), "torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}}
+            state = {
+                "format_version": FORMAT_VERSION,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "history": history,
+                "run_id": tracker.run_id,
+                "best_psnr": best_psnr,
+                "best_epoch": best_epoch,
+                "rng": {
+                    "sampler": gen.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                },
+            }
             if evaluated and row["val/psnr"] > best_psnr:
                 best_psnr, best_epoch = row["val/psnr"], epoch
                 state.update(best_psnr=best_psnr, best_epoch=best_epoch)
@@ -366,11 +433,18 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: bool = False, tra
                 warnings.warn(f"plots not redrawn at the stop: {plot_error}", stacklevel=1)
         if tracker.run_id is not None:
             try:
-                tracker.set_tags({**getattr(exc, "tracking_tags", {}),
-                                  "ended_by": f"{type(exc).__name__}: {exc}"[:500]})
+                tracker.set_tags(
+                    {**getattr(exc, "tracking_tags", {}), "ended_by": f"{type(exc).__name__}: {exc}"[:500]}
+                )
             finally:  # a tag that cannot be written must not leave the run RUNNING
                 tracker.finish(exit_status(exc))
         raise
-    return Result(run_dir=run_dir, best_psnr=best_psnr, best_epoch=best_epoch,
-                  copy_last_psnr=float(evaluator.copy_psnr.mean()), epochs_run=epoch, history=history,
-                  run_id=tracker.run_id)
+    return Result(
+        run_dir=run_dir,
+        best_psnr=best_psnr,
+        best_epoch=best_epoch,
+        copy_last_psnr=float(evaluator.copy_psnr.mean()),
+        epochs_run=epoch,
+        history=history,
+        run_id=tracker.run_id,
+    )

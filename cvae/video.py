@@ -12,10 +12,10 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-
-from cvae.atomic import atomic_path
 import torch
 from torch import Tensor
+
+from cvae.atomic import atomic_path
 
 WHITE = 255
 
@@ -107,12 +107,13 @@ def save_strip(path: str | Path, rows: list[np.ndarray | Tensor], border: int = 
     return _write_atomic(path, _vcat(lines, border), ".png")
 
 
-def sequences_gif(path: str | Path, videos: list[np.ndarray | Tensor], ncols: int = 4, fps: int = 4,
-                  border: int = 2) -> Path:
+def sequences_gif(
+    path: str | Path, videos: list[np.ndarray | Tensor], ncols: int = 4, fps: int = 4, border: int = 2
+) -> Path:
     """Write a GIF of several sequences tiled in a grid of `ncols` columns (dataset previews)."""
     vids = _as_videos(videos)
     ncols = max(1, min(ncols, len(vids)))
     blank = np.full_like(vids[0], WHITE)  # fills the last row's empty cells
     vids += [blank] * (math.ceil(len(vids) / ncols) * ncols - len(vids))
-    grid_rows = [_hcat(vids[i:i + ncols], border) for i in range(0, len(vids), ncols)]
+    grid_rows = [_hcat(vids[i : i + ncols], border) for i in range(0, len(vids), ncols)]
     return _write_gif(path, _vcat(grid_rows, border), fps)

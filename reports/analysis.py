@@ -58,11 +58,19 @@ def _fmt(v: Any) -> str:
 def as_runs(runs: pd.DataFrame) -> list[Run]:
     """The frame's rows as sweeps.design Runs, so the report ranks and decides with the study's own functions."""
     params = [c for c in runs.columns if c.startswith("param:")]
-    return [Run(number=int(r["trial"]), state=r["state"], config_id=r["config_id"],
-                seed_index=None if pd.isna(r["seed_index"]) else int(r["seed_index"]), phase=r["phase"],
-                value=None if pd.isna(r["value"]) else float(r["value"]),
-                params={p.removeprefix("param:"): r[p] for p in params if not pd.isna(r[p])}, outcome=r["outcome"])
-            for r in runs.to_dict("records")]
+    return [
+        Run(
+            number=int(r["trial"]),
+            state=r["state"],
+            config_id=r["config_id"],
+            seed_index=None if pd.isna(r["seed_index"]) else int(r["seed_index"]),
+            phase=r["phase"],
+            value=None if pd.isna(r["value"]) else float(r["value"]),
+            params={p.removeprefix("param:"): r[p] for p in params if not pd.isna(r[p])},
+            outcome=r["outcome"],
+        )
+        for r in runs.to_dict("records")
+    ]
 
 
 def trained(runs: pd.DataFrame, phase: str = SEARCH) -> pd.DataFrame:
@@ -78,8 +86,9 @@ def _failure(failed: int, n: int) -> dict[str, Any]:
     return {"failed": failed, "results": n, "failure_rate": failed / n if n else None, "failure_ci": [lo, hi]}
 
 
-def settings(runs: pd.DataFrame, params: list[str], reps: int, seed: int, margin: float,
-             maximize: bool = True) -> list[dict[str, Any]]:
+def settings(
+    runs: pd.DataFrame, params: list[str], reps: int, seed: int, margin: float, maximize: bool = True
+) -> list[dict[str, Any]]:
     """One entry per configuration: its runs by outcome, its failure rate with an exact interval, its trained
     seeds' values and their summary, and its score (failures a margin below the worst trained run); ranked as
     the study picks (design.ranking: by score, a configuration with no trained run last)."""
@@ -93,17 +102,28 @@ def settings(runs: pd.DataFrame, params: list[str], reps: int, seed: int, margin
         p = {k: g.iloc[0][f"param:{k}"] for k in params}
         s = scored.get(cid)
         entry: dict[str, Any] = {
-            "config_id": cid, "label": label(p, varying), "params": p, "runs": int(len(g)),
-            "outcomes": outcome.counts(g.outcome), **_failure(s.failed if s else 0, s.results if s else 0),
-            "score": s.score if s else None, "n": int(len(good)), "values": good.value.tolist(),
-            "seeds": good.seed.tolist(), "run_ids": good.run_id.tolist(), "trials": good.trial.tolist(),
-            "failed_runs": [{"seed": r.seed, "outcome": r.outcome, "value": r.value, "trial": int(r.trial)}
-                            for r in bad.itertuples()],
+            "config_id": cid,
+            "label": label(p, varying),
+            "params": p,
+            "runs": int(len(g)),
+            "outcomes": outcome.counts(g.outcome),
+            **_failure(s.failed if s else 0, s.results if s else 0),
+            "score": s.score if s else None,
+            "n": int(len(good)),
+            "values": good.value.tolist(),
+            "seeds": good.seed.tolist(),
+            "run_ids": good.run_id.tolist(),
+            "trials": good.trial.tolist(),
+            "failed_runs": [
+                {"seed": r.seed, "outcome": r.outcome, "value": r.value, "trial": int(r.trial)}
+                for r in bad.itertuples()
+            ],
             "cond_gain": good.cond_gain.mean() if len(good) else None,
             "psnr_moving": good.psnr_moving.mean() if len(good) else None,
             "psnr_moving_copy_last": good.psnr_moving_copy_last.mean() if len(good) else None,
             # test-split scores where `cvae eval` was run on a seed's checkpoint
-            "test_psnr": good.test_psnr.mean() if "test_psnr" in good and good.test_psnr.notna().any() else None}
+            "test_psnr": good.test_psnr.mean() if "test_psnr" in good and good.test_psnr.notna().any() else None,
+        }
         if len(good):
             sm = stats.summarize(good.value.to_numpy(float), reps=reps, seed=seed)
             entry.update(mean=sm.mean, std=sm.std, iqm=sm.iqm, ci=[sm.ci_low, sm.ci_high])
@@ -116,41 +136,90 @@ def settings(runs: pd.DataFrame, params: list[str], reps: int, seed: int, margin
 # comparisons
 
 
-def _row(q: Question, d: sequential.Decision, values: dict[tuple[str, int], float], plan: sequential.Plan,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _row(
+    q: Question,
+    d: sequential.Decision,
+    values: dict[tuple[str, int], float],
+    plan: sequential.Plan,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One comparison as results.json holds it."""
     ev = sequential.evidence(q, values, d.seeds, plan)
     diffs = ev.a - ev.b
     paired = d.test == stats.PAIRED_T
-    more = max(d.seeds_needed - d.seeds, 1) * len(q.configs) if d.verdict in (sequential.CANNOT_TELL,
-                                                                               sequential.OPEN) else None
+    more = (
+        max(d.seeds_needed - d.seeds, 1) * len(q.configs)
+        if d.verdict in (sequential.CANNOT_TELL, sequential.OPEN)
+        else None
+    )
     rate = lambda k, n: k / n if n else None  # noqa: E731
-    return _num({"name": q.name, "kind": q.kind, "factor": q.factor, "a": q.a, "b": q.b, **(extra or {}),
-                 "verdict": d.verdict, "decided_by": d.decided_by or None, "look": d.look, "looks": len(plan.looks),
-                 "seeds": d.seeds, "max_seeds": plan.looks[-1], "runs": d.runs, "paired": paired, "test": d.test,
-                 "margin_db": plan.margin, "margin_note": d.margin, "n_a": d.n_a, "n_b": d.n_b, "mean_a": d.mean_a,
-                 "mean_b": d.mean_b, "diff": d.diff, "diff_counted": d.diff_counted, "p_value": d.p_value,
-                 "p_sequential": d.p_sequential,
-                 # the interval that decides the verdict: TOST's for "equivalent", the difference's otherwise
-                 "interval": list(d.interval_equivalence if d.verdict == sequential.EQUIVALENT else d.interval),
-                 "interval_difference": list(d.interval), "interval_equivalence": list(d.interval_equivalence),
-                 "p_adjusted": d.p_adjusted, "p_equivalence": d.p_equivalence,
-                 "p_equivalence_adjusted": d.p_equivalence_adjusted, "equivalence_bound": d.equivalence_bound,
-                 "failures": {"a": d.failed_a, "b": d.failed_b, "results_a": d.results_a, "results_b": d.results_b,
-                              "rate_a": rate(d.failed_a, d.results_a), "rate_b": rate(d.failed_b, d.results_b),
-                              "seeds_a_more": d.more_a, "seeds_b_more": d.more_b, "test": d.fail_test or None,
-                              "p": d.p_fail, "p_sequential": d.p_fail_sequential, "p_adjusted": d.p_fail_adjusted},
-                 "prob_improvement": d.p_improve,
-                 "prob_improvement_ci": list(stats.bootstrap_ci((diffs > 0) + 0.5 * (diffs == 0))) if paired else None,
-                 "sign_flip_p": stats.sign_flip_p(diffs) if paired else None, "pair_seeds": ev.seeds if paired else [],
-                 "correlation": d.correlation, "width_paired": d.width_paired, "width_unpaired": d.width_unpaired,
-                 "narrower": 1 - d.width_paired / d.width_unpaired if paired and d.width_unpaired else None,
-                 "seeds_needed": d.seeds_needed, "runs_needed": more if more is None or math.isfinite(more) else None,
-                 "reason": d.reason or None})
+    return _num(
+        {
+            "name": q.name,
+            "kind": q.kind,
+            "factor": q.factor,
+            "a": q.a,
+            "b": q.b,
+            **(extra or {}),
+            "verdict": d.verdict,
+            "decided_by": d.decided_by or None,
+            "look": d.look,
+            "looks": len(plan.looks),
+            "seeds": d.seeds,
+            "max_seeds": plan.looks[-1],
+            "runs": d.runs,
+            "paired": paired,
+            "test": d.test,
+            "margin_db": plan.margin,
+            "margin_note": d.margin,
+            "n_a": d.n_a,
+            "n_b": d.n_b,
+            "mean_a": d.mean_a,
+            "mean_b": d.mean_b,
+            "diff": d.diff,
+            "diff_counted": d.diff_counted,
+            "p_value": d.p_value,
+            "p_sequential": d.p_sequential,
+            # the interval that decides the verdict: TOST's for "equivalent", the difference's otherwise
+            "interval": list(d.interval_equivalence if d.verdict == sequential.EQUIVALENT else d.interval),
+            "interval_difference": list(d.interval),
+            "interval_equivalence": list(d.interval_equivalence),
+            "p_adjusted": d.p_adjusted,
+            "p_equivalence": d.p_equivalence,
+            "p_equivalence_adjusted": d.p_equivalence_adjusted,
+            "equivalence_bound": d.equivalence_bound,
+            "failures": {
+                "a": d.failed_a,
+                "b": d.failed_b,
+                "results_a": d.results_a,
+                "results_b": d.results_b,
+                "rate_a": rate(d.failed_a, d.results_a),
+                "rate_b": rate(d.failed_b, d.results_b),
+                "seeds_a_more": d.more_a,
+                "seeds_b_more": d.more_b,
+                "test": d.fail_test or None,
+                "p": d.p_fail,
+                "p_sequential": d.p_fail_sequential,
+                "p_adjusted": d.p_fail_adjusted,
+            },
+            "prob_improvement": d.p_improve,
+            "prob_improvement_ci": list(stats.bootstrap_ci((diffs > 0) + 0.5 * (diffs == 0))) if paired else None,
+            "sign_flip_p": stats.sign_flip_p(diffs) if paired else None,
+            "pair_seeds": ev.seeds if paired else [],
+            "correlation": d.correlation,
+            "width_paired": d.width_paired,
+            "width_unpaired": d.width_unpaired,
+            "narrower": 1 - d.width_paired / d.width_unpaired if paired and d.width_unpaired else None,
+            "seeds_needed": d.seeds_needed,
+            "runs_needed": more if more is None or math.isfinite(more) else None,
+            "reason": d.reason or None,
+        }
+    )
 
 
-def comparisons(runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: sequential.Plan,
-                through: int) -> list[dict[str, Any]]:
+def comparisons(
+    runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: sequential.Plan, through: int
+) -> list[dict[str, Any]]:
     """Main effect of every factor (each pair of its levels), replayed look by look as the study decided them,
     then the best setting against its runners-up at the last look decided.
 
@@ -164,8 +233,14 @@ def comparisons(runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: se
     decisions = sequential.replay(questions, values, plan, through) if through else {}
     out = [_row(q, decisions[q.name], values, plan) for q in questions if q.name in decisions]
     ranked = [s for s in setting_list if s["results"]]
-    pairs = [setting_pair(ranked[0]["config_id"], o["config_id"], ranked[0]["label"], o["label"])
-             for o in ranked[1 : 1 + MAX_PAIRS]] if len(ranked) > 1 and ranked[0]["n"] else []
+    pairs = (
+        [
+            setting_pair(ranked[0]["config_id"], o["config_id"], ranked[0]["label"], o["label"])
+            for o in ranked[1 : 1 + MAX_PAIRS]
+        ]
+        if len(ranked) > 1 and ranked[0]["n"]
+        else []
+    )
     for q, d in sequential.decide_look(pairs, values, plan, max(1, through)).items() if pairs else []:
         q = next(p for p in pairs if p.name == q)
         if d.verdict == sequential.OPEN:  # these pairs never ask for seeds: what is open now stays open
@@ -177,8 +252,9 @@ def comparisons(runs: pd.DataFrame, setting_list: list[dict[str, Any]], plan: se
 # confirmation, compute
 
 
-def confirmations(runs: pd.DataFrame, setting_list: list[dict[str, Any]], reps: int, seed: int,
-                  margin: float, maximize: bool) -> list[dict[str, Any]]:
+def confirmations(
+    runs: pd.DataFrame, setting_list: list[dict[str, Any]], reps: int, seed: int, margin: float, maximize: bool
+) -> list[dict[str, Any]]:
     """Each confirmed configuration: search-time score and mean next to the confirmed ones (winner's curse),
     its confirmation failures counted as the search's are."""
     by_id = {s["config_id"]: s for s in setting_list}
@@ -190,14 +266,29 @@ def confirmations(runs: pd.DataFrame, setting_list: list[dict[str, Any]], reps: 
         sm = stats.summarize(g.value.to_numpy(float), reps=reps, seed=seed) if len(g) else None
         search = by_id.get(cid, {})
         all_runs = runs[(runs.phase == CONFIRM) & (runs.config_id == cid)]
-        search_score = search.get("score", all_runs.search_value.dropna().iloc[0]
-                                  if all_runs.search_value.notna().any() else None)
-        out.append(_num({"config_id": cid, "label": search.get("label", cid), "search_score": search_score,
-                         "search_mean": search.get("mean"), "search_n": search.get("n", 0), "score": s.score,
-                         **_failure(s.failed, s.results), "n": len(g), "mean": sm.mean if sm else None,
-                         "std": sm.std if sm else None, "ci": [sm.ci_low, sm.ci_high] if sm else [None, None],
-                         "values": g.value.tolist(), "seeds": g.seed.tolist(),
-                         "shrinkage": None if search_score is None else s.score - search_score}))
+        search_score = search.get(
+            "score", all_runs.search_value.dropna().iloc[0] if all_runs.search_value.notna().any() else None
+        )
+        out.append(
+            _num(
+                {
+                    "config_id": cid,
+                    "label": search.get("label", cid),
+                    "search_score": search_score,
+                    "search_mean": search.get("mean"),
+                    "search_n": search.get("n", 0),
+                    "score": s.score,
+                    **_failure(s.failed, s.results),
+                    "n": len(g),
+                    "mean": sm.mean if sm else None,
+                    "std": sm.std if sm else None,
+                    "ci": [sm.ci_low, sm.ci_high] if sm else [None, None],
+                    "values": g.value.tolist(),
+                    "seeds": g.seed.tolist(),
+                    "shrinkage": None if search_score is None else s.score - search_score,
+                }
+            )
+        )
     return out
 
 
@@ -207,10 +298,17 @@ def compute(runs: pd.DataFrame, niter: int) -> dict[str, Any]:
     pruned = runs.outcome == outcome.PRUNED
     saved = float((niter - epochs[pruned]).clip(lower=0).sum())
     planned = float(niter * len(runs))
-    return _num({"runs": int(len(runs)), **outcome.counts(runs.outcome),
-                 "epochs_trained": float(epochs.sum()), "epochs_planned": planned, "epochs_saved_by_pruning": saved,
-                 "saved_fraction": saved / planned if planned else None,
-                 "worker_hours": float(runs.duration_s.fillna(0).sum()) / 3600})
+    return _num(
+        {
+            "runs": int(len(runs)),
+            **outcome.counts(runs.outcome),
+            "epochs_trained": float(epochs.sum()),
+            "epochs_planned": planned,
+            "epochs_saved_by_pruning": saved,
+            "saved_fraction": saved / planned if planned else None,
+            "worker_hours": float(runs.duration_s.fillna(0).sum()) / 3600,
+        }
+    )
 
 
 # the whole analysis
@@ -219,37 +317,51 @@ def compute(runs: pd.DataFrame, niter: int) -> dict[str, Any]:
 def plan_of(info: dict[str, Any], setting_list: list[dict[str, Any]]) -> tuple[sequential.Plan, int]:
     """The study's decision rule and the last look it decided. `info` may carry looks, margin_db and look (the
     sequential state); a study without them is one look at the seeds it has."""
-    looks = tuple(info.get("looks") or ()) or (max([s["results"] for s in setting_list] + [int(info.get("seeds") or 1),
-                                                                                          1]),)
-    plan = sequential.Plan(looks=looks, margin=float(info.get("margin_db") or MARGIN_DB),
-                           maximize=info.get("direction", "maximize") == "maximize")
+    looks = tuple(info.get("looks") or ()) or (
+        max([s["results"] for s in setting_list] + [int(info.get("seeds") or 1), 1]),
+    )
+    plan = sequential.Plan(
+        looks=looks,
+        margin=float(info.get("margin_db") or MARGIN_DB),
+        maximize=info.get("direction", "maximize") == "maximize",
+    )
     look = info.get("look")
     return plan, 1 if look is None else int(look)  # 0: a sequential study still in its first look
 
 
 def _thresholds(plan: sequential.Plan, info: dict[str, Any], reps: int, seed: int) -> dict[str, Any]:
-    seq_words = (f"{len(plan.looks)} looks at {', '.join(map(str, plan.looks))} seeds per configuration, the error "
-                 f"rates spread over them by an O'Brien-Fleming boundary calibrated on t statistics (a simulation "
-                 f"of the look statistics, {boundary.BOUNDARY_DRAWS:,} paths)" if len(plan.looks) > 1 else "one look")
-    return {"alpha": plan.alpha, "level": stats.LEVEL, "margin_db": plan.margin,
-            "bootstrap": {"method": stats.METHOD, "reps": reps, "seed": seed},
-            "failures": "a collapsed or diverged run is a failure of its setting: the failure rates are compared by "
-                        "an exact test on the seeds where one side failed more (Boschloo's exact test where the sides "
-                        "share no seeds), and equivalence counts a failure as a margin worse than the trained run it "
-                        "meets; the value test compares trained runs",
-            "test": "t test of the per-seed differences where both sides share seeds (paired), else Welch's t "
-                    f"(unpaired); {seq_words}; within each family (main effects; setting pairs) the value and failure "
-                    "tests are adjusted together by Holm's step-down with Tarone's rule for the exact tests; the exact "
-                    "sign-flip p of the paired differences is shown as a check",
-            "verdict": f"worse when a side fails significantly more often, whatever its trained runs score; else "
-                       f"better/worse when the adjusted, look-corrected p <= {plan.alpha} (beyond or within the "
-                       f"{plan.margin:g} margin when its interval says so); equivalent when TOST, look-corrected and "
-                       f"Holm-adjusted across the family, puts the difference inside +-{plan.margin:g} at {plan.alpha}; "
-                       "else open, or after the last look cannot tell yet",
-            "degenerate_below": info.get("degenerate_below")}
+    seq_words = (
+        f"{len(plan.looks)} looks at {', '.join(map(str, plan.looks))} seeds per configuration, the error "
+        f"rates spread over them by an O'Brien-Fleming boundary calibrated on t statistics (a simulation "
+        f"of the look statistics, {boundary.BOUNDARY_DRAWS:,} paths)"
+        if len(plan.looks) > 1
+        else "one look"
+    )
+    return {
+        "alpha": plan.alpha,
+        "level": stats.LEVEL,
+        "margin_db": plan.margin,
+        "bootstrap": {"method": stats.METHOD, "reps": reps, "seed": seed},
+        "failures": "a collapsed or diverged run is a failure of its setting: the failure rates are compared by "
+        "an exact test on the seeds where one side failed more (Boschloo's exact test where the sides "
+        "share no seeds), and equivalence counts a failure as a margin worse than the trained run it "
+        "meets; the value test compares trained runs",
+        "test": "t test of the per-seed differences where both sides share seeds (paired), else Welch's t "
+        f"(unpaired); {seq_words}; within each family (main effects; setting pairs) the value and failure "
+        "tests are adjusted together by Holm's step-down with Tarone's rule for the exact tests; the exact "
+        "sign-flip p of the paired differences is shown as a check",
+        "verdict": f"worse when a side fails significantly more often, whatever its trained runs score; else "
+        f"better/worse when the adjusted, look-corrected p <= {plan.alpha} (beyond or within the "
+        f"{plan.margin:g} margin when its interval says so); equivalent when TOST, look-corrected and "
+        f"Holm-adjusted across the family, puts the difference inside +-{plan.margin:g} at {plan.alpha}; "
+        "else open, or after the last look cannot tell yet",
+        "degenerate_below": info.get("degenerate_below"),
+    }
 
 
-def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS, seed: int = stats.SEED) -> dict[str, Any]:
+def analyse(
+    runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS, seed: int = stats.SEED
+) -> dict[str, Any]:
     """Every number of the report. `info`: name, description, metric, direction, seeds, niter, degenerate_below,
     margin_db, and for a sequential study looks and look (the last look decided)."""
     maximize = info.get("direction", "maximize") == "maximize"
@@ -262,33 +374,70 @@ def analyse(runs: pd.DataFrame, info: dict[str, Any], *, reps: int = stats.REPS,
     floor = stats.noise_floor(ok[ok.config_id == s["config_id"]].value.to_numpy(float) for s in setting_list)
     answer = [verdict_line(c, info["metric"]) for c in cmp]
     if max((s["n"] for s in setting_list), default=0) < 2:
-        answer.insert(0, f"Every setting has fewer than 2 trained seeds: this study cannot separate settings from "
-                         f"seed noise. Run `cvae sweep {info['name']} --confirm 3 --seeds 3` (or `make confirm`) to "
-                         "re-run the best configurations with fresh seeds.")
+        answer.insert(
+            0,
+            f"Every setting has fewer than 2 trained seeds: this study cannot separate settings from "
+            f"seed noise. Run `cvae sweep {info['name']} --confirm 3 --seeds 3` (or `make confirm`) to "
+            "re-run the best configurations with fresh seeds.",
+        )
     if through == 0:
-        answer.insert(0, f"The study is still in its first look ({plan.looks[0]} seeds per configuration): no main "
-                         "effect is decided yet; `make sweep` again continues it.")
+        answer.insert(
+            0,
+            f"The study is still in its first look ({plan.looks[0]} seeds per configuration): no main "
+            "effect is decided yet; `make sweep` again continues it.",
+        )
     copy_last = runs.copy_last.dropna()
     failed = runs[runs.outcome.isin(outcome.FAILED)]
-    return _num({
-        "study": {k: info.get(k) for k in ("name", "description", "metric", "direction", "seeds", "niter", "sampler",
-                                            "pruner", "storage", "degenerate_below")}
-                 | {"looks": list(plan.looks), "look": through, "margin_db": plan.margin,
-                    "outcomes": outcome.counts(runs.outcome)},
-        "thresholds": _thresholds(plan, info, reps, seed),
-        "answer": answer,
-        "settings": setting_list,
-        "comparisons": cmp,
-        "noise_floor": floor,
-        "copy_last": copy_last.mean() if len(copy_last) else None,
-        "failed_runs": [{"trial": int(r.trial), "config_id": r.config_id, "seed": r.seed, "outcome": r.outcome,
-                         "value": r.value, "cond_gain": r.cond_gain, "reason": r.fail_reason, "run_id": r.run_id}
-                        for r in failed.itertuples()],
-        "lost_runs": [{"trial": int(r.trial), "config_id": r.config_id, "seed": r.seed}
-                      for r in runs[runs.outcome == outcome.LOST].itertuples()],
-        "confirm": confirmations(runs, setting_list, reps, seed, margin, maximize),
-        "compute": compute(runs, int(info.get("niter") or 0)),
-    })
+    return _num(
+        {
+            "study": {
+                k: info.get(k)
+                for k in (
+                    "name",
+                    "description",
+                    "metric",
+                    "direction",
+                    "seeds",
+                    "niter",
+                    "sampler",
+                    "pruner",
+                    "storage",
+                    "degenerate_below",
+                )
+            }
+            | {
+                "looks": list(plan.looks),
+                "look": through,
+                "margin_db": plan.margin,
+                "outcomes": outcome.counts(runs.outcome),
+            },
+            "thresholds": _thresholds(plan, info, reps, seed),
+            "answer": answer,
+            "settings": setting_list,
+            "comparisons": cmp,
+            "noise_floor": floor,
+            "copy_last": copy_last.mean() if len(copy_last) else None,
+            "failed_runs": [
+                {
+                    "trial": int(r.trial),
+                    "config_id": r.config_id,
+                    "seed": r.seed,
+                    "outcome": r.outcome,
+                    "value": r.value,
+                    "cond_gain": r.cond_gain,
+                    "reason": r.fail_reason,
+                    "run_id": r.run_id,
+                }
+                for r in failed.itertuples()
+            ],
+            "lost_runs": [
+                {"trial": int(r.trial), "config_id": r.config_id, "seed": r.seed}
+                for r in runs[runs.outcome == outcome.LOST].itertuples()
+            ],
+            "confirm": confirmations(runs, setting_list, reps, seed, margin, maximize),
+            "compute": compute(runs, int(info.get("niter") or 0)),
+        }
+    )
 
 
 def cross_study(results_by_study: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,8 +450,11 @@ def cross_study(results_by_study: dict[str, dict[str, Any]]) -> list[dict[str, A
     margin = min((r["study"].get("margin_db") or MARGIN_DB for r in results_by_study.values()), default=MARGIN_DB)
     maximize = all(r["study"].get("direction", "maximize") == "maximize" for r in results_by_study.values())
     plan = sequential.Plan(looks=(seeds,), margin=margin, maximize=maximize)
-    pairs = [setting_pair(a, b, f"{a}: {best[a]['label']}", f"{b}: {best[b]['label']}")
-             for a, b in combinations(best, 2)]
+    pairs = [
+        setting_pair(a, b, f"{a}: {best[a]['label']}", f"{b}: {best[b]['label']}") for a, b in combinations(best, 2)
+    ]
     decisions = sequential.decide_look(pairs, values, plan, 1)
-    return [{**_row(q, decisions[q.name], values, plan), "kind": "study pair", "name": f"{q.side_a[0]} vs {q.side_b[0]}"}
-            for q in pairs]
+    return [
+        {**_row(q, decisions[q.name], values, plan), "kind": "study pair", "name": f"{q.side_a[0]} vs {q.side_b[0]}"}
+        for q in pairs
+    ]

@@ -41,8 +41,8 @@ def _git_commit() -> str:
 
 def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Config, str, optuna.Study]:
     """(spec, base config, storage url, study) of a study that exists."""
-    from sweeps.storage import existing_study, storage_url
     from sweeps.spec import load_spec
+    from sweeps.storage import existing_study, storage_url
 
     spec = load_spec(name, overrides, storage=storage)
     cfg = spec.base_config(overrides)
@@ -54,8 +54,13 @@ def _appendix(study: optuna.Study, runs: Any) -> dict[str, Any]:
     """Importances with the evaluator named, the run count and a warning when there are too few runs."""
     n = int((runs.state == "COMPLETE").sum())
     imp = collect.importances(study)
-    warning = "" if n >= MIN_TRIALS_FOR_IMPORTANCE else (
-        f"Only {n} complete runs: importances this few mostly describe seed noise; read the verdicts above instead.")
+    warning = (
+        ""
+        if n >= MIN_TRIALS_FOR_IMPORTANCE
+        else (
+            f"Only {n} complete runs: importances this few mostly describe seed noise; read the verdicts above instead."
+        )
+    )
     return {"importances": imp, "evaluator": "Optuna's fANOVA (random forest)", "n_complete": n, "warning": warning}
 
 
@@ -93,8 +98,10 @@ def _schedules(cfg: Config, results: dict[str, Any]) -> dict[str, dict[str, Any]
         c = config_mod.build({**cfg.flat(), **s["params"]})
         its = np.unique(np.linspace(0, c.total_iters - 1, min(c.total_iters, 600)).astype(int))
         epochs = list(range(1, c.train.niter + 1))
-        out[s["config_id"]] = {"beta": ((its / c.train.epoch_size).tolist(), [kl_beta(int(i), c.total_iters, c.kl) for i in its]),
-                               "tfr": (epochs, [teacher_forcing_ratio(e, c.tf, c.train.niter) for e in epochs])}
+        out[s["config_id"]] = {
+            "beta": ((its / c.train.epoch_size).tolist(), [kl_beta(int(i), c.total_iters, c.kl) for i in its]),
+            "tfr": (epochs, [teacher_forcing_ratio(e, c.tf, c.train.niter) for e in epochs]),
+        }
     return out
 
 
@@ -115,8 +122,10 @@ def _race(study: optuna.Study, settings: list[dict[str, Any]]) -> list[dict[str,
     lanes = study.user_attrs.get("race") or {}
     labels = {s["config_id"]: s["label"] for s in settings}
     rank = {"leads": 0, "tied": 1, "undecided": 2, "racing": 3, "out": 4}
-    rows = [{"config_id": c, "label": labels.get(c, c), **lane, "against_label": labels.get(lane.get("against"))}
-            for c, lane in lanes.items()]
+    rows = [
+        {"config_id": c, "label": labels.get(c, c), **lane, "against_label": labels.get(lane.get("against"))}
+        for c, lane in lanes.items()
+    ]
     return sorted(rows, key=lambda r: (rank.get(r["status"], 9), -r["target"]))
 
 
@@ -140,22 +149,39 @@ def study_results(name: str, storage: str | None, overrides: list[str]) -> tuple
     if runs.empty:
         raise ConfigError(f"study {spec.name} has no runs yet: run `make sweep STUDY={name}` first")
     runs["test_psnr"] = runs.run_id.map(collect.test_scores(cfg, runs.run_id.dropna().tolist()))
-    info = {"name": spec.name, "description": spec.description, "metric": spec.metric, "direction": spec.direction,
-            "seeds": spec.seeds, "niter": cfg.train.niter, "sampler": spec.sampler, "pruner": spec.pruner,
-            "storage": url, "degenerate_below": spec.degenerate_below, "margin_db": spec.margin_db,
-            # a grid's looks; a race decides configuration by configuration, so its report is one look at all it ran
-            "looks": list(spec.plan.looks) if spec.sequential and spec.grid else None,
-            "look": _decided_through(study, spec)}
+    info = {
+        "name": spec.name,
+        "description": spec.description,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "seeds": spec.seeds,
+        "niter": cfg.train.niter,
+        "sampler": spec.sampler,
+        "pruner": spec.pruner,
+        "storage": url,
+        "degenerate_below": spec.degenerate_below,
+        "margin_db": spec.margin_db,
+        # a grid's looks; a race decides configuration by configuration, so its report is one look at all it ran
+        "looks": list(spec.plan.looks) if spec.sequential and spec.grid else None,
+        "look": _decided_through(study, spec),
+    }
     results = analysis.analyse(runs, info)
     results["appendix"] = {k: v for k, v in _appendix(study, runs).items()}
     results["race"] = _race(study, results["settings"])
     parent = study.user_attrs.get("mlflow_parent_run_id")
-    results["provenance"] = {"git commit": _git_commit(), "study": spec.name, "optuna storage": url,
-                             "mlflow tracking": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-                             or f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'mlflow.db'}",
-                             "mlflow parent run": parent or "-", "built": datetime.now(timezone.utc).isoformat(),
-                             "base config": dump(cfg), "run ids": runs.run_id.dropna().tolist(),
-                             "seeds": sorted(runs.seed.dropna().astype(int).unique().tolist())}
+    results["provenance"] = {
+        "git commit": _git_commit(),
+        "study": spec.name,
+        "optuna storage": url,
+        "mlflow tracking": cfg.tracking.uri
+        or os.environ.get("MLFLOW_TRACKING_URI", "")
+        or f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'mlflow.db'}",
+        "mlflow parent run": parent or "-",
+        "built": datetime.now(timezone.utc).isoformat(),
+        "base config": dump(cfg),
+        "run ids": runs.run_id.dropna().tolist(),
+        "seeds": sorted(runs.seed.dropna().astype(int).unique().tolist()),
+    }
     ctx = {"cfg": cfg, "study": study, "runs": runs, "base": cfg.flat()}
     return results, ctx
 
@@ -171,14 +197,17 @@ def write(results: dict[str, Any], ctx: dict[str, Any], out: Path) -> Path:
     app = results["appendix"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # matplotlib's tight_layout chatter on long labels
-        figs = {"strip": figures.strip(results, runs, out / "settings.png"),
-                "curves": figures.learning_curves(results, curves, ctx["base"], out / "curves.png"),
-                "origin": figures.origin_grid(results, curves, _schedules(cfg, results), out / "four_plots.png"),
-                "per_frame": figures.per_frame(results, per_step, out / "per_frame.png"),
-                "history": figures.history(runs, metric, out / "history.png"),
-                "slices": figures.slices(runs, params, metric, out / "slices.png"),
-                "importance": figures.importance(app["importances"], app["evaluator"], app["n_complete"],
-                                                 out / "importance.png")}
+        figs = {
+            "strip": figures.strip(results, runs, out / "settings.png"),
+            "curves": figures.learning_curves(results, curves, ctx["base"], out / "curves.png"),
+            "origin": figures.origin_grid(results, curves, _schedules(cfg, results), out / "four_plots.png"),
+            "per_frame": figures.per_frame(results, per_step, out / "per_frame.png"),
+            "history": figures.history(runs, metric, out / "history.png"),
+            "slices": figures.slices(runs, params, metric, out / "slices.png"),
+            "importance": figures.importance(
+                app["importances"], app["evaluator"], app["n_complete"], out / "importance.png"
+            ),
+        }
     media = _sample_media(cfg, results, runs, out)
     results["figures"] = {k: p.name for k, p in figs.items()} | {k: p.name for k, p in media.items()}
     _atomic_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
@@ -203,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         results, ctx = done[names[0]]
         if len(done) > 1:
             results["cross_study"] = analysis.cross_study({n: r for n, (r, _) in done.items()})
-            results["answer"] = results["answer"] + [analysis.verdict_line(c, results["study"]["metric"])
-                                                     for c in results["cross_study"]]
+            results["answer"] = results["answer"] + [
+                analysis.verdict_line(c, results["study"]["metric"]) for c in results["cross_study"]
+            ]
         folder = "+".join(r["study"]["name"] for r, _ in done.values())
         out = Path(ns.out) if ns.out else Path(ctx["cfg"].run.out_dir) / "reports" / folder
         index = write(results, ctx, out)

@@ -18,22 +18,67 @@ def runs_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        rows.append({"trial": t.number, "state": t.state.name, "outcome": outcome.of_trial(t), "value": t.value,
-                     "config_id": a.get("config_id"), "seed": a.get("seed"), "seed_index": a.get("seed_index"),
-                     "phase": a.get("phase", "search"), "search_value": a.get("search_value"),
-                     "degenerate": a.get("degenerate"), "cond_gain": a.get("cond_gain"),
-                     "psnr_moving": a.get("psnr_moving"), "psnr_moving_copy_last": a.get("psnr_moving_copy_last"),
-                     "copy_last": a.get("copy_last_psnr"), "epochs": a.get("epochs_run"),
-                     "best_epoch": a.get("best_epoch"),
-                     "duration_s": t.duration.total_seconds() if t.duration else None,
-                     "run_id": a.get("mlflow_run_id"), "run_dir": a.get("run_dir"), "gif": a.get("gif"),
-                     "fail_reason": a.get("fail_reason"), **{f"param:{k}": v for k, v in t.params.items()}})
-    cols = ["trial", "state", "outcome", "value", "config_id", "seed", "seed_index", "phase", "search_value", "degenerate",
-            "cond_gain", "psnr_moving", "psnr_moving_copy_last", "copy_last", "epochs", "best_epoch", "duration_s",
-            "run_id", "run_dir", "gif", "fail_reason"]
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "outcome": outcome.of_trial(t),
+                "value": t.value,
+                "config_id": a.get("config_id"),
+                "seed": a.get("seed"),
+                "seed_index": a.get("seed_index"),
+                "phase": a.get("phase", "search"),
+                "search_value": a.get("search_value"),
+                "degenerate": a.get("degenerate"),
+                "cond_gain": a.get("cond_gain"),
+                "psnr_moving": a.get("psnr_moving"),
+                "psnr_moving_copy_last": a.get("psnr_moving_copy_last"),
+                "copy_last": a.get("copy_last_psnr"),
+                "epochs": a.get("epochs_run"),
+                "best_epoch": a.get("best_epoch"),
+                "duration_s": t.duration.total_seconds() if t.duration else None,
+                "run_id": a.get("mlflow_run_id"),
+                "run_dir": a.get("run_dir"),
+                "gif": a.get("gif"),
+                "fail_reason": a.get("fail_reason"),
+                **{f"param:{k}": v for k, v in t.params.items()},
+            }
+        )
+    cols = [
+        "trial",
+        "state",
+        "outcome",
+        "value",
+        "config_id",
+        "seed",
+        "seed_index",
+        "phase",
+        "search_value",
+        "degenerate",
+        "cond_gain",
+        "psnr_moving",
+        "psnr_moving_copy_last",
+        "copy_last",
+        "epochs",
+        "best_epoch",
+        "duration_s",
+        "run_id",
+        "run_dir",
+        "gif",
+        "fail_reason",
+    ]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r if k.startswith("param:")}))
-    return df.astype({"value": float, "cond_gain": float, "psnr_moving": float, "psnr_moving_copy_last": float,
-                      "copy_last": float, "search_value": float, "duration_s": float})
+    return df.astype(
+        {
+            "value": float,
+            "cond_gain": float,
+            "psnr_moving": float,
+            "psnr_moving_copy_last": float,
+            "copy_last": float,
+            "search_value": float,
+            "duration_s": float,
+        }
+    )
 
 
 CURVES = ("val/psnr", "train/loss", "sched/beta", "sched/tfr", "val/cond_gain")
@@ -68,8 +113,10 @@ def per_step_frame(cfg: Config, runs: pd.DataFrame) -> pd.DataFrame:
             continue
         df = pd.read_csv(path)
         df = df[(df.epoch == int(r.best_epoch)) & df.psnr.notna()]
-        rows += [{"run_id": r.run_id, "frame": int(f.frame), "psnr": f.psnr, "psnr_copy_last": f.psnr_copy_last}
-                 for f in df.itertuples()]
+        rows += [
+            {"run_id": r.run_id, "frame": int(f.frame), "psnr": f.psnr, "psnr_copy_last": f.psnr_copy_last}
+            for f in df.itertuples()
+        ]
     return pd.DataFrame(rows, columns=["run_id", "frame", "psnr", "psnr_copy_last"])
 
 

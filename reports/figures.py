@@ -81,25 +81,54 @@ def strip(results: dict[str, Any], runs: pd.DataFrame, path: Path) -> Path:
     for i, s in enumerate(settings):
         y = len(settings) - 1 - i
         vals = np.asarray(s["values"], float)
-        ax.scatter(vals, np.full(len(vals), y) + np.linspace(-0.12, 0.12, len(vals)) if len(vals) else vals,
-                   color="tab:blue", s=22, zorder=3, label=once("trained seed"))
+        ax.scatter(
+            vals,
+            np.full(len(vals), y) + np.linspace(-0.12, 0.12, len(vals)) if len(vals) else vals,
+            color="tab:blue",
+            s=22,
+            zorder=3,
+            label=once("trained seed"),
+        )
         if s.get("mean") is not None:
             lo, hi = s["ci"]
-            ax.errorbar(s["mean"], y, xerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="D", color="black", ms=6,
-                        capsize=4, zorder=4, label=once(f"mean of trained seeds, {results['thresholds']['level']:.0%} "
-                                                        "interval"))
+            ax.errorbar(
+                s["mean"],
+                y,
+                xerr=[[s["mean"] - lo], [hi - s["mean"]]],
+                fmt="D",
+                color="black",
+                ms=6,
+                capsize=4,
+                zorder=4,
+                label=once(f"mean of trained seeds, {results['thresholds']['level']:.0%} interval"),
+            )
         mine = runs[(runs.config_id == s["config_id"]) & (runs.phase == "search")]
         collapsed = mine[mine.outcome == "collapsed"]
         if len(collapsed):
-            ax.scatter(collapsed.value, np.full(len(collapsed), y), marker="x", color="grey", s=36, zorder=2,
-                       label=once("collapsed (ignores its condition): a failure"))
+            ax.scatter(
+                collapsed.value,
+                np.full(len(collapsed), y),
+                marker="x",
+                color="grey",
+                s=36,
+                zorder=2,
+                label=once("collapsed (ignores its condition): a failure"),
+            )
         diverged_rows += [y] * int((mine.outcome == "diverged").sum())
     if results.get("copy_last") is not None:
         ax.axvline(results["copy_last"], color="red", ls="--", lw=1, label="copy last frame")
     if diverged_rows:  # no value: drawn at the left edge of what is shown
         left = ax.get_xlim()[0]
-        ax.scatter(np.full(len(diverged_rows), left), diverged_rows, marker="<", color="tab:red", s=40, zorder=5,
-                   clip_on=False, label=once("diverged (no value): a failure"))
+        ax.scatter(
+            np.full(len(diverged_rows), left),
+            diverged_rows,
+            marker="<",
+            color="tab:red",
+            s=40,
+            zorder=5,
+            clip_on=False,
+            label=once("diverged (no value): a failure"),
+        )
     ax.set_yticks(range(len(settings)), [s["label"] for s in reversed(settings)], fontsize=8)
     ax.set_xlabel(_unit(metric))
     ax.set_title(f"{metric} of every seed, per setting (best score at the top)")
@@ -128,7 +157,9 @@ def learning_curves(results: dict[str, Any], curves: pd.DataFrame, base: dict[st
         ax.axhline(results["copy_last"], color="red", ls="--", lw=1, label="copy last frame")
     ax.set_xlabel("epoch  (dashed: teacher-forcing decay starts; dotted: KL cycle boundary)")
     ax.set_ylabel(_unit(metric))
-    ax.set_title(f"Validation {metric}: mean over seeds, band = {results['thresholds']['level']:.0%} bootstrap interval")
+    ax.set_title(
+        f"Validation {metric}: mean over seeds, band = {results['thresholds']['level']:.0%} bootstrap interval"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
@@ -139,8 +170,12 @@ def origin_grid(results: dict[str, Any], curves: pd.DataFrame, schedules: dict[s
     per setting; the two schedules are drawn from the setting's config (`schedules[config_id]`: epochs and values
     of the KL weight by iteration and of the ratio by epoch), the two curves are means over its seeds."""
     settings = [s for s in results["settings"] if s["n"]][:MAX_SETTINGS] or results["settings"][:1]
-    panels = [("train/loss", "training loss"), ("val/psnr", "validation PSNR (dB)"), ("beta", "KL weight"),
-              ("tfr", "teacher-forcing ratio")]
+    panels = [
+        ("train/loss", "training loss"),
+        ("val/psnr", "validation PSNR (dB)"),
+        ("beta", "KL weight"),
+        ("tfr", "teacher-forcing ratio"),
+    ]
     fig, axes = plt.subplots(max(1, len(settings)), 4, figsize=(13, 2.2 * max(1, len(settings))), squeeze=False)
     for row, s in zip(axes, settings):
         for ax, (metric, title) in zip(row, panels):

@@ -24,26 +24,31 @@ def failures(c: dict[str, Any]) -> str:
 
 def _failure_test(c: dict[str, Any]) -> str:
     f = c["failures"]
-    seeds = (f"{max(f['seeds_a_more'], f['seeds_b_more'])} of {f['seeds_a_more'] + f['seeds_b_more']} discordant "
-             "seeds one way, " if f["test"] == sequential.PAIRED_FAILURES else "")
+    seeds = (
+        f"{max(f['seeds_a_more'], f['seeds_b_more'])} of {f['seeds_a_more'] + f['seeds_b_more']} discordant "
+        "seeds one way, "
+        if f["test"] == sequential.PAIRED_FAILURES
+        else ""
+    )
     return f"{f['test']}: {seeds}adjusted p={f['p_adjusted']:.3g}"
 
 
 def verdict_line(c: dict[str, Any], metric: str) -> str:
     """One sentence: the verdict, by how much, with its interval, how it was tested, and at which look."""
     unit = " dB" if "psnr" in metric else ""
-    head = (f"**{c['factor']}**: {c['a']} vs {c['b']}" if c["kind"] == "main effect" else f"**{c['a']}** vs {c['b']}")
+    head = f"**{c['factor']}**: {c['a']} vs {c['b']}" if c["kind"] == "main effect" else f"**{c['a']}** vs {c['b']}"
     fails = failures(c)
     tail = f"; {fails}" if fails else ""
     if c["decided_by"] == sequential.BY_FAILURES:
         word = "better" if c["verdict"] == sequential.BETTER else "worse"
         side = c["a"] if word == "worse" else c["b"]
-        diff = (f"; value difference {_signed(c['diff'], unit)} with failures counted" if c["diff"] is not None
-                else "")
-        return (f"{head}: **{c['a']} is {word}: {side} fails more often** ({fails}; {_failure_test(c)}){diff}.")
+        diff = f"; value difference {_signed(c['diff'], unit)} with failures counted" if c["diff"] is not None else ""
+        return f"{head}: **{c['a']} is {word}: {side} fails more often** ({fails}; {_failure_test(c)}){diff}."
     if c["reason"] and c["verdict"] != sequential.EQUIVALENT:
-        return (f"{head}: cannot tell yet ({c['reason']}); difference {_signed(c['diff'], unit)} "
-                f"(n={c['n_a']} vs {c['n_b']}){tail}.")
+        return (
+            f"{head}: cannot tell yet ({c['reason']}); difference {_signed(c['diff'], unit)} "
+            f"(n={c['n_a']} vs {c['n_b']}){tail}."
+        )
     lo, hi = c["interval"]
     corr = f", correlation {c['correlation']:.2f}" if c["correlation"] is not None else ""
     how = f"paired over {c['n_a']} seeds{corr}" if c["paired"] else f"unpaired, n={c['n_a']} vs {c['n_b']}"
@@ -55,15 +60,21 @@ def verdict_line(c: dict[str, Any], metric: str) -> str:
     else:
         nums = f"{_signed(c['diff'], unit)} [{lo:+.2f}, {hi:+.2f}] ({how}; {where})"
     if c["verdict"] in (sequential.BETTER, sequential.WORSE):
-        note = {"beyond the margin": f", more than the {c['margin_db']:g}{unit} margin",
-                "within the margin": f", less than the {c['margin_db']:g}{unit} margin"}.get(c["margin_note"] or "", "")
-        return (f"{head}: **{c['a']} is {c['verdict']}**{note}: {nums}, P(A>B)={c['prob_improvement']:.2f}, "
-                f"adjusted p={c['p_adjusted']:.3g}{tail}.")
+        note = {
+            "beyond the margin": f", more than the {c['margin_db']:g}{unit} margin",
+            "within the margin": f", less than the {c['margin_db']:g}{unit} margin",
+        }.get(c["margin_note"] or "", "")
+        return (
+            f"{head}: **{c['a']} is {c['verdict']}**{note}: {nums}, P(A>B)={c['prob_improvement']:.2f}, "
+            f"adjusted p={c['p_adjusted']:.3g}{tail}."
+        )
     bound = c.get("equivalence_bound")
     supports = f" (the data support +-{bound:.2f}{unit})" if bound is not None else ""
     if c["verdict"] == sequential.EQUIVALENT:
-        return (f"{head}: **equivalent within +-{c['margin_db']:g}{unit}**{supports}: {nums}, "
-                f"TOST p={c['p_equivalence_adjusted']:.3g}{tail}.")
+        return (
+            f"{head}: **equivalent within +-{c['margin_db']:g}{unit}**{supports}: {nums}, "
+            f"TOST p={c['p_equivalence_adjusted']:.3g}{tail}."
+        )
     if c["verdict"] == sequential.OPEN:
         return f"{head}: open after {nums}: the next look adds seeds{tail}."
     more, need = c["runs_needed"], c["seeds_needed"]

@@ -57,8 +57,9 @@ def _check_looks(look: int, looks: tuple[int, ...]) -> None:
         raise ValueError(f"look {look} of {looks}: looks are increasing seed counts, look is 1-based")
 
 
-def sequential_p(p: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5, two_sided: bool = True,
-                 statistic: str = "t") -> float:
+def sequential_p(
+    p: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5, two_sided: bool = True, statistic: str = "t"
+) -> float:
     """The p-value of a look's test corrected for every planned look: the chance, with no difference, that
     some look's statistic crosses the boundary that this look's statistic just reaches. p itself with one look."""
     looks = tuple(int(n) for n in looks)
@@ -70,8 +71,9 @@ def sequential_p(p: float, look: int, looks: tuple[int, ...], *, shape: float = 
     return float((null.size - np.searchsorted(null, c, side="left")) / null.size)
 
 
-def nominal_level(alpha: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5,
-                  two_sided: bool = True, statistic: str = "t") -> float:
+def nominal_level(
+    alpha: float, look: int, looks: tuple[int, ...], *, shape: float = 0.5, two_sided: bool = True, statistic: str = "t"
+) -> float:
     """The single-test level at `look` that the boundary spends: sequential_p(p) <= alpha iff p <= this."""
     looks = tuple(int(n) for n in looks)
     _check_looks(look, looks)

@@ -32,8 +32,10 @@ from sweeps.worker import worker_loop
 # heartbeats and stale-trial retries are "experimental" in Optuna 5; the warning repeats every trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-def _spec_args(spec_name: str, extra: list[str], trials: int | None,
-               storage: str | None = None) -> tuple[StudySpec, Config]:
+
+def _spec_args(
+    spec_name: str, extra: list[str], trials: int | None, storage: str | None = None
+) -> tuple[StudySpec, Config]:
     spec = load_spec(spec_name, extra, trials, storage)
     return spec, spec.base_config(extra)
 
@@ -47,17 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=None, help="target of complete + pruned trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite under run.out_dir)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = cores / workers)")
-    p.add_argument("--force-new", action="store_true",
-                   help="delete this study (its MLflow runs stay) and start it again with the current settings")
-    p.add_argument("--confirm", type=int, default=None, metavar="K",
-                   help="re-run the top K configurations of the study with fresh seeds (with --seeds N)")
+    p.add_argument(
+        "--force-new",
+        action="store_true",
+        help="delete this study (its MLflow runs stay) and start it again with the current settings",
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=None,
+        metavar="K",
+        help="re-run the top K configurations of the study with fresh seeds (with --seeds N)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration for --confirm (default 3)")
-    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
-                   help="run the workers as Ray tasks (auto = the running cluster, local = a new one on this machine, "
-                        "or host:port / ray://host:10001); needs pip install -e '.[ray]'")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run the workers as Ray tasks (auto = the running cluster, local = a new one on this machine, "
+        "or host:port / ray://host:10001); needs pip install -e '.[ray]'",
+    )
     p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray on a cluster without GPUs (default 1)")
-    p.add_argument("--emit", choices=["slurm", "ray-slurm"], default=None,
-                   help="write a SLURM script for this study instead of running it (sweeps/emit.py)")
+    p.add_argument(
+        "--emit",
+        choices=["slurm", "ray-slurm"],
+        default=None,
+        help="write a SLURM script for this study instead of running it (sweeps/emit.py)",
+    )
     p.add_argument("--array", type=int, default=4, help="with --emit: workers (array tasks, or Ray worker nodes)")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, section.key=value")
@@ -85,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             from sweeps import emit
             from sweeps.ray_launch import tracking_env
 
-            tracking = tracking_env(cfg).get("MLFLOW_TRACKING_URI", "") if cfg.tracking.uri or \
-                os.environ.get("MLFLOW_TRACKING_URI") else ""
+            tracking = (
+                tracking_env(cfg).get("MLFLOW_TRACKING_URI", "")
+                if cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+                else ""
+            )
             study_arg = str(Path(ns.study).resolve()) if Path(ns.study).is_file() else ns.study
             path = emit.write(ns.emit, spec.name, study_arg, url, tracking, ns.overrides, ns.array, Path.cwd())
             print(f"wrote {path}: sbatch {path.name}")
@@ -100,24 +123,35 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.mode == "repair":
             storage.existing_study(spec, url)  # one line, and no storage made, when there is none
-            study = storage.existing_study(spec, url, storage.make_storage(url, spec, cfg))  # with heartbeats, to fail stale trials
+            study = storage.existing_study(
+                spec, url, storage.make_storage(url, spec, cfg)
+            )  # with heartbeats, to fail stale trials
             closed = storage.repair(study, cfg)
             for trial, run_id, why in closed:
                 print(f"closed MLflow run {run_id} FAILED ({why})")
             print(f"study {spec.name}: {len(closed)} orphaned run(s) closed; " + summary(study, spec).splitlines()[0])
             return 0
-        study = coordinator.prepare(spec, cfg, ns.overrides, url, force_new=ns.force_new,
-                        spec_path=find_spec(ns.study, ns.storage).resolve())
+        study = coordinator.prepare(
+            spec, cfg, ns.overrides, url, force_new=ns.force_new, spec_path=find_spec(ns.study, ns.storage).resolve()
+        )
         if ns.confirm is not None:
             chosen = plan.enqueue_confirm(study, spec, ns.confirm, ns.seeds)
-            print(f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
-                  + ", ".join(f"{cid} (search mean {m:.2f})" for cid, m in chosen), flush=True)
+            print(
+                f"study {spec.name}: confirming {len(chosen)} configuration(s) with {ns.seeds} fresh seed(s) each: "
+                + ", ".join(f"{cid} (search mean {m:.2f})" for cid, m in chosen),
+                flush=True,
+            )
         what = f"{len(spec.design)} configurations" if spec.grid else f"{spec.trials} configurations"
-        seeds = (f"{spec.seeds} to {spec.max_seeds} seeds ({'a race' if spec.racing else 'looks'} at "
-                 f"{', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g})" if spec.sequential
-                 else f"{spec.seeds} seed(s)")
-        print(f"study {spec.name}: {what} x {seeds}, {ns.workers} worker(s) x {threads} thread(s), "
-              f"storage {url}", flush=True)
+        seeds = (
+            f"{spec.seeds} to {spec.max_seeds} seeds ({'a race' if spec.racing else 'looks'} at "
+            f"{', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g})"
+            if spec.sequential
+            else f"{spec.seeds} seed(s)"
+        )
+        print(
+            f"study {spec.name}: {what} x {seeds}, {ns.workers} worker(s) x {threads} thread(s), storage {url}",
+            flush=True,
+        )
         status = "FINISHED"
         progress = Progress(spec, ns.workers)
         tick = lambda: progress.tick(study)  # noqa: E731
@@ -141,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             try:  # the study's answer is in; its winner goes to the Model Registry
                 print(coordinator.register_line(study, spec, cfg))
             except (ConfigError, OSError) as e:
-                print(f"cvae: note: the winner was not registered ({e}); `cvae register {spec.name}` tries again",
-                      file=sys.stderr)
+                print(
+                    f"cvae: note: the winner was not registered ({e}); `cvae register {spec.name}` tries again",
+                    file=sys.stderr,
+                )
         return code or int(status == "FAILED")
     except (ConfigError, DataError) as e:
         print(f"cvae: error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from sweeps.lock import AskLock
 from sweeps.spec import SpecError, StudySpec
 from sweeps.storage import make_storage, repair
 
+
 def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     """'train.lr 0.002 -> 0.001, seeds 3 -> 2': the first differences between two study identities."""
     diffs = []
@@ -34,8 +35,9 @@ def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return shown or "settings"
 
 
-def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new: bool = False,
-            spec_path: Path | None = None) -> optuna.Study:
+def prepare(
+    spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new: bool = False, spec_path: Path | None = None
+) -> optuna.Study:
     """Create (or reopen) the study, the MLflow parent run and the data cache, once, before workers.
 
     A study is reopened only with the identity it was created with (spec.identity: the resolved config,
@@ -52,12 +54,20 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
             optuna.delete_study(study_name=spec.name, storage=storage)
         except KeyError:
             pass
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
-                                load_if_exists=True, sampler=space.make_sampler(spec), pruner=space.make_pruner(spec, cfg.train.niter))
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,
+        load_if_exists=True,
+        sampler=space.make_sampler(spec),
+        pruner=space.make_pruner(spec, cfg.train.niter),
+    )
     old = study.user_attrs.get("identity")
     if old is not None and old != identity:
-        raise SpecError(f"study {spec.name} in {url} was created with other settings ({what_changed(old, identity)}); "
-                        "give the study another name, or pass --force-new to start it again")
+        raise SpecError(
+            f"study {spec.name} in {url} was created with other settings ({what_changed(old, identity)}); "
+            "give the study another name, or pass --force-new to start it again"
+        )
     study.set_user_attr("identity", identity)
     if spec_path is not None:
         study.set_user_attr("spec_path", str(spec_path))  # `cvae report NAME` finds a study started from a path
@@ -83,8 +93,11 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
         exp_id = ensure_experiment(client, spec.name, artifact_root(cfg))
         parent = study.user_attrs.get("mlflow_parent_run_id")
         if parent is None:
-            run = client.create_run(exp_id, run_name=f"study {spec.name}",
-                                    tags={"optuna.study": spec.name, "optuna.storage": url, "role": "study"})
+            run = client.create_run(
+                exp_id,
+                run_name=f"study {spec.name}",
+                tags={"optuna.study": spec.name, "optuna.storage": url, "role": "study"},
+            )
             parent = run.info.run_id
             study.set_user_attr("mlflow_parent_run_id", parent)
             client.log_param(parent, "sampler", spec.sampler)
@@ -94,8 +107,11 @@ def prepare(spec: StudySpec, cfg: Config, extra: list[str], url: str, force_new:
             client.update_run(parent, status="RUNNING")
         closed = repair(study, cfg, client)  # runs a stopped worker could not close (e.g. its store was locked)
         if closed:
-            print(f"study {spec.name}: closed {len(closed)} MLflow run(s) whose trial was over: "
-                  + ", ".join(f"trial {n}" for n, _, _ in closed), flush=True)
+            print(
+                f"study {spec.name}: closed {len(closed)} MLflow run(s) whose trial was over: "
+                + ", ".join(f"trial {n}" for n, _, _ in closed),
+                flush=True,
+            )
     return study
 
 
@@ -127,7 +143,9 @@ def register_line(study: optuna.Study, spec: StudySpec, cfg: Config) -> str:
     from sweeps.registry import register
 
     name, version, w = register(study, spec, cfg)
-    return (f"registered the winner as {name} version {version} (configuration {w['config_id']}, seed {w['seed']}: "
-            f"{spec.metric} {w['value']:.2f}; its mean {w['mean']:.2f} over {w['seeds']} trained seed(s), fails "
-            f"{w['failed']}/{w['results']}): "
-            f"cvae eval models:/{name}/{version}")
+    return (
+        f"registered the winner as {name} version {version} (configuration {w['config_id']}, seed {w['seed']}: "
+        f"{spec.metric} {w['value']:.2f}; its mean {w['mean']:.2f} over {w['seeds']} trained seed(s), fails "
+        f"{w['failed']}/{w['results']}): "
+        f"cvae eval models:/{name}/{version}"
+    )

@@ -83,8 +83,9 @@ def grid_points(grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
 
 
-def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable[Run],
-                 targets: Mapping[str, int] | None = None) -> list[tuple[dict[str, Any], int]]:
+def missing_runs(
+    points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable[Run], targets: Mapping[str, int] | None = None
+) -> list[tuple[dict[str, Any], int]]:
     """(params, seed_index) of a design's search runs (every point x every seed) that have no trial yet.
 
     `targets`: config_id -> seeds of a sequential design's current look (a point not in it gets `seeds`).
@@ -97,8 +98,12 @@ def missing_runs(points: Iterable[Mapping[str, Any]], seeds: int, runs: Iterable
     points = list(points)
     want = {config_id(p): (targets or {}).get(config_id(p), seeds) for p in points}
     # seed by seed: the whole design with one seed first, so a stopped study is still balanced
-    return [(dict(p), k) for k in range(max(want.values(), default=0)) for p in points
-            if k < want[config_id(p)] and (config_id(p), k) not in have]
+    return [
+        (dict(p), k)
+        for k in range(max(want.values(), default=0))
+        for p in points
+        if k < want[config_id(p)] and (config_id(p), k) not in have
+    ]
 
 
 def lost_runs(runs: Iterable[Run]) -> list[Run]:
@@ -109,8 +114,10 @@ def lost_runs(runs: Iterable[Run]) -> list[Run]:
     for r in runs:
         if r.config_id is not None and r.seed_index is not None:
             groups[(r.config_id, r.seed_index, r.phase)].append(r)
-    return sorted((max(rs, key=lambda r: r.number) for rs in groups.values()
-                   if all(r.outcome == outcome.LOST for r in rs)), key=lambda r: r.number)
+    return sorted(
+        (max(rs, key=lambda r: r.number) for rs in groups.values() if all(r.outcome == outcome.LOST for r in rs)),
+        key=lambda r: r.number,
+    )
 
 
 def sibling_seeds(seeds: int, present: Iterable[int]) -> list[int]:
@@ -145,9 +152,15 @@ def scored(res: Mapping[tuple[str, int], float], margin: float, maximize: bool =
     by: dict[str, list[float]] = defaultdict(list)
     for (cid, _), v in sorted(res.items()):
         by[cid].append(v)
-    return {cid: Score(config_id=cid, score=sum(outcome.scored(v, floor) for v in vs) / len(vs),
-                       trained=tuple(v for v in vs if not math.isnan(v)), failed=sum(math.isnan(v) for v in vs))
-            for cid, vs in by.items()}
+    return {
+        cid: Score(
+            config_id=cid,
+            score=sum(outcome.scored(v, floor) for v in vs) / len(vs),
+            trained=tuple(v for v in vs if not math.isnan(v)),
+            failed=sum(math.isnan(v) for v in vs),
+        )
+        for cid, vs in by.items()
+    }
 
 
 def scores(runs: Iterable[Run], margin: float, maximize: bool = True, phase: str = SEARCH) -> dict[str, Score]:
@@ -155,7 +168,9 @@ def scores(runs: Iterable[Run], margin: float, maximize: bool = True, phase: str
     return scored(results(runs, phase), margin, maximize)
 
 
-def rank(scores_by_config: Mapping[str, Score], maximize: bool = True, among: Iterable[str] | None = None) -> list[Score]:
+def rank(
+    scores_by_config: Mapping[str, Score], maximize: bool = True, among: Iterable[str] | None = None
+) -> list[Score]:
     """The configurations a study may pick, best first: those with a trained run (a configuration that failed on
     every seed is never picked), by score; ties by id. `among`: only these (e.g. those still standing in a race)."""
     keep = set(among) if among is not None else None
@@ -164,8 +179,9 @@ def rank(scores_by_config: Mapping[str, Score], maximize: bool = True, among: It
     return ranked
 
 
-def ranking(runs: Iterable[Run], margin: float, maximize: bool = True, phase: str = SEARCH,
-            among: Iterable[str] | None = None) -> list[Score]:
+def ranking(
+    runs: Iterable[Run], margin: float, maximize: bool = True, phase: str = SEARCH, among: Iterable[str] | None = None
+) -> list[Score]:
     """The study's ranking of a phase's configurations (`rank` of `scores`): the pick is its first."""
     return rank(scores(runs, margin, maximize, phase), maximize, among)
 

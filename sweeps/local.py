@@ -23,8 +23,9 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int,
-                on_tick: Callable[[], None] = lambda: None) -> int:
+def run_workers(
+    spec_name: str, extra: list[str], url: str, workers: int, threads: int, on_tick: Callable[[], None] = lambda: None
+) -> int:
     """Start `workers` worker processes and wait. A worker that dies (killed, crashed) is replaced, at most
     MAX_RESTARTS times per slot, so the sweep keeps its parallelism; its run is failed and retried through
     the heartbeats. Ctrl-C / SIGTERM stops them all: SIGTERM first (their runs end KILLED, their trials
@@ -46,8 +47,10 @@ def run_workers(spec_name: str, extra: list[str], url: str, workers: int, thread
                 del procs[i]
                 if rc != 0 and restarts[i] < MAX_RESTARTS:
                     restarts[i] += 1
-                    print(f"sweep: worker {i} died (exit {rc}); starting a replacement "
-                          f"({restarts[i]}/{MAX_RESTARTS})", flush=True)
+                    print(
+                        f"sweep: worker {i} died (exit {rc}); starting a replacement ({restarts[i]}/{MAX_RESTARTS})",
+                        flush=True,
+                    )
                     procs[i] = start(i)
                 else:
                     codes[i] = rc

@@ -74,9 +74,13 @@ def _identify(trial: optuna.Trial, spec: StudySpec, params: dict[str, Any]) -> t
     if "config_id" in attrs:
         return attrs["config_id"], int(attrs["seed_index"]), attrs.get("phase", SEARCH)
     cid = config_id(params)
-    present = [t.user_attrs["seed_index"] for t in trial.study.get_trials(deepcopy=False)
-               if t.number != trial.number and t.user_attrs.get("config_id") == cid
-               and t.user_attrs.get("phase", SEARCH) == SEARCH]
+    present = [
+        t.user_attrs["seed_index"]
+        for t in trial.study.get_trials(deepcopy=False)
+        if t.number != trial.number
+        and t.user_attrs.get("config_id") == cid
+        and t.user_attrs.get("phase", SEARCH) == SEARCH
+    ]
     # the sampler proposed a configuration the study already has: this run becomes its next seed, so no
     # (configuration, seed) ever runs twice
     k = max(present) + 1 if present else 0
@@ -89,8 +93,10 @@ def _identify(trial: optuna.Trial, spec: StudySpec, params: dict[str, Any]) -> t
 
 
 def _config_pruned(trial: optuna.Trial, cid: str) -> bool:
-    return any(t.state == TrialState.PRUNED and t.user_attrs.get("config_id") == cid
-               for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    return any(
+        t.state == TrialState.PRUNED and t.user_attrs.get("config_id") == cid
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    )
 
 
 class _TrialTracker(MlflowTracker):
@@ -124,8 +130,13 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
         run_dir = Path(cfg.run.out_dir) / spec.name / f"trial-{trial.number:04d}"
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("run_dir", str(run_dir))
-        tags = {"config_id": cid, "seed": str(seed), "seed_index": str(k), "phase": phase,
-                "node": os.environ.get("CVAE_NODE") or socket.gethostname()}  # CVAE_NODE: the Ray launcher's
+        tags = {
+            "config_id": cid,
+            "seed": str(seed),
+            "seed_index": str(k),
+            "phase": phase,
+            "node": os.environ.get("CVAE_NODE") or socket.gethostname(),
+        }  # CVAE_NODE: the Ray launcher's
         tracker: Tracker = _TrialTracker(cfg, trial, ctx.parent_run_id, tags) if cfg.tracking.enabled else Tracker()
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -152,9 +163,13 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
         at_best = next(r for r in result.history if int(r["epoch"]) == best_epoch) if best_epoch else {}
         diag = {k: at_best.get(f"val/{k}", math.nan) for k in ("cond_gain", "psnr_moving", "psnr_moving_copy_last")}
         degenerate = not diag["cond_gain"] >= spec.degenerate_below  # NaN counts as degenerate
-        for key, v in {"best_epoch": best_epoch, "copy_last_psnr": result.copy_last_psnr, **diag,
-                       "degenerate": degenerate,
-                       "gif": str(run_dir / "samples" / f"epoch_{best_epoch:04d}.gif")}.items():
+        for key, v in {
+            "best_epoch": best_epoch,
+            "copy_last_psnr": result.copy_last_psnr,
+            **diag,
+            "degenerate": degenerate,
+            "gif": str(run_dir / "samples" / f"epoch_{best_epoch:04d}.gif"),
+        }.items():
             trial.set_user_attr(key, v)
         tracker.set_tags({"degenerate": str(degenerate).lower(), "cond_gain_at_best": f"{diag['cond_gain']:.4f}"})
         faults.point("tell")  # trained and tagged, not yet told to Optuna

@@ -11,8 +11,19 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeps import outcome, racing, sequential
-from sweeps.design import (CONFIRM, SEARCH, Run, Score, confirm_runs, config_id, lost_runs, missing_runs, ranking,
-                           results, search_configs)
+from sweeps.design import (
+    CONFIRM,
+    SEARCH,
+    Run,
+    Score,
+    config_id,
+    confirm_runs,
+    lost_runs,
+    missing_runs,
+    ranking,
+    results,
+    search_configs,
+)
 from sweeps.questions import Question, main_effects
 from sweeps.spec import SpecError, StudySpec
 
@@ -27,10 +38,19 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 def runs_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[Run]:
     """Every trial as a design Run (configuration, seed, phase, state, value, outcome); `trials`: ones already read."""
-    return [Run(number=t.number, state=t.state.name, config_id=t.user_attrs.get("config_id"),
-                seed_index=t.user_attrs.get("seed_index"), phase=t.user_attrs.get("phase", SEARCH),
-                value=t.value, params=t.params, outcome=outcome.of_trial(t))
-            for t in (trials if trials is not None else study.get_trials(deepcopy=False))]
+    return [
+        Run(
+            number=t.number,
+            state=t.state.name,
+            config_id=t.user_attrs.get("config_id"),
+            seed_index=t.user_attrs.get("seed_index"),
+            phase=t.user_attrs.get("phase", SEARCH),
+            value=t.value,
+            params=t.params,
+            outcome=outcome.of_trial(t),
+        )
+        for t in (trials if trials is not None else study.get_trials(deepcopy=False))
+    ]
 
 
 def outcomes(runs: list[Run], phase: str | None = SEARCH) -> dict[str, int]:
@@ -44,13 +64,18 @@ def standing(study: optuna.Study, attrs: dict | None = None) -> set[str] | None:
     return None if not lanes else {c for c, lane in lanes.items() if lane.get("status") != racing.OUT}
 
 
-def best_config(study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None,
-                attrs: dict | None = None) -> Score | None:
+def best_config(
+    study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None, attrs: dict | None = None
+) -> Score | None:
     """The study's pick: the best-scoring configuration with a trained run (design.ranking), among those still
     standing in a race. The summary, the MLflow parent run, --confirm's order and the registry all take this.
     `runs`, `attrs`: the study's, already read."""
-    ranked = ranking(runs if runs is not None else runs_of(study), spec.margin_db, spec.direction == "maximize",
-                     among=standing(study, attrs))
+    ranked = ranking(
+        runs if runs is not None else runs_of(study),
+        spec.margin_db,
+        spec.direction == "maximize",
+        among=standing(study, attrs),
+    )
     return ranked[0] if ranked else None
 
 
@@ -78,7 +103,9 @@ def look_line(state: sequential.State, decisions: dict[str, sequential.Decision]
     """'look 1 (3 seeds): kl.mode: cyclical vs monotonic equivalent, ... -> 4 configurations get seed 4'."""
     done = state.done
     look = state.look if done else state.look - 1
-    verdicts = ", ".join(f"{name} {d.verdict}" + (f" ({d.margin})" if d.margin else "") for name, d in decisions.items())
+    verdicts = ", ".join(
+        f"{name} {d.verdict}" + (f" ({d.margin})" if d.margin else "") for name, d in decisions.items()
+    )
     head = f"study {spec.name}: look {look} of {len(spec.plan.looks)} ({spec.plan.looks[look - 1]} seeds): {verdicts}"
     if done:
         return head + " -> done"
@@ -104,8 +131,9 @@ def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     return enqueue_grid(study, spec)
 
 
-def race_lanes(study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None,
-               attrs: dict | None = None) -> tuple[dict[str, racing.Lane], list[str]]:
+def race_lanes(
+    study: optuna.Study, spec: StudySpec, runs: list[Run] | None = None, attrs: dict | None = None
+) -> tuple[dict[str, racing.Lane], list[str]]:
     """The race as stored on the study, every search configuration in it (a new one races from `min` seeds),
     and the configurations in the order the study started them. `runs`, `attrs`: the study's, already read."""
     raw = (attrs if attrs is not None else study.user_attrs).get("race") or {}
@@ -134,8 +162,11 @@ def advance_race(study: optuna.Study, spec: StudySpec) -> int:
     def finished(c: str, target: int) -> bool:
         rs = by.get(c, [])
         have = {r.seed_index for r in rs}
-        return (c not in lost and all(k in have for k in range(target))
-                and not any(r.outcome == outcome.PENDING for r in rs))
+        return (
+            c not in lost
+            and all(k in have for k in range(target))
+            and not any(r.outcome == outcome.PENDING for r in rs)
+        )
 
     pruned = {c for c in order if any(r.outcome == outcome.PRUNED for r in by.get(c, []))}
     values = results(runs)
@@ -151,9 +182,13 @@ def advance_race(study: optuna.Study, spec: StudySpec) -> int:
         study.set_user_attr("race", {c: lane.as_json() for c, lane in new.items()})
         for c in order:
             if new[c].status != lanes[c].status and new[c].status != racing.RACING:
-                print(f"study {spec.name}: configuration {c} {new[c].status}"
-                      + (f" (vs {new[c].against}, {new[c].diff:+.2f} at {new[c].target} seeds)" if new[c].against else ""),
-                      flush=True)
+                print(
+                    f"study {spec.name}: configuration {c} {new[c].status}"
+                    + (
+                        f" (vs {new[c].against}, {new[c].diff:+.2f} at {new[c].target} seeds)" if new[c].against else ""
+                    ),
+                    flush=True,
+                )
     queued = 0
     params = {r.config_id: r.params for r in runs if r.params}
     for c in order:
@@ -184,11 +219,13 @@ def enqueue_confirm(study: optuna.Study, spec: StudySpec, k: int, seeds: int) ->
     chosen = ranking(runs, spec.margin_db, spec.direction == "maximize", among=standing(study))[:k]
     todo = confirm_runs(runs, chosen, seeds)
     if not todo:
-        raise SpecError(f"study {spec.name} has no configuration with a trained run to confirm yet: run `make sweep` "
-                        "first")
+        raise SpecError(
+            f"study {spec.name} has no configuration with a trained run to confirm yet: run `make sweep` first"
+        )
     for params, cid, idx, mean in todo:
-        study.enqueue_trial(params, user_attrs={"config_id": cid, "seed_index": idx, "phase": CONFIRM,
-                                                "search_value": mean})
+        study.enqueue_trial(
+            params, user_attrs={"config_id": cid, "seed_index": idx, "phase": CONFIRM, "search_value": mean}
+        )
     return list(dict.fromkeys((cid, mean) for _, cid, _, mean in todo))
 
 

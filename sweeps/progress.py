@@ -44,8 +44,9 @@ def planned_runs(study: optuna.Study, spec: Any, runs: list[Run] | None = None, 
     return target * spec.seeds
 
 
-def best_so_far(study: optuna.Study, spec: Any, runs: list[Run],
-                attrs: dict | None = None) -> tuple[str, float, tuple[float, float], int] | None:
+def best_so_far(
+    study: optuna.Study, spec: Any, runs: list[Run], attrs: dict | None = None
+) -> tuple[str, float, tuple[float, float], int] | None:
     """(config_id, score, 95% t interval of its scored results, results) of the study's pick so far
     (plan.best_config: failures count a margin below the worst trained run)."""
     best = plan.best_config(study, spec, runs, attrs)
@@ -129,9 +130,12 @@ class Progress:
         value = f"{t.value:.2f}" if t.value is not None else "-"
         gain = a.get("cond_gain")
         minutes = t.duration.total_seconds() / 60 if t.duration else math.nan
-        return (f"run {n}/{planned}: {a.get('config_id', '-')} ({params}) seed {a.get('seed_index', '-')}: "
-                f"{outcome.of_trial(t)}, {self.spec.metric} {value}"
-                + (f", cond_gain {gain:.2f}" if isinstance(gain, float) else "") + f", {minutes:.1f} min")
+        return (
+            f"run {n}/{planned}: {a.get('config_id', '-')} ({params}) seed {a.get('seed_index', '-')}: "
+            f"{outcome.of_trial(t)}, {self.spec.metric} {value}"
+            + (f", cond_gain {gain:.2f}" if isinstance(gain, float) else "")
+            + f", {minutes:.1f} min"
+        )
 
     def _bar(self, n: int, planned: int, running: int, failed: int, best: Any, done: list[Any]) -> None:
         from tqdm import tqdm
@@ -139,9 +143,15 @@ class Progress:
         if self.bar is None:
             # a terminal that reports no size (a fresh pseudo-terminal) gets 100 x 24, not a hidden bar
             size = shutil.get_terminal_size((100, 24))
-            self.bar = tqdm(total=planned, desc=f"study {self.spec.name}", unit="run", file=self.out, ncols=size.columns,
-                            nrows=max(size.lines, 2),
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]{postfix}")
+            self.bar = tqdm(
+                total=planned,
+                desc=f"study {self.spec.name}",
+                unit="run",
+                file=self.out,
+                ncols=size.columns,
+                nrows=max(size.lines, 2),
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]{postfix}",
+            )
         self.bar.total = planned
         self.bar.n = n
         post = f"{running} running, {failed} failed"

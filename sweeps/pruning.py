@@ -44,4 +44,6 @@ class ConfigMedianPruner(optuna.pruners.BasePruner):
                 mine.append(v)
             elif t.state == TrialState.COMPLETE:
                 others[other].append(v)
-        return prune_config(mine, others, self.n_startup, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        return prune_config(
+            mine, others, self.n_startup, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE
+        )

@@ -32,7 +32,6 @@ class Question:
         return set(self.side_a) | set(self.side_b)
 
 
-
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -54,12 +53,30 @@ def main_effects(configs: Mapping[str, Mapping[str, Any]], max_levels: int = MAX
             cells = tuple((lv[a], lv[b]) for lv in by_rest.values() if a in lv and b in lv)
             side_a = tuple(sorted(c for c, p in configs.items() if p.get(f) == a))
             side_b = tuple(sorted(c for c, p in configs.items() if p.get(f) == b))
-            out.append(Question(name=f"{f}: {_fmt(a)} vs {_fmt(b)}", kind=MAIN_EFFECT, factor=f, a=_fmt(a), b=_fmt(b),
-                                side_a=side_a, side_b=side_b, cells=cells))
+            out.append(
+                Question(
+                    name=f"{f}: {_fmt(a)} vs {_fmt(b)}",
+                    kind=MAIN_EFFECT,
+                    factor=f,
+                    a=_fmt(a),
+                    b=_fmt(b),
+                    side_a=side_a,
+                    side_b=side_b,
+                    cells=cells,
+                )
+            )
     return out
 
 
 def setting_pair(a: str, b: str, label_a: str, label_b: str) -> Question:
     """One configuration against another (their seeds pair by seed index)."""
-    return Question(name=f"{label_a} vs {label_b}", kind=SETTING_PAIR, factor=None, a=label_a, b=label_b,
-                    side_a=(a,), side_b=(b,), cells=((a, b),))
+    return Question(
+        name=f"{label_a} vs {label_b}",
+        kind=SETTING_PAIR,
+        factor=None,
+        a=label_a,
+        b=label_b,
+        side_a=(a,),
+        side_b=(b,),
+        cells=((a, b),),
+    )

@@ -28,14 +28,24 @@ class Lane:
     """its mean minus the leader's on their shared seeds, at the decision"""
 
     def as_json(self) -> dict[str, Any]:
-        return {"target": self.target, "status": self.status, "against": self.against, "look": self.look,
-                "diff": None if math.isnan(self.diff) else self.diff}
+        return {
+            "target": self.target,
+            "status": self.status,
+            "against": self.against,
+            "look": self.look,
+            "diff": None if math.isnan(self.diff) else self.diff,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> "Lane":
         diff = raw.get("diff")
-        return cls(target=int(raw["target"]), status=raw.get("status", RACING), against=raw.get("against"),
-                   look=int(raw.get("look", 1)), diff=math.nan if diff is None else float(diff))
+        return cls(
+            target=int(raw["target"]),
+            status=raw.get("status", RACING),
+            against=raw.get("against"),
+            look=int(raw.get("look", 1)),
+            diff=math.nan if diff is None else float(diff),
+        )
 
 
 def trained(c: str, target: int, values: Values) -> bool:
@@ -43,8 +53,15 @@ def trained(c: str, target: int, values: Values) -> bool:
     return any(not math.isnan(values[(c, k)]) for k in range(target) if (c, k) in values)
 
 
-def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Values, plan: Plan,
-         pruned: set[str] = frozenset(), complete: bool = False) -> dict[str, Lane]:
+def race(
+    lanes: Mapping[str, Lane],
+    order: list[str],
+    done: set[str],
+    values: Values,
+    plan: Plan,
+    pruned: set[str] = frozenset(),
+    complete: bool = False,
+) -> dict[str, Lane]:
     """One pass over the racing configurations whose seeds are all finished (`done`), in `order`: each is tested
     against the leader on the seeds both have, at the look its seed count is (the same tests, boundary and
     margin as a grid's questions, failures counted). Better: it leads, the old leader is out. Worse: out.
@@ -89,6 +106,8 @@ def race(lanes: Mapping[str, Lane], order: list[str], done: set[str], values: Va
             nxt = next(n for n in plan.looks if n > lane.target)
             out[c] = replace(decided, target=nxt)
     if complete and not any(lane.status == LEADS for lane in out.values()):
-        out = {c: replace(lane, status=UNDECIDED) if lane.status == RACING and c in done else lane
-               for c, lane in out.items()}
+        out = {
+            c: replace(lane, status=UNDECIDED) if lane.status == RACING and c in done else lane
+            for c, lane in out.items()
+        }
     return out

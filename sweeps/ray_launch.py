@@ -54,8 +54,10 @@ def check_storage(url: str, nodes: list[dict[str, Any]]) -> None:
     """A SQLite study file can only be shared by processes of one machine."""
     hosts = {n.get("NodeManagerAddress") for n in nodes if n.get("Alive")}
     if url.startswith("sqlite") and len(hosts) > 1:
-        raise ConfigError(f"study storage {url}: a SQLite file cannot be shared by the {len(hosts)} machines of this "
-                          "Ray cluster; give --storage postgresql://... (a database every node reaches)")
+        raise ConfigError(
+            f"study storage {url}: a SQLite file cannot be shared by the {len(hosts)} machines of this "
+            "Ray cluster; give --storage postgresql://... (a database every node reaches)"
+        )
 
 
 def _stop(proc: subprocess.Popen, grace: float) -> None:
@@ -67,8 +69,16 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
         proc.wait()
 
 
-def worker_task(spec_name: str, spec_text: str | None, extra: list[str], url: str, index: int, threads: int,
-                env: dict[str, str], cwd: str) -> int:
+def worker_task(
+    spec_name: str,
+    spec_text: str | None,
+    extra: list[str],
+    url: str,
+    index: int,
+    threads: int,
+    env: dict[str, str],
+    cwd: str,
+) -> int:
     """Body of a Ray task: one `python -m sweeps.cli worker` on this node until the study has no work left."""
 
     spec_arg = spec_name
@@ -77,10 +87,27 @@ def worker_task(spec_name: str, spec_text: str | None, extra: list[str], url: st
         spec_arg = str(folder / Path(spec_name).name)
         Path(spec_arg).write_text(spec_text)
     node = os.environ.get("CVAE_NODE") or _node_name()
-    cmd = [sys.executable, "-m", "sweeps.cli", "worker", spec_arg, "--storage", url, "--threads", str(threads),
-           "--worker-index", str(index), "--", *extra]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env, "CVAE_NODE": node},
-                            cwd=cwd if os.path.isdir(cwd) else None, preexec_fn=die_with_parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeps.cli",
+        "worker",
+        spec_arg,
+        "--storage",
+        url,
+        "--threads",
+        str(threads),
+        "--worker-index",
+        str(index),
+        "--",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env, "CVAE_NODE": node},
+        cwd=cwd if os.path.isdir(cwd) else None,
+        preexec_fn=die_with_parent,
+    )
     try:
         return proc.wait()
     except BaseException:  # ray.cancel raises KeyboardInterrupt here: stop the worker the way Ctrl-C does
@@ -105,14 +132,27 @@ def tracking_env(cfg: Any) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": tracking_uri(cfg)} if cfg.tracking.enabled else {}
 
 
-def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address: str, cpus_per_worker: int,
-        study: Any, on_tick: Any = lambda: None) -> int:
+def run(
+    spec_arg: str,
+    spec: Any,
+    cfg: Any,
+    extra: list[str],
+    url: str,
+    address: str,
+    cpus_per_worker: int,
+    study: Any,
+    on_tick: Any = lambda: None,
+) -> int:
     """Drive a prepared study's workers as Ray tasks until it has no work left; returns the worst exit code."""
 
     ray = import_ray()
     if not ray.is_initialized():
-        ray.init(address=None if address in ("", "local") else address, log_to_driver=True,
-                 include_dashboard=False, configure_logging=False)
+        ray.init(
+            address=None if address in ("", "local") else address,
+            log_to_driver=True,
+            include_dashboard=False,
+            configure_logging=False,
+        )
     check_storage(url, ray.nodes())
     path = Path(spec_arg)
     spec_text = path.read_text() if path.suffix in (".yaml", ".yml") and path.is_file() else None
@@ -123,8 +163,11 @@ def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address:
     codes: list[int] = []
     index = 0
     total, gpu = slots(ray.cluster_resources(), cpus_per_worker)
-    print(f"ray: {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {total} worker slot(s), one per "
-          + ("GPU" if gpu else f"{cpus_per_worker} CPU(s)"), flush=True)
+    print(
+        f"ray: {len([n for n in ray.nodes() if n.get('Alive')])} node(s), {total} worker slot(s), one per "
+        + ("GPU" if gpu else f"{cpus_per_worker} CPU(s)"),
+        flush=True,
+    )
     try:
         for _ in range(ROUNDS):
             waiting_said = False
@@ -133,7 +176,8 @@ def run(spec_arg: str, spec: Any, cfg: Any, extra: list[str], url: str, address:
                 while len(in_flight) < total and unfinished(study, spec):  # tasks wait in Ray's queue for room
                     opts = {"num_gpus": 1, "num_cpus": 0} if gpu else {"num_cpus": cpus_per_worker}
                     ref = remote.options(max_retries=TASK_RETRIES, retry_exceptions=False, **opts).remote(
-                        spec_arg, spec_text, extra, url, index, cpus_per_worker, env, cwd)
+                        spec_arg, spec_text, extra, url, index, cpus_per_worker, env, cwd
+                    )
                     in_flight[ref] = index
                     index += 1
                 if not in_flight:

@@ -66,7 +66,7 @@ class Predictor(nn.Module):
         self.model, self.n_past, self.n_future = model, n_past, n_future
 
     def forward(self, frames: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.model.predict(frames, cond, self.n_past, self.n_future)[:, self.n_past:]
+        return self.model.predict(frames, cond, self.n_past, self.n_future)[:, self.n_past :]
 
 
 def winner(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
@@ -75,14 +75,30 @@ def winner(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     best = best_config(study, spec)
     if best is None:
         raise ConfigError(f"study {spec.name} has no trained run to register yet (every result collapsed or diverged)")
-    trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("config_id") == best.config_id
-               and t.user_attrs.get("phase", SEARCH) == SEARCH and outcome.of_trial(t) == outcome.TRAINED]
+    trained = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("config_id") == best.config_id
+        and t.user_attrs.get("phase", SEARCH) == SEARCH
+        and outcome.of_trial(t) == outcome.TRAINED
+    ]
     top = (max if spec.direction == "maximize" else min)(trained, key=lambda t: t.value)
     a = top.user_attrs
-    return {"config_id": best.config_id, "seed": a.get("seed"), "seed_index": a.get("seed_index"), "value": top.value,
-            "mean": best.mean_trained, "score": best.score, "seeds": len(best.trained), "failed": best.failed,
-            "results": best.results, "cond_gain": a.get("cond_gain"), "run_id": a.get("mlflow_run_id"),
-            "run_dir": a.get("run_dir"), "trial": top.number}
+    return {
+        "config_id": best.config_id,
+        "seed": a.get("seed"),
+        "seed_index": a.get("seed_index"),
+        "value": top.value,
+        "mean": best.mean_trained,
+        "score": best.score,
+        "seeds": len(best.trained),
+        "failed": best.failed,
+        "results": best.results,
+        "cond_gain": a.get("cond_gain"),
+        "run_id": a.get("mlflow_run_id"),
+        "run_dir": a.get("run_dir"),
+        "trial": top.number,
+    }
 
 
 def _checkpoint(w: dict[str, Any], client: Any, into: Path) -> Path:
@@ -128,24 +144,45 @@ def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, st
         with torch.no_grad():
             out = predictor(torch.from_numpy(frames), torch.from_numpy(cond)).numpy()
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
-                           TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond")]),
-            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]))
+            inputs=Schema(
+                [
+                    TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
+                    TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond"),
+                ]
+            ),
+            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]),
+        )
         logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
         status = client.get_run(w["run_id"]).info.status if w["run_id"] else "FINISHED"
-        with tracking(tracking_uri(cfg)), \
-                (mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner")):
+        with (
+            tracking(tracking_uri(cfg)),
+            mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner"),
+        ):
             # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
-            info = mlflow.pytorch.log_model(predictor, name="model", signature=signature, input_example=(frames, cond),
-                                            extra_files=[str(ckpt)], registered_model_name=name,
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            info = mlflow.pytorch.log_model(
+                predictor,
+                name="model",
+                signature=signature,
+                input_example=(frames, cond),
+                extra_files=[str(ckpt)],
+                registered_model_name=name,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
     if w["run_id"] and status != "FINISHED":  # logging reopened the run: it keeps the status it had (e.g. repaired)
         client.set_terminated(w["run_id"], status=status)
     version = str(info.registered_model_version)
-    tags = {"study": spec.name, "config_id": w["config_id"], "seed": str(w["seed"]), "val/psnr": f"{w['value']:.4f}",
-            "cond_gain": f"{w['cond_gain']:.4f}" if w["cond_gain"] is not None else "",
-            "config_mean": f"{w['mean']:.4f}", "config_seeds": str(w["seeds"]), "config_score": f"{w['score']:.4f}",
-            "config_failures": f"{w['failed']}/{w['results']}", "trial": str(w["trial"])}
+    tags = {
+        "study": spec.name,
+        "config_id": w["config_id"],
+        "seed": str(w["seed"]),
+        "val/psnr": f"{w['value']:.4f}",
+        "cond_gain": f"{w['cond_gain']:.4f}" if w["cond_gain"] is not None else "",
+        "config_mean": f"{w['mean']:.4f}",
+        "config_seeds": str(w["seeds"]),
+        "config_score": f"{w['score']:.4f}",
+        "config_failures": f"{w['failed']}/{w['results']}",
+        "trial": str(w["trial"]),
+    }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     return name, version, w

@@ -53,8 +53,9 @@ def utility(means: np.ndarray, fail: np.ndarray, margin: float) -> np.ndarray:
     return (1 - fail) * means + fail * (means.min() - margin)
 
 
-def _runs(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, seeds: int, rng: np.random.Generator,
-          offset: int = 0) -> dict[tuple[str, int], float]:
+def _runs(
+    means: np.ndarray, fail: np.ndarray, sd: float, rho: float, seeds: int, rng: np.random.Generator, offset: int = 0
+) -> dict[tuple[str, int], float]:
     """Every configuration's first `seeds` results: a shared per-seed effect (correlation rho), its own noise,
     NaN where it failed; seed indices from `offset` (fresh seeds for a confirmation)."""
     n = means.size
@@ -65,8 +66,9 @@ def _runs(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, seeds: int
     return {(f"c{j}", offset + k): float(vals[k, j]) for k in range(seeds) for j in range(n)}
 
 
-def race_pick(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, plan: seq.Plan,
-              rng: np.random.Generator) -> tuple[str | None, int, set[str]]:
+def race_pick(
+    means: np.ndarray, fail: np.ndarray, sd: float, rho: float, plan: seq.Plan, rng: np.random.Generator
+) -> tuple[str | None, int, set[str]]:
     """One race over the configurations in proposal order: (the pick, runs used, configurations put out)."""
     pool = _runs(means, fail, sd, rho, plan.looks[-1], rng)
     order: list[str] = []
@@ -89,8 +91,9 @@ def race_pick(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, plan: 
     return (ranked[0].config_id if ranked else None), len(values), out
 
 
-def fixed_pick(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, design: Design, margin: float,
-               rng: np.random.Generator) -> tuple[str | None, int]:
+def fixed_pick(
+    means: np.ndarray, fail: np.ndarray, sd: float, rho: float, design: Design, margin: float, rng: np.random.Generator
+) -> tuple[str | None, int]:
     """Every configuration with `design.seeds` seeds, picked by score; with a confirmation, the top k of that
     ranking again on fresh seeds and the pick among them by their confirmed score. (pick, runs used)."""
     values = _runs(means, fail, sd, rho, design.seeds, rng)
@@ -106,8 +109,9 @@ def fixed_pick(means: np.ndarray, fail: np.ndarray, sd: float, rho: float, desig
     return (confirmed[0].config_id if confirmed else top[0]), len(values) + len(again)
 
 
-def run_selection(pop: Population, design: Design, configs: int, sd: float, rho: float, margin: float, n: int,
-                  seed: int) -> dict[str, Any]:
+def run_selection(
+    pop: Population, design: Design, configs: int, sd: float, rho: float, margin: float, n: int, seed: int
+) -> dict[str, Any]:
     """`n` studies of `configs` configurations drawn from `pop`: how often the pick is within the margin of the
     true best, its mean regret (true best minus the pick's true worth), the runs used, and for a race how often the
     true best was put out."""
@@ -127,7 +131,14 @@ def run_selection(pop: Population, design: Design, configs: int, sd: float, rho:
         within += u.max() - got <= margin
         regret.append(u.max() - got)
         runs.append(used)
-    return {"population": pop.name, "design": design.name, "configs": configs, "studies": n,
-            "within_margin": within / n, "mean_regret": float(np.mean(regret)),
-            "regret_p90": float(np.quantile(regret, 0.9)), "mean_runs": float(np.mean(runs)),
-            "best_put_out": best_out / n if plan is not None else None}
+    return {
+        "population": pop.name,
+        "design": design.name,
+        "configs": configs,
+        "studies": n,
+        "within_margin": within / n,
+        "mean_regret": float(np.mean(regret)),
+        "regret_p90": float(np.quantile(regret, 0.9)),
+        "mean_runs": float(np.mean(runs)),
+        "best_put_out": best_out / n if plan is not None else None,
+    }

@@ -192,12 +192,21 @@ def evidence(q: Question, values: Values, seeds: int, plan: Plan) -> Evidence:
             pb.append(sum(y for _, y in trained) / len(trained))
     side = lambda cs: [values[(c, k)] for c in cs for k in range(seeds) if (c, k) in values]  # noqa: E731
     va, vb = side(q.side_a), side(q.side_b)
-    return Evidence(seeds=ks, a=np.array(pa, dtype=float), b=np.array(pb, dtype=float),
-                    all_a=np.array([v for v in va if not math.isnan(v)], dtype=float),
-                    all_b=np.array([v for v in vb if not math.isnan(v)], dtype=float),
-                    counted=np.array(counted, dtype=float), results=both, failed_a=sum(math.isnan(v) for v in va),
-                    failed_b=sum(math.isnan(v) for v in vb), results_a=len(va), results_b=len(vb), more_a=more_a,
-                    more_b=more_b)
+    return Evidence(
+        seeds=ks,
+        a=np.array(pa, dtype=float),
+        b=np.array(pb, dtype=float),
+        all_a=np.array([v for v in va if not math.isnan(v)], dtype=float),
+        all_b=np.array([v for v in vb if not math.isnan(v)], dtype=float),
+        counted=np.array(counted, dtype=float),
+        results=both,
+        failed_a=sum(math.isnan(v) for v in va),
+        failed_b=sum(math.isnan(v) for v in vb),
+        results_a=len(va),
+        results_b=len(vb),
+        more_a=more_a,
+        more_b=more_b,
+    )
 
 
 def _counted(x: float, y: float, worse: float) -> float:
@@ -235,8 +244,11 @@ def _equivalence(ev: Evidence, plan: Plan, look: int) -> tuple[dict[str, Any], s
     lo_p, hi_p = stats.p_tost(e, plan.margin)
     seq = lambda x: boundary.sequential_p(x, look, plan.looks, shape=plan.shape, two_sided=False)  # noqa: E731
     a1 = boundary.nominal_level(plan.alpha, look, plan.looks, shape=plan.shape, two_sided=False)
-    return {"diff_counted": e.diff, "interval_equivalence": stats.interval(e, 1 - 2 * a1),
-            "p_equivalence": max(seq(lo_p), seq(hi_p))}, e
+    return {
+        "diff_counted": e.diff,
+        "interval_equivalence": stats.interval(e, 1 - 2 * a1),
+        "p_equivalence": max(seq(lo_p), seq(hi_p)),
+    }, e
 
 
 def _value_estimate(ev: Evidence) -> tuple[stats.Estimate, dict[str, Any], float] | None:
@@ -244,40 +256,84 @@ def _value_estimate(ev: Evidence) -> tuple[stats.Estimate, dict[str, Any], float
     if len(ev.seeds) >= PAIRED_MIN_SEEDS:
         pa, pb = ev.a, ev.b
         corr = float(np.corrcoef(pa, pb)[0, 1]) if pa.std() > 0 and pb.std() > 0 else math.nan
-        extra = dict(p_improve=stats.prob_improvement_paired(pa - pb), correlation=corr, mean_a=float(pa.mean()),
-                     mean_b=float(pb.mean()))
-        return stats.paired_estimate(pa, pb), extra, float(np.subtract(*stats.interval(stats.welch_estimate(pa, pb))[::-1]))
+        extra = dict(
+            p_improve=stats.prob_improvement_paired(pa - pb),
+            correlation=corr,
+            mean_a=float(pa.mean()),
+            mean_b=float(pb.mean()),
+        )
+        return (
+            stats.paired_estimate(pa, pb),
+            extra,
+            float(np.subtract(*stats.interval(stats.welch_estimate(pa, pb))[::-1])),
+        )
     if ev.all_a.size >= 2 and ev.all_b.size >= 2:
-        return stats.welch_estimate(ev.all_a, ev.all_b), dict(p_improve=stats.prob_improvement(ev.all_a, ev.all_b)), math.nan
+        return (
+            stats.welch_estimate(ev.all_a, ev.all_b),
+            dict(p_improve=stats.prob_improvement(ev.all_a, ev.all_b)),
+            math.nan,
+        )
     return None
 
 
-def _measure(q: Question, values: Values, plan: Plan, look: int) -> tuple[Decision, stats.Estimate | None,
-                                                                          stats.Estimate | None, float]:
+def _measure(
+    q: Question, values: Values, plan: Plan, look: int
+) -> tuple[Decision, stats.Estimate | None, stats.Estimate | None, float]:
     n = plan.looks[look - 1]
     ev = evidence(q, values, n, plan)
     va, vb = ev.all_a, ev.all_b
     fail, p_fail_min = _failures(q, ev, plan, look)
     equiv, e_eq = _equivalence(ev, plan, look)
-    base = Decision(name=q.name, verdict=OPEN, look=look, seeds=n, runs=ev.results_a + ev.results_b, test="not run",
-                    n_a=int(va.size), n_b=int(vb.size), mean_a=float(va.mean()) if va.size else math.nan,
-                    mean_b=float(vb.mean()) if vb.size else math.nan, failed_a=ev.failed_a, failed_b=ev.failed_b,
-                    results_a=ev.results_a, results_b=ev.results_b, more_a=ev.more_a, more_b=ev.more_b,
-                    **fail, **equiv)
+    base = Decision(
+        name=q.name,
+        verdict=OPEN,
+        look=look,
+        seeds=n,
+        runs=ev.results_a + ev.results_b,
+        test="not run",
+        n_a=int(va.size),
+        n_b=int(vb.size),
+        mean_a=float(va.mean()) if va.size else math.nan,
+        mean_b=float(vb.mean()) if vb.size else math.nan,
+        failed_a=ev.failed_a,
+        failed_b=ev.failed_b,
+        results_a=ev.results_a,
+        results_b=ev.results_b,
+        more_a=ev.more_a,
+        more_b=ev.more_b,
+        **fail,
+        **equiv,
+    )
     est = _value_estimate(ev)
     if est is None:
-        reason = (f"fewer than 2 trained seeds a side ({va.size} vs {vb.size}): one run cannot separate a setting "
-                  "from seed noise")
+        reason = (
+            f"fewer than 2 trained seeds a side ({va.size} vs {vb.size}): one run cannot separate a setting "
+            "from seed noise"
+        )
         return replace(base, reason=reason), None, e_eq, p_fail_min
     e, extra, w_u = est
     looks, shape = plan.looks, plan.shape
     a2 = boundary.nominal_level(plan.alpha, look, looks, shape=shape)
     p = stats.p_two_sided(e)
     w_p = float(np.subtract(*stats.interval(e)[::-1]))
-    return replace(base, test=e.test, n_a=e.n_a, n_b=e.n_b, diff=e.diff, interval=stats.interval(e, 1 - a2),
-                   p_value=p, p_sequential=boundary.sequential_p(p, look, looks, shape=shape),
-                   width_paired=w_p if e.paired else math.nan, width_unpaired=w_u if e.paired else w_p,
-                   **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired}), e, e_eq, p_fail_min
+    return (
+        replace(
+            base,
+            test=e.test,
+            n_a=e.n_a,
+            n_b=e.n_b,
+            diff=e.diff,
+            interval=stats.interval(e, 1 - a2),
+            p_value=p,
+            p_sequential=boundary.sequential_p(p, look, looks, shape=shape),
+            width_paired=w_p if e.paired else math.nan,
+            width_unpaired=w_u if e.paired else w_p,
+            **{k: v for k, v in extra.items() if k not in ("mean_a", "mean_b") or e.paired},
+        ),
+        e,
+        e_eq,
+        p_fail_min,
+    )
 
 
 # decisions
@@ -303,8 +359,9 @@ def _equivalence_bound(e: stats.Estimate, plan: Plan, look: int, alpha: float) -
     return abs(e.diff) + float(stats.interval(e, 1 - 2 * a1)[1] - e.diff)
 
 
-def decide_look(questions: Iterable[Question], values: Values, plan: Plan, look: int,
-                prior: Mapping[str, Decision] | None = None) -> dict[str, Decision]:
+def decide_look(
+    questions: Iterable[Question], values: Values, plan: Plan, look: int, prior: Mapping[str, Decision] | None = None
+) -> dict[str, Decision]:
     """Every question's decision after `look`. Those decided in `prior` keep their verdict; the open ones are
     measured on seeds < plan.looks[look - 1]; their value and failure tests are adjusted together with the
     family's other questions not yet shown different, and each is closed as better/worse (failures first),
@@ -323,30 +380,44 @@ def decide_look(questions: Iterable[Question], values: Values, plan: Plan, look:
     shown_now, adjusted = stats.tarone_holm(p, p_min, plan.alpha, held=held)
     m_eq = max(len(qs) - equivalent, sum(not math.isnan(d.p_equivalence) for d in ds))
     eq_adjusted = stats.holm([d.p_equivalence for d in ds], m=m_eq)
-    eq_order = np.argsort([d.p_equivalence if d.p_equivalence == d.p_equivalence else math.inf for d in ds], kind="stable")
+    eq_order = np.argsort(
+        [d.p_equivalence if d.p_equivalence == d.p_equivalence else math.inf for d in ds], kind="stable"
+    )
     eq_rank = {int(i): r for r, i in enumerate(eq_order)}  # Holm's step r tests at alpha / (m_eq - r)
     last = look == len(plan.looks)
     out = {q.name: prior[q.name] for q in qs if q.name not in measured}
     for i, q in enumerate(todo):
         d, e, e_eq, _ = measured[q.name]
-        d = replace(d, p_adjusted=_p(adjusted[i]), p_fail_adjusted=_p(adjusted[len(ds) + i]),
-                    p_equivalence_adjusted=_p(eq_adjusted[i]))
+        d = replace(
+            d,
+            p_adjusted=_p(adjusted[i]),
+            p_fail_adjusted=_p(adjusted[len(ds) + i]),
+            p_equivalence_adjusted=_p(eq_adjusted[i]),
+        )
         if e_eq is not None:
             d = replace(d, equivalence_bound=_equivalence_bound(e_eq, plan, look, plan.alpha / (m_eq - eq_rank[i])))
         if shown_now[len(ds) + i]:  # fails significantly more often: worse, whatever its trained runs score
-            a_fails_more = d.more_a > d.more_b if d.fail_test == PAIRED_FAILURES else \
-                d.failed_a / d.results_a > d.failed_b / d.results_b
+            a_fails_more = (
+                d.more_a > d.more_b
+                if d.fail_test == PAIRED_FAILURES
+                else d.failed_a / d.results_a > d.failed_b / d.results_b
+            )
             d = replace(d, verdict=WORSE if a_fails_more else BETTER, decided_by=BY_FAILURES)
         elif shown_now[i]:
-            d = replace(d, verdict=BETTER if (d.diff > 0) == plan.maximize else WORSE,
-                        margin=_margin_word(d, plan.margin), decided_by=BY_VALUES)
+            d = replace(
+                d,
+                verdict=BETTER if (d.diff > 0) == plan.maximize else WORSE,
+                margin=_margin_word(d, plan.margin),
+                decided_by=BY_VALUES,
+            )
         elif d.p_equivalence_adjusted <= plan.alpha:
             d = replace(d, verdict=EQUIVALENT)
         elif last:
             d = replace(d, verdict=CANNOT_TELL)
         if d.verdict in (OPEN, CANNOT_TELL) and e is not None:
-            d = replace(d, seeds_needed=stats.seeds_to_decide(e, plan.margin, alpha_diff=plan.alpha,
-                                                              alpha_equiv=plan.alpha))
+            d = replace(
+                d, seeds_needed=stats.seeds_to_decide(e, plan.margin, alpha_diff=plan.alpha, alpha_equiv=plan.alpha)
+            )
         out[q.name] = d
     return {q.name: out[q.name] for q in qs}
 
@@ -393,7 +464,9 @@ class State:
         return cls(look=int(raw["look"]), targets=targets, done=bool(raw.get("done", False)))
 
 
-def advance(questions: Iterable[Question], values: Values, plan: Plan, state: State) -> tuple[State, dict[str, Decision]]:
+def advance(
+    questions: Iterable[Question], values: Values, plan: Plan, state: State
+) -> tuple[State, dict[str, Decision]]:
     """After look `state.look` is complete: decide it, and either give the open questions' configurations the
     next look's seeds or mark the study done. Returns the new state and the decisions so far."""
     qs = list(questions)

@@ -107,11 +107,16 @@ class Noise:
         """The same noise with its one-sided models acting on `factor`: failures on its first level (sorted as
         main_effects sorts), outliers on its second."""
         levels = sorted({configs[c][factor] for c in self.configs}, key=str)
-        return replace(self, side_a=tuple(configs[c][factor] == levels[0] for c in self.configs),
-                       side_b=tuple(configs[c][factor] == levels[1] for c in self.configs))
+        return replace(
+            self,
+            side_a=tuple(configs[c][factor] == levels[0] for c in self.configs),
+            side_b=tuple(configs[c][factor] == levels[1] for c in self.configs),
+        )
 
 
-def fit(values: Mapping[tuple[str, int], float], configs: list[str], failed: set[tuple[str, int]] = frozenset()) -> Noise:
+def fit(
+    values: Mapping[tuple[str, int], float], configs: list[str], failed: set[tuple[str, int]] = frozenset()
+) -> Noise:
     """Residual rows from measured values on the seeds every configuration has: each trained value minus its
     configuration's trained mean, NaN where the run failed (`failed`: collapsed or diverged where measured)."""
     seeds = sorted({k for _, k in values})
@@ -148,8 +153,14 @@ def truth(q: Question, effects: Mapping[str, float], fail: Mapping[str, float]) 
     return 0 if abs(more) < 1e-12 else (-1 if more > 0 else 1)
 
 
-def study(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str, means: Mapping[str, float],
-          rng: np.random.Generator) -> tuple[dict[str, seq.Decision], int]:
+def study(
+    configs: Mapping[str, Mapping[str, Any]],
+    plan: seq.Plan,
+    noise: Noise,
+    kind: str,
+    means: Mapping[str, float],
+    rng: np.random.Generator,
+) -> tuple[dict[str, seq.Decision], int]:
     """One simulated sequential study: (final decisions, runs used)."""
     questions = main_effects(configs)
     order = list(noise.configs)
@@ -174,8 +185,15 @@ def upper95(k: int, n: int) -> float:
     return 1.0 if k >= n else failure_interval(k, n, level=0.90)[1]
 
 
-def run_case(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str,
-             effects: Mapping[str, float], n: int, seed: int) -> dict[str, Any]:
+def run_case(
+    configs: Mapping[str, Mapping[str, Any]],
+    plan: seq.Plan,
+    noise: Noise,
+    kind: str,
+    effects: Mapping[str, float],
+    n: int,
+    seed: int,
+) -> dict[str, Any]:
     """`n` studies with the given true main effects: per question the share of each verdict and of verdicts
     decided by failures, the family's rate of any false better/worse (a difference called where there is none,
     or the wrong way round), runs used, looks reached."""
@@ -199,13 +217,20 @@ def run_case(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: No
             said = {seq.BETTER: 1, seq.WORSE: -1}.get(d.verdict, 0)
             false |= said != 0 and said != signs[q.name]
         family_false += false
-    return {"noise": kind, "effects": dict(effects), "studies": n, "truth": signs,
-            "failure_rates": {c: round(p, 4) for c, p in fail.items()},
-            "verdicts": {q: {v: c / n for v, c in vs.items()} for q, vs in counts.items()},
-            "decided_by_failures": {q: c / n for q, c in by_failures.items()},
-            "family_false_difference": family_false / n, "family_false_difference_upper95": upper95(family_false, n),
-            "mean_runs": float(np.mean(runs)), "runs_quantiles": np.quantile(runs, [0.1, 0.5, 0.9]).tolist(),
-            "looks": {str(k): looks.count(k) / n for k in range(1, len(plan.looks) + 1)}}
+    return {
+        "noise": kind,
+        "effects": dict(effects),
+        "studies": n,
+        "truth": signs,
+        "failure_rates": {c: round(p, 4) for c, p in fail.items()},
+        "verdicts": {q: {v: c / n for v, c in vs.items()} for q, vs in counts.items()},
+        "decided_by_failures": {q: c / n for q, c in by_failures.items()},
+        "family_false_difference": family_false / n,
+        "family_false_difference_upper95": upper95(family_false, n),
+        "mean_runs": float(np.mean(runs)),
+        "runs_quantiles": np.quantile(runs, [0.1, 0.5, 0.9]).tolist(),
+        "looks": {str(k): looks.count(k) / n for k in range(1, len(plan.looks) + 1)},
+    }
 
 
 # the proof: every case the issue's targets name
@@ -221,9 +246,12 @@ def cases(factors: list[str], margin: float, signs: Mapping[str, int] | None = N
     the lower value, so a case never sets a value effect against a failure difference."""
     f, g = factors
     sf, sg = (signs or {}).get(f, 1), (signs or {}).get(g, -1)
-    return {"no difference": {f: 0.0, g: 0.0}, "at the margin": {f: sf * margin, g: sg * margin},
-            "twice the margin": {f: 2 * sf * margin, g: 2 * sg * margin},
-            "one real, one null": {f: 2 * sf * margin, g: 0.0}}
+    return {
+        "no difference": {f: 0.0, g: 0.0},
+        "at the margin": {f: sf * margin, g: sg * margin},
+        "twice the margin": {f: 2 * sf * margin, g: 2 * sg * margin},
+        "one real, one null": {f: 2 * sf * margin, g: 0.0},
+    }
 
 
 def failure_signs(configs: Mapping[str, Mapping[str, Any]], noise: Noise, kind: str) -> dict[str, int]:
@@ -242,29 +270,47 @@ def judge(case: str, result: dict[str, Any], configs: Mapping[str, Mapping[str, 
     called the wrong way), false "equivalent" where an effect is +-margin, power where it is +-2 margin."""
     questions = {q.name: q for q in main_effects(configs)}
     effects, n = result["effects"], result["studies"]
-    out: dict[str, Any] = {"false_difference": {
-        "rate": result["family_false_difference"], "upper95": result["family_false_difference_upper95"],
-        "target": f"<= {TARGET_FALSE_DIFFERENCE:.0%}, upper bound <= {TARGET_FALSE_DIFFERENCE_UPPER:.0%}",
-        "pass": result["family_false_difference"] <= TARGET_FALSE_DIFFERENCE
-        and result["family_false_difference_upper95"] <= TARGET_FALSE_DIFFERENCE_UPPER}}
+    out: dict[str, Any] = {
+        "false_difference": {
+            "rate": result["family_false_difference"],
+            "upper95": result["family_false_difference_upper95"],
+            "target": f"<= {TARGET_FALSE_DIFFERENCE:.0%}, upper bound <= {TARGET_FALSE_DIFFERENCE_UPPER:.0%}",
+            "pass": result["family_false_difference"] <= TARGET_FALSE_DIFFERENCE
+            and result["family_false_difference_upper95"] <= TARGET_FALSE_DIFFERENCE_UPPER,
+        }
+    }
     at_margin = [m for m, q in questions.items() if effects[q.factor] != 0 and case == "at the margin"]
     if at_margin:
         rate = max(result["verdicts"][m][seq.EQUIVALENT] for m in at_margin)
-        out["false_equivalent"] = {"rate": rate, "upper95": upper95(round(rate * n), n),
-                                   "target": f"<= {TARGET_FALSE_EQUIVALENT:.0%}", "pass": rate <= TARGET_FALSE_EQUIVALENT}
+        out["false_equivalent"] = {
+            "rate": rate,
+            "upper95": upper95(round(rate * n), n),
+            "target": f"<= {TARGET_FALSE_EQUIVALENT:.0%}",
+            "pass": rate <= TARGET_FALSE_EQUIVALENT,
+        }
     real = [m for m, q in questions.items() if effects[q.factor] != 0 and case != "at the margin"]
     if real:
         power = min(result["verdicts"][m][seq.BETTER if effects[questions[m].factor] > 0 else seq.WORSE] for m in real)
         out["power"] = {"rate": power, "target": f">= {TARGET_POWER:.0%}", "pass": power >= TARGET_POWER}
     failing = [m for m, q in questions.items() if effects[q.factor] == 0 and result["truth"][m] != 0]
     if failing:  # no target: how often a difference that is only in the failure rates is found
-        out["failure_found"] = {"rate": min(result["verdicts"][m][seq.BETTER if result["truth"][m] > 0 else seq.WORSE]
-                                            for m in failing)}
+        out["failure_found"] = {
+            "rate": min(result["verdicts"][m][seq.BETTER if result["truth"][m] > 0 else seq.WORSE] for m in failing)
+        }
     return out
 
 
-def fixed_design_runs(configs: Mapping[str, Mapping[str, Any]], plan: seq.Plan, noise: Noise, kind: str,
-                      effects: Mapping[str, float], power: float, n: int, seed: int, most: int = 40) -> dict[str, Any]:
+def fixed_design_runs(
+    configs: Mapping[str, Mapping[str, Any]],
+    plan: seq.Plan,
+    noise: Noise,
+    kind: str,
+    effects: Mapping[str, float],
+    power: float,
+    n: int,
+    seed: int,
+    most: int = 40,
+) -> dict[str, Any]:
     """The smallest fixed number of seeds (one look, the same tests) whose power reaches `power`: its runs."""
     questions = main_effects(configs)
     for seeds in range(2, most + 1):

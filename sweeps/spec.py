@@ -22,15 +22,38 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
 DIST_TYPES = ("int", "float", "categorical")
-TOP_KEYS = {"name", "description", "experiment", "overrides", "objective", "trials", "seeds", "sampler", "pruner",
-            "space", "grid", "heartbeat_seconds", "degenerate_below", "margin_db"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "experiment",
+    "overrides",
+    "objective",
+    "trials",
+    "seeds",
+    "sampler",
+    "pruner",
+    "space",
+    "grid",
+    "heartbeat_seconds",
+    "degenerate_below",
+    "margin_db",
+}
 RACE_MIN_SEEDS = 3
 # The smallest difference that matters when a spec does not say: one grading bar of the course (>= 25 dB full
 # marks, then one bar per dB). A spec states its own, with why, in `margin_db`.
 MARGIN_DB = 1.0
 # Settings that change where and how fast a study runs, not what it finds: free to differ between reruns.
-IDENTITY_FREE = ("run.out_dir", "run.threads", "run.device", "run.prefetch", "train.progress", "tracking.uri",
-                 "tracking.system_metrics", "tracking.outage_wait_s", "data.cache_dir")
+IDENTITY_FREE = (
+    "run.out_dir",
+    "run.threads",
+    "run.device",
+    "run.prefetch",
+    "train.progress",
+    "tracking.uri",
+    "tracking.system_metrics",
+    "tracking.outage_wait_s",
+    "data.cache_dir",
+)
 # A run whose val/cond_gain (true minus shuffled actions and positions, at its best epoch) is below this
 # ignores its condition: it is tagged degenerate and the report ranks it apart.
 DEGENERATE_BELOW_DB = 0.25
@@ -118,10 +141,14 @@ class StudySpec:
         cfg = self.base_config(extra).flat()
         for key in IDENTITY_FREE:
             cfg.pop(key, None)
-        return {"config": cfg, "space": {k: {f: v for f, v in vars(d).items()} for k, d in self.space.items()},
-                "grid": {k: list(v) for k, v in self.grid.items()}, "objective": [self.metric, self.direction],
-                # a sequential design's margin decides which runs exist; a fixed one's only what the report says
-                "seeds": {"looks": list(self.looks), "margin_db": self.margin_db} if self.sequential else self.seeds}
+        return {
+            "config": cfg,
+            "space": {k: {f: v for f, v in vars(d).items()} for k, d in self.space.items()},
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "objective": [self.metric, self.direction],
+            # a sequential design's margin decides which runs exist; a fixed one's only what the report says
+            "seeds": {"looks": list(self.looks), "margin_db": self.margin_db} if self.sequential else self.seeds,
+        }
 
     def fingerprint(self, extra: list[str] | None = None) -> str:
         """A short hash of identity()."""
@@ -178,7 +205,10 @@ def _parse_seeds(raw: Any) -> tuple[int, tuple[int, ...]]:
         _req(not unknown, f"seeds: unknown field(s) {', '.join(sorted(unknown))} (expected min, max, step)")
         vals = {k: raw.get(k, 1 if k == "step" else None) for k in ("min", "max", "step")}
         for k, v in vals.items():
-            _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"seeds.{k}: expected a positive integer, got {v!r}")
+            _req(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"seeds.{k}: expected a positive integer, got {v!r}",
+            )
         lo, hi, step = vals["min"], vals["max"], vals["step"]
         _req(lo >= 2, f"seeds.min: a sequential design needs at least 2 seeds at its first look, got {lo}")
         _req(hi > lo, f"seeds: max ({hi}) must be above min ({lo}); for a fixed number write `seeds: {lo}`")
@@ -186,8 +216,10 @@ def _parse_seeds(raw: Any) -> tuple[int, tuple[int, ...]]:
         if looks[-1] != hi:
             looks.append(hi)
         return lo, tuple(looks)
-    _req(isinstance(raw, int) and not isinstance(raw, bool) and raw > 0,
-         f"seeds: expected a positive integer or {{min: 3, max: 6}}, got {raw!r}")
+    _req(
+        isinstance(raw, int) and not isinstance(raw, bool) and raw > 0,
+        f"seeds: expected a positive integer or {{min: 3, max: 6}}, got {raw!r}",
+    )
     return raw, ()
 
 
@@ -213,8 +245,10 @@ def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
         where = "grid" if path in spec.grid else "space"
         _req(path in known, f"{where}.{path}: unknown config path")
         # bounds alone would validate (1.0 -> 1) while a sampled 2.5 fails mid-sweep
-        _req(where == "grid" or spec.space[path].type != "float" or type(defaults[path]) is not int,
-             f"space.{path}: an integer setting; use type: int")
+        _req(
+            where == "grid" or spec.space[path].type != "float" or type(defaults[path]) is not int,
+            f"space.{path}: an integer setting; use type: int",
+        )
         for v in values:
             try:
                 spec.base_config(extra, {path: v})
@@ -253,8 +287,9 @@ def find_spec(name: str, storage: str | None = None) -> Path:
     return path
 
 
-def load_spec(name: str, extra: list[str] | None = None, trials: int | None = None,
-              storage: str | None = None) -> StudySpec:
+def load_spec(
+    name: str, extra: list[str] | None = None, trials: int | None = None, storage: str | None = None
+) -> StudySpec:
     """Read, parse and validate a study spec; `extra` are command-line config overrides."""
     path = find_spec(name, storage)
     try:
@@ -271,7 +306,9 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     objective = raw.get("objective") or {}
     _req(isinstance(objective, dict), "objective: expected {metric: val/psnr, direction: maximize}")
     metric = objective.get("metric", "val/psnr")
-    _req(metric in ("val/psnr", "val/ssim", "val/psnr_best"), f"objective.metric: {metric!r} is not a validation metric")
+    _req(
+        metric in ("val/psnr", "val/ssim", "val/psnr_best"), f"objective.metric: {metric!r} is not a validation metric"
+    )
     direction = objective.get("direction", "maximize")
     _req(direction in ("maximize", "minimize"), f"objective.direction: {direction!r} is not maximize or minimize")
 
@@ -305,35 +342,63 @@ def load_spec(name: str, extra: list[str] | None = None, trials: int | None = No
     if grid:
         n_trials = min(n_trials, n_grid) if isinstance(n_trials, int) and not isinstance(n_trials, bool) else n_trials
     seeds, looks = _parse_seeds(raw.get("seeds", 1))
-    _req(not looks or s_type != "grid" or p_type == "none", f"pruner.type: {p_type} with a sequential design: each "
-                                                             "look needs every run of its configurations (use pruner: none)")
+    _req(
+        not looks or s_type != "grid" or p_type == "none",
+        f"pruner.type: {p_type} with a sequential design: each "
+        "look needs every run of its configurations (use pruner: none)",
+    )
     # a race's first test at 2 seeds is a t on 1 degree of freedom, where the winner's curse is largest: the
     # selection simulation (docs/statistics.md) is run from 3
-    _req(not looks or s_type == "grid" or seeds >= RACE_MIN_SEEDS,
-         f"seeds.min: a race (sampler {s_type} with a seed range) tests from {RACE_MIN_SEEDS} seeds a side, got {seeds}")
+    _req(
+        not looks or s_type == "grid" or seeds >= RACE_MIN_SEEDS,
+        f"seeds.min: a race (sampler {s_type} with a seed range) tests from {RACE_MIN_SEEDS} seeds a side, got {seeds}",
+    )
     margin = raw.get("margin_db", MARGIN_DB)
-    _req(isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
-         f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}")
+    _req(
+        isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
+        f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}",
+    )
     for key, v in (("trials", n_trials), ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
         _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
     degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
-    _req(isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
-         f"degenerate_below: expected a number of dB, got {degenerate_below!r}")
-    _req(not (p_type in ("hyperband", "successive_halving") and (seeds > 1 or looks)),
-         f"pruner.type: {p_type} judges single runs; with seeds > 1 use median (it judges configurations) or none")
-    ints = {"sampler.seed": sampler.get("seed", 1), "sampler.startup_trials": sampler.get("startup_trials", 4),
-            "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
-            "pruner.startup_trials": pruner.get("startup_trials", 2)}
+    _req(
+        isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
+        f"degenerate_below: expected a number of dB, got {degenerate_below!r}",
+    )
+    _req(
+        not (p_type in ("hyperband", "successive_halving") and (seeds > 1 or looks)),
+        f"pruner.type: {p_type} judges single runs; with seeds > 1 use median (it judges configurations) or none",
+    )
+    ints = {
+        "sampler.seed": sampler.get("seed", 1),
+        "sampler.startup_trials": sampler.get("startup_trials", 4),
+        "pruner.warmup_epochs": pruner.get("warmup_epochs", 0),
+        "pruner.startup_trials": pruner.get("startup_trials", 2),
+    }
     for key, v in ints.items():
         _req(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{key}: expected an integer >= 0, got {v!r}")
 
     spec = StudySpec(
-        name=str(raw.get("name", path.stem)), experiment=raw["experiment"], overrides=dict(overrides),
-        metric=metric, direction=direction, trials=n_trials, seeds=seeds, sampler=s_type,
-        sampler_seed=ints["sampler.seed"], startup_trials=ints["sampler.startup_trials"], pruner=p_type,
-        warmup_epochs=ints["pruner.warmup_epochs"], pruner_startup_trials=ints["pruner.startup_trials"],
-        space=space, grid=grid, heartbeat_seconds=raw.get("heartbeat_seconds", 10),
-        description=str(raw.get("description", "")), degenerate_below=float(degenerate_below), looks=looks,
-        margin_db=float(margin))
+        name=str(raw.get("name", path.stem)),
+        experiment=raw["experiment"],
+        overrides=dict(overrides),
+        metric=metric,
+        direction=direction,
+        trials=n_trials,
+        seeds=seeds,
+        sampler=s_type,
+        sampler_seed=ints["sampler.seed"],
+        startup_trials=ints["sampler.startup_trials"],
+        pruner=p_type,
+        warmup_epochs=ints["pruner.warmup_epochs"],
+        pruner_startup_trials=ints["pruner.startup_trials"],
+        space=space,
+        grid=grid,
+        heartbeat_seconds=raw.get("heartbeat_seconds", 10),
+        description=str(raw.get("description", "")),
+        degenerate_below=float(degenerate_below),
+        looks=looks,
+        margin_db=float(margin),
+    )
     _check_paths(spec, extra)
     return spec

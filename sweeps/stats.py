@@ -66,8 +66,9 @@ def iqm(x: Sequence[float] | np.ndarray, axis: int = -1) -> np.ndarray:
     return np.take(s, np.arange(k, n - k), axis=axis).mean(axis=axis)
 
 
-def bootstrap_ci(x: Sequence[float] | np.ndarray, stat: Stat = np.mean, *, reps: int = REPS, seed: int = SEED,
-                 level: float = LEVEL) -> tuple[float, float]:
+def bootstrap_ci(
+    x: Sequence[float] | np.ndarray, stat: Stat = np.mean, *, reps: int = REPS, seed: int = SEED, level: float = LEVEL
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of stat(x): `reps` resamples with replacement, one rng draw."""
     # `stat` must reduce along an `axis` keyword (np.mean, np.median, iqm).
     x = _scores(x)
@@ -102,9 +103,18 @@ def summarize(x: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int = 
     x = _scores(x)
     std = float(np.std(x, ddof=1)) if x.size >= 2 else math.nan
     lo, hi = bootstrap_ci(x, np.mean, reps=reps, seed=seed, level=level)
-    return Summary(n=int(x.size), mean=float(x.mean()), std=std, iqm=float(iqm(x)), ci_low=lo, ci_high=hi,
-                   method=METHOD, reps=reps, seed=seed, level=level)
-
+    return Summary(
+        n=int(x.size),
+        mean=float(x.mean()),
+        std=std,
+        iqm=float(iqm(x)),
+        ci_low=lo,
+        ci_high=hi,
+        method=METHOD,
+        reps=reps,
+        seed=seed,
+        level=level,
+    )
 
 
 # two samples
@@ -153,8 +163,14 @@ def mean_estimate(x: Sequence[float] | np.ndarray, test: str = ONE_SAMPLE_T) -> 
     x = _scores(x)
     if x.size < 2:
         raise ValueError(f"a t estimate needs >= 2 seeds, got {x.size}")
-    return Estimate(diff=float(x.mean()), se=float(x.std(ddof=1) / math.sqrt(x.size)), df=float(x.size - 1),
-                    n_a=int(x.size), n_b=int(x.size), test=test)
+    return Estimate(
+        diff=float(x.mean()),
+        se=float(x.std(ddof=1) / math.sqrt(x.size)),
+        df=float(x.size - 1),
+        n_a=int(x.size),
+        n_b=int(x.size),
+        test=test,
+    )
 
 
 def paired_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Estimate:
@@ -172,9 +188,15 @@ def welch_estimate(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
         raise ValueError(f"Welch estimate needs >= 2 seeds per side, got {a.size} and {b.size}")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     se2 = va + vb
-    df = se2 ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if se2 > 0 else float(a.size + b.size - 2)
-    return Estimate(diff=float(a.mean() - b.mean()), se=float(math.sqrt(se2)), df=float(df), n_a=int(a.size),
-                    n_b=int(b.size), test=WELCH_T)
+    df = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if se2 > 0 else float(a.size + b.size - 2)
+    return Estimate(
+        diff=float(a.mean() - b.mean()),
+        se=float(math.sqrt(se2)),
+        df=float(df),
+        n_a=int(a.size),
+        n_b=int(b.size),
+        test=WELCH_T,
+    )
 
 
 def _t_stat(diff: float, se: float) -> float:
@@ -190,8 +212,10 @@ def p_two_sided(e: Estimate) -> float:
 
 def p_tost(e: Estimate, margin: float) -> tuple[float, float]:
     """One-sided t p-values of TOST (Schuirmann 1987): (of A - B <= -margin, of A - B >= +margin)."""
-    return (float(special.stdtr(e.df, -_t_stat(e.diff + margin, e.se))),
-            float(special.stdtr(e.df, _t_stat(e.diff - margin, e.se))))
+    return (
+        float(special.stdtr(e.df, -_t_stat(e.diff + margin, e.se))),
+        float(special.stdtr(e.df, _t_stat(e.diff - margin, e.se))),
+    )
 
 
 def interval(e: Estimate, level: float = LEVEL) -> tuple[float, float]:
@@ -207,7 +231,7 @@ def sign_flip_p(d: Sequence[float] | np.ndarray, *, reps: int = REPS, seed: int 
     observed = abs(d.mean())
     tol = 1e-12 * float(np.abs(d).max() or 1.0)
     if d.size <= EXACT_FLIPS:
-        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        signs = 1 - 2 * ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1)
         return float((np.abs(signs @ d / d.size) >= observed - tol).mean())
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(reps, d.size))
     return float(((np.abs(signs @ d / d.size) >= observed - tol).sum() + 1) / (reps + 1))
@@ -299,8 +323,9 @@ def holm(p_values: Sequence[float] | np.ndarray, m: int | None = None) -> np.nda
     return out
 
 
-def tarone_holm(p_values: Sequence[float] | np.ndarray, p_min: Sequence[float] | np.ndarray, alpha: float, *,
-                held: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def tarone_holm(
+    p_values: Sequence[float] | np.ndarray, p_min: Sequence[float] | np.ndarray, alpha: float, *, held: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Holm's step-down over continuous and discrete tests, with Tarone's (1990) rule for the discrete ones
     (Hommel & Krummenauer 1998): at each step, a test whose smallest attainable p (`p_min`) cannot reach the
     step's level alpha / k does not count in the family of k, so an exact test on too few seeds costs the
@@ -340,9 +365,9 @@ def noise_floor(groups: Iterable[Sequence[float] | np.ndarray]) -> float:
     return math.sqrt(sum(_sum_sq_dev(g) for g in gs) / dof)
 
 
-
-def seeds_to_decide(e: Estimate, margin: float, *, alpha_diff: float, alpha_equiv: float, power: float = POWER,
-                    limit: int = 100_000) -> float:
+def seeds_to_decide(
+    e: Estimate, margin: float, *, alpha_diff: float, alpha_equiv: float, power: float = POWER, limit: int = 100_000
+) -> float:
     """Seeds per side at which one look of the same t tests would, with `power`, reach a verdict at the
     observed difference and spread: show the difference (two-sided, level alpha_diff), or, when it lies
     inside the margin, show equivalence (TOST, one-sided level alpha_equiv). inf when neither can happen."""

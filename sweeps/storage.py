@@ -54,7 +54,8 @@ def _schema_race(e: Exception) -> bool:
     import sqlalchemy.exc
 
     return isinstance(e, sqlalchemy.exc.IntegrityError) or any(
-        w in str(e) for w in ("already exists", "duplicate key", "UNIQUE constraint failed"))
+        w in str(e) for w in ("already exists", "duplicate key", "UNIQUE constraint failed")
+    )
 
 
 def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBStorage:
@@ -65,8 +66,12 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBS
     for attempt in itertools.count(1):
         try:
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
-                grace_period=3 * spec.heartbeat_seconds, heartbeat_stale_trial_callback=_close_lost_runs(cfg))
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=spec.heartbeat_seconds,
+                grace_period=3 * spec.heartbeat_seconds,
+                heartbeat_stale_trial_callback=_close_lost_runs(cfg),
+            )
         except Exception as e:  # noqa: BLE001 - driver errors vary; the user needs one line
             # another process (a second sweep, a worker, a script reading the study) created the schema
             # between optuna's check and its CREATE TABLE or its version row: the tables now exist, open it again
@@ -106,8 +111,7 @@ def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[i
     if exp is None:
         return []
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                 max_results=50000)
+    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000)
     closed = []
     for run in running:
         tags = run.data.tags

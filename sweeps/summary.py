@@ -35,14 +35,21 @@ def _table(runs: list[Run], spec: StudySpec) -> str:
             c = outcome.counts(r.outcome for r in rs)
             s = scored.get(cid)
             trained = list(s.trained) if s else []
-            rows.append({"config": cid, "phase": phase, **{_short(k): v for k, v in rs[0].params.items()},
-                         **{k: c[k] for k in (outcome.TRAINED, outcome.COLLAPSED, outcome.DIVERGED)},
-                         **({k: c[k] for k in (outcome.PRUNED, outcome.LOST, outcome.PENDING) if c[k]}),
-                         "fails": f"{s.failed}/{s.results}" if s else "-",
-                         "mean": sum(trained) / len(trained) if trained else math.nan,
-                         "std": pd.Series(trained).std() if len(trained) > 1 else math.nan,
-                         "min": min(trained, default=math.nan), "max": max(trained, default=math.nan),
-                         "score": s.score if s else math.nan})
+            rows.append(
+                {
+                    "config": cid,
+                    "phase": phase,
+                    **{_short(k): v for k, v in rs[0].params.items()},
+                    **{k: c[k] for k in (outcome.TRAINED, outcome.COLLAPSED, outcome.DIVERGED)},
+                    **({k: c[k] for k in (outcome.PRUNED, outcome.LOST, outcome.PENDING) if c[k]}),
+                    "fails": f"{s.failed}/{s.results}" if s else "-",
+                    "mean": sum(trained) / len(trained) if trained else math.nan,
+                    "std": pd.Series(trained).std() if len(trained) > 1 else math.nan,
+                    "min": min(trained, default=math.nan),
+                    "max": max(trained, default=math.nan),
+                    "score": s.score if s else math.nan,
+                }
+            )
     if not rows:
         return ""
     df = pd.DataFrame(rows).fillna({k: 0 for k in (outcome.PRUNED, outcome.LOST, outcome.PENDING)})
@@ -77,10 +84,16 @@ def _verdicts(study: optuna.Study, spec: StudySpec, runs: list[Run]) -> list[str
         else:
             lo, hi = d.interval
             nums = f"{d.diff:+.2f} [{lo:+.2f}, {hi:+.2f}]" if d.diff == d.diff else "no value test"
-        bound = (f", equivalent within +-{d.equivalence_bound:.2f}" if d.equivalence_bound == d.equivalence_bound
-                 and d.verdict not in (sequential.BETTER, sequential.WORSE) else "")
-        more = (f"; the spec's maximum of {spec.max_seeds} seeds per configuration is reached"
-                if d.verdict == sequential.CANNOT_TELL else "")
+        bound = (
+            f", equivalent within +-{d.equivalence_bound:.2f}"
+            if d.equivalence_bound == d.equivalence_bound and d.verdict not in (sequential.BETTER, sequential.WORSE)
+            else ""
+        )
+        more = (
+            f"; the spec's maximum of {spec.max_seeds} seeds per configuration is reached"
+            if d.verdict == sequential.CANNOT_TELL
+            else ""
+        )
         lines.append(f"  {name}: {verdict_words(d, q)} at look {d.look}, {nums}{bound}, {d.runs} runs{more}")
     return lines
 
@@ -88,8 +101,11 @@ def _verdicts(study: optuna.Study, spec: StudySpec, runs: list[Run]) -> list[str
 def summary(study: optuna.Study, spec: StudySpec) -> str:
     """Runs by outcome, one row per configuration (its results and score), the pick, then where to look next."""
     runs = plan.runs_of(study)
-    seeds = (f"seeds at looks {', '.join(map(str, spec.plan.looks))} (margin {spec.margin_db:g} dB)"
-             if spec.sequential else f"{spec.seeds} seed(s) per configuration")
+    seeds = (
+        f"seeds at looks {', '.join(map(str, spec.plan.looks))} (margin {spec.margin_db:g} dB)"
+        if spec.sequential
+        else f"{spec.seeds} seed(s) per configuration"
+    )
     lines = [f"study {spec.name}: {outcome.describe(plan.outcomes(runs, phase=None))}; {seeds}"]
     table = _table(runs, spec)
     if table:
@@ -97,29 +113,41 @@ def summary(study: optuna.Study, spec: StudySpec) -> str:
     best = plan.best_config(study, spec, runs)
     if best is not None:
         params: dict[str, Any] = next(r.params for r in runs if r.config_id == best.config_id)
-        lines.append(f"best configuration {best.config_id}: {spec.metric} score {best.score:.2f} (trained mean "
-                     f"{best.mean_trained:.2f} over {len(best.trained)} seed(s), fails {best.failed}/{best.results}) "
-                     f"params {dict(params)}")
+        lines.append(
+            f"best configuration {best.config_id}: {spec.metric} score {best.score:.2f} (trained mean "
+            f"{best.mean_trained:.2f} over {len(best.trained)} seed(s), fails {best.failed}/{best.results}) "
+            f"params {dict(params)}"
+        )
         if spec.seeds < 2 and not spec.racing:
-            lines.append("one seed per configuration: the ranking cannot be told apart from seed noise; "
-                         f"`cvae sweep {spec.name} --confirm 3 --seeds 3` re-runs the top 3 with fresh seeds")
+            lines.append(
+                "one seed per configuration: the ranking cannot be told apart from seed noise; "
+                f"`cvae sweep {spec.name} --confirm 3 --seeds 3` re-runs the top 3 with fresh seeds"
+            )
     elif runs:
         lines.append("no configuration has a trained run: nothing to pick (every result collapsed or diverged)")
     for t in study.get_trials(deepcopy=False):
         if outcome.of_trial(t) == outcome.DIVERGED:
-            lines.append(f"  diverged run of {t.user_attrs.get('config_id', '-')} (trial {t.number}): "
-                         f"{t.user_attrs.get('fail_reason') or 'non-finite value'}")
+            lines.append(
+                f"  diverged run of {t.user_attrs.get('config_id', '-')} (trial {t.number}): "
+                f"{t.user_attrs.get('fail_reason') or 'non-finite value'}"
+            )
     if spec.sequential and spec.grid:
         lines += _verdicts(study, spec, runs)
     if spec.racing:
         lanes, order = plan.race_lanes(study, spec)
-        lines.append(f"race (seeds {', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g}): "
-                     + "; ".join(f"{c} {lanes[c].status} at {lanes[c].target} seeds"
-                                 + (f" vs {lanes[c].against} ({lanes[c].diff:+.2f})" if lanes[c].against else "")
-                                 for c in order))
+        lines.append(
+            f"race (seeds {', '.join(map(str, spec.plan.looks))}, margin {spec.margin_db:g}): "
+            + "; ".join(
+                f"{c} {lanes[c].status} at {lanes[c].target} seeds"
+                + (f" vs {lanes[c].against} ({lanes[c].diff:+.2f})" if lanes[c].against else "")
+                for c in order
+            )
+        )
     lost = lost_runs(runs)
     if lost:
-        lines.append(f"{len(lost)} run(s) lost to kills or stops with no retry left (trials "
-                     f"{', '.join(str(r.number) for r in lost)}): the same command again runs them")
+        lines.append(
+            f"{len(lost)} run(s) lost to kills or stops with no retry left (trials "
+            f"{', '.join(str(r.number) for r in lost)}): the same command again runs them"
+        )
     lines.append("next: `make ui` to browse the runs, `make report` for the comparison report")
     return "\n".join(lines)

@@ -35,14 +35,25 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
             break
         except KeyError:
             if time.monotonic() > deadline:
-                raise SpecError(f"no study {spec.name} in {url} after {STUDY_WAIT_S} s: start it with "
-                                f"`cvae sweep {spec.name} --storage ...`") from None
+                raise SpecError(
+                    f"no study {spec.name} in {url} after {STUDY_WAIT_S} s: start it with "
+                    f"`cvae sweep {spec.name} --storage ...`"
+                ) from None
             time.sleep(2)
-    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=space.make_sampler(spec, index, start),
-                              pruner=space.make_pruner(spec, cfg.train.niter))
+    study = optuna.load_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=space.make_sampler(spec, index, start),
+        pruner=space.make_pruner(spec, cfg.train.niter),
+    )
     lock = AskLock(url, spec.name)
-    ctx = Context(spec=spec, extra=extra, parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
-                  threads=threads, on_start=lock.release)
+    ctx = Context(
+        spec=spec,
+        extra=extra,
+        parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+        threads=threads,
+        on_start=lock.release,
+    )
     objective = make_objective(ctx)
     ran = 0
     while True:
@@ -59,8 +70,11 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
                 return ran
             new_config = spec.sampler != "grid" and len(search_configs(runs)) < target
             if new_config and sum(r.phase == SEARCH for r in runs) >= 3 * target * spec.max_seeds:
-                print(f"worker {index}: the space gave the same configurations again and again; stopping at "
-                      f"{len(search_configs(runs))} of {target} configurations", flush=True)
+                print(
+                    f"worker {index}: the space gave the same configurations again and again; stopping at "
+                    f"{len(search_configs(runs))} of {target} configurations",
+                    flush=True,
+                )
                 return ran
             if c[TrialState.WAITING] or new_config:
                 wait = False

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 # keeps Chromium off the network and this machine's state (the closed network here stalls on its own calls)
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--hide-scrollbars",
+]
 WIDTH, HEIGHT = 1280, 2400
 
 
@@ -65,7 +73,9 @@ def open_url(url: str, screenshot: Path, wait_for_text: str, timeout: float = 90
     return _render(url, screenshot, timeout, wait_for_text, loopback=True)
 
 
-def _render(url: str, screenshot: Path, timeout: float, wait_for_text: str | None = None, loopback: bool = False) -> Page:
+def _render(
+    url: str, screenshot: Path, timeout: float, wait_for_text: str | None = None, loopback: bool = False
+) -> Page:
     from playwright.sync_api import sync_playwright
 
     chrome = chromium_path()
@@ -79,14 +89,18 @@ def _render(url: str, screenshot: Path, timeout: float, wait_for_text: str | Non
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             page.on("pageerror", lambda e: errors.append(f"Uncaught {e.name}: {e.message}"))
-            page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}")
-                    if m.type in ("error", "assert") else None)
+            page.on(
+                "console",
+                lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type in ("error", "assert") else None,
+            )
             page.on("requestfailed", lambda r: errors.append(f"failed to load {r.url}: {r.failure}"))
             page.goto(url, wait_until="load", timeout=timeout * 1000)
             if wait_for_text:  # an app that renders after load
                 page.get_by_text(wait_for_text).first.wait_for(timeout=timeout * 1000)
             # two animation frames and a task after load: 0 ms timers, rejections and the first paint are in
-            page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 0))))")
+            page.evaluate(
+                "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r, 0))))"
+            )
             text = page.inner_text("body") if page.query_selector("body") else ""
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))

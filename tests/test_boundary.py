@@ -32,8 +32,13 @@ def test_the_t_boundary_keeps_five_percent_where_the_z_boundary_spends_more(look
     p = np.stack([scipy_stats.ttest_1samp(x[:, :n], 0.0, axis=1).pvalue for n in looks], axis=1)
 
     def level(statistic: str) -> float:
-        corrected = [[boundary.sequential_p(float(p[i, j]), j + 1, looks, shape=0.0, statistic=statistic)
-                      for j in range(len(looks))] for i in range(len(p))]
+        corrected = [
+            [
+                boundary.sequential_p(float(p[i, j]), j + 1, looks, shape=0.0, statistic=statistic)
+                for j in range(len(looks))
+            ]
+            for i in range(len(p))
+        ]
         return float((np.min(corrected, axis=1) <= 0.05).mean())
 
     assert level("t") == pytest.approx(0.05, abs=0.0045)  # 3 standard errors of 20,000 paths
@@ -49,7 +54,9 @@ def test_sequential_p_inverts_the_nominal_level():
     looks = (3, 4, 5, 6)
     for look in (1, 3):
         level = boundary.nominal_level(0.05, look, looks)
-        assert boundary.sequential_p(level * 0.98, look, looks) <= 0.05 < boundary.sequential_p(level * 1.02, look, looks)
+        assert (
+            boundary.sequential_p(level * 0.98, look, looks) <= 0.05 < boundary.sequential_p(level * 1.02, look, looks)
+        )
     one = boundary.nominal_level(0.05, 2, looks, two_sided=False)
     assert 0.02 < one < 0.05 and boundary.sequential_p(one * 0.98, 2, looks, two_sided=False) <= 0.05
 

@@ -11,15 +11,17 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from browser import Page, external_references, needs_chromium, open_page
 
 # helpers
 
+
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     """A solid-colour PNG, made by hand so the test needs no imaging library."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
@@ -32,8 +34,10 @@ PNG = base64.b64encode(png(64, 32, (200, 40, 40))).decode()
 def render(tmp_path: Path, name: str, body: str) -> Page:
     """Write an HTML page around `body` and open it; the screenshot lands beside it."""
     page = tmp_path / f"{name}.html"
-    page.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>{name}</title></head>"
-                    f"<body>{body}</body></html>", encoding="utf-8")
+    page.write_text(
+        f"<!doctype html><html><head><meta charset=utf-8><title>{name}</title></head><body>{body}</body></html>",
+        encoding="utf-8",
+    )
     return open_page(page, tmp_path / f"{name}.png", timeout=30)
 
 
@@ -49,9 +53,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @needs_chromium
 def test_normal_page_renders_text_and_a_screenshot(tmp_path: Path) -> None:
-    body = (f"<h1>Comparison report</h1><p style='display:none'>hidden</p>"
-            f"<img alt=fig src='data:image/png;base64,{PNG}'>"
-            "<div id=out></div><script>document.getElementById('out').textContent = 'filled by script';</script>")
+    body = (
+        f"<h1>Comparison report</h1><p style='display:none'>hidden</p>"
+        f"<img alt=fig src='data:image/png;base64,{PNG}'>"
+        "<div id=out></div><script>document.getElementById('out').textContent = 'filled by script';</script>"
+    )
     page = render(tmp_path, "normal", body)
     assert page.console_errors == []
     assert not page.is_empty
@@ -63,10 +69,12 @@ def test_normal_page_renders_text_and_a_screenshot(tmp_path: Path) -> None:
 
 @needs_chromium
 def test_script_errors_are_reported(tmp_path: Path) -> None:
-    body = ("<h1>Broken</h1><script>throw new Error('inline boom');</script>"
-            "<img src='data:image/png;base64," + PNG + "' onload='notDefinedAnywhere()'>"
-            "<script>Promise.reject(new Error('rejected')); console.error('logged error');"
-            " console.log('just a log line')</script>")
+    body = (
+        "<h1>Broken</h1><script>throw new Error('inline boom');</script>"
+        "<img src='data:image/png;base64," + PNG + "' onload='notDefinedAnywhere()'>"
+        "<script>Promise.reject(new Error('rejected')); console.error('logged error');"
+        " console.log('just a log line')</script>"
+    )
     page = render(tmp_path, "throws", body)
     errors = "\n".join(page.console_errors)
     assert "Uncaught Error: inline boom" in errors
@@ -108,12 +116,17 @@ def test_missing_page_is_an_error(tmp_path: Path) -> None:
         (f"<img src='data:image/png;base64,{PNG}'><a href='#results'>r</a><img src=''>", []),
         ("<IMG SRC=' DATA:image/svg+xml;utf8,<svg/>'><use href='#p1'/>", []),
         ("<script src='https://cdn.example.com/plotly.js'></script>", ["https://cdn.example.com/plotly.js"]),
-        ("<link rel=stylesheet href='style.css'><a href='https://optuna.org'>o</a>",
-         ["style.css", "https://optuna.org"]),
+        (
+            "<link rel=stylesheet href='style.css'><a href='https://optuna.org'>o</a>",
+            ["style.css", "https://optuna.org"],
+        ),
         ("<img src='figs/loss.png'><img src='figs/loss.png'>", ["figs/loss.png"]),
         ("<img srcset='data:image/png;base64,AA,BB 1x, big.png 2x,small.png'>", ["big.png", "small.png"]),
-        ("<style>body{background:url('bg.png')} i{background:url(data:image/png;base64,AA==)}"
-         " @import \"x.css\";</style>", ["bg.png", "x.css"]),
+        (
+            "<style>body{background:url('bg.png')} i{background:url(data:image/png;base64,AA==)}"
+            ' @import "x.css";</style>',
+            ["bg.png", "x.css"],
+        ),
         ("<div style='background-image: url( &quot;q.png&quot; )'></div>", ["q.png"]),
         ("<svg><rect fill='url(#grad)' clip-path='url(#c1)'/><image xlink:href='fig.svg'/></svg>", ["fig.svg"]),
         ("<object data='o.pdf'></object><div data-src='x.png' data='not-a-url'></div>", ["o.pdf"]),

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_config import BAD_OVERRIDES
 
 from cvae import config as config_mod
 from cvae.data import SPLITS, course, load_split
 from cvae.trainer import METRIC_COLUMNS, load_checkpoint, train
-
-from test_config import BAD_OVERRIDES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,10 +41,28 @@ def _half_checkpoint() -> bytes:
 RAW_PICKLE = pickle.dumps(_Boom())
 HALF_CHECKPOINT = _half_checkpoint()
 SUMMARY = re.compile(r"^best val/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB\) at epoch \d+ -> (.+)$")
-DOCUMENTED_COLUMNS = ["epoch", "train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr",
-                      "val/psnr", "val/ssim", "val/psnr_copy_last", "val/ssim_copy_last", "val/psnr_best",
-                      "val/ssim_best", "val/psnr_moving", "val/psnr_moving_copy_last", "val/cond_gain", "val/kld",
-                      "val/active_dims", "perf/seq_per_s", "perf/epoch_seconds"]
+DOCUMENTED_COLUMNS = [
+    "epoch",
+    "train/loss",
+    "train/mse",
+    "train/kld",
+    "sched/beta",
+    "sched/tfr",
+    "train/lr",
+    "val/psnr",
+    "val/ssim",
+    "val/psnr_copy_last",
+    "val/ssim_copy_last",
+    "val/psnr_best",
+    "val/ssim_best",
+    "val/psnr_moving",
+    "val/psnr_moving_copy_last",
+    "val/cond_gain",
+    "val/kld",
+    "val/active_dims",
+    "perf/seq_per_s",
+    "perf/epoch_seconds",
+]
 
 # helpers
 
@@ -89,11 +106,17 @@ BAD_INVOCATIONS = [
     pytest.param(["train", "--resume", "nowhere"], "nowhere", {}, id="resume-without-run"),
     pytest.param(["schedules", "kl.mode=sometimes"], "kl.mode", {}, id="schedules-bad-literal"),
     # files that must not be trusted (issue "Nothing lost"): refused in one line, nothing they carry runs
-    pytest.param(["train", "evil.yaml"], "evil.yaml",
-                 {"evil.yaml": "train: !!python/object/apply:os.system ['touch pwned']\n"}, id="yaml-with-python-tag"),
+    pytest.param(
+        ["train", "evil.yaml"],
+        "evil.yaml",
+        {"evil.yaml": "train: !!python/object/apply:os.system ['touch pwned']\n"},
+        id="yaml-with-python-tag",
+    ),
     pytest.param(["eval", "raw.pt"], "raw.pt", {"raw.pt": RAW_PICKLE}, id="eval-raw-pickle"),
     pytest.param(["eval", "half.pt"], "half.pt", {"half.pt": HALF_CHECKPOINT}, id="eval-truncated-checkpoint"),
-    pytest.param(["train", "demo", "tracking.outage_wait_s=-1"], "tracking.outage_wait_s", {}, id="negative-outage-wait"),
+    pytest.param(
+        ["train", "demo", "tracking.outage_wait_s=-1"], "tracking.outage_wait_s", {}, id="negative-outage-wait"
+    ),
     pytest.param(["sweep", "repair", "demo"], "no study demo", {}, id="repair-of-a-study-never-run"),
     pytest.param(["data", "preview", "data.n_train=0"], "data.n_train", {}, id="preview-non-positive"),
     pytest.param(["data", "export", "model.z_dim=-1", "--out", "d"], "model.z_dim", {}, id="export-non-positive"),
@@ -101,7 +124,9 @@ BAD_INVOCATIONS = [
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path, set[str]]]:
+def bad_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[subprocess.CompletedProcess[str], Path, set[str]]]:
     """Every bad invocation, run concurrently (each subprocess mostly waits on imports)."""
     jobs = {}
     for p in BAD_INVOCATIONS:
@@ -116,8 +141,9 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subpro
 
 
 @pytest.mark.parametrize("args, key, files", BAD_INVOCATIONS)
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_runs: dict, request: pytest.FixtureRequest,
-                                                            args: list[str], key: str, files: dict) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    bad_runs: dict, request: pytest.FixtureRequest, args: list[str], key: str, files: dict
+) -> None:
     proc, cwd, before = bad_runs[request.node.callspec.id]
     line = _error_line(proc)
     assert key in line
@@ -153,8 +179,16 @@ def test_train_writes_a_complete_run_folder(tiny_args: list[str], tiny_cfg: conf
         rows = list(reader)
     assert reader.fieldnames == DOCUMENTED_COLUMNS == METRIC_COLUMNS
     assert [int(r["epoch"]) for r in rows] == list(range(1, tiny_cfg.train.niter + 1))
-    for name in ("loss.png", "psnr.png", "kl_weight.png", "tfr.png", "per_step_psnr.png", "psnr_moving.png",
-                 "cond_gain.png", "diagnostics.png"):
+    for name in (
+        "loss.png",
+        "psnr.png",
+        "kl_weight.png",
+        "tfr.png",
+        "per_step_psnr.png",
+        "psnr_moving.png",
+        "cond_gain.png",
+        "diagnostics.png",
+    ):
         assert _is_png(run / name), name
     gifs = sorted((run / "samples").glob("*.gif"))
     assert len(gifs) == tiny_cfg.train.niter  # eval.every=1
@@ -201,7 +235,10 @@ def test_resume_from_another_folder_finds_the_run_s_own_store(tiny_args: list[st
     start.mkdir()
     elsewhere.mkdir()
     args = [a for a in tiny_args if not a.startswith(("run.out_dir=", "tracking.enabled="))] + [
-        "run.out_dir=runs", "train.niter=1", "tracking.enabled=true"]
+        "run.out_dir=runs",
+        "train.niter=1",
+        "tracking.enabled=true",
+    ]
     proc = cvae("train", *args, cwd=start)
     assert proc.returncode == 0, proc.stderr
     run = Path(SUMMARY.match(proc.stdout.strip().splitlines()[-1]).group(1))
@@ -215,8 +252,9 @@ def test_resume_from_another_folder_finds_the_run_s_own_store(tiny_args: list[st
     assert only.data.tags.get("resumed") == "true" and only.info.status == "FINISHED"
 
 
-def test_diverged_run_exits_nonzero_with_one_line(tiny_args: list[str], tiny_cfg: config_mod.Config,
-                                                  tmp_path: Path) -> None:
+def test_diverged_run_exits_nonzero_with_one_line(
+    tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path
+) -> None:
     # NaN loss from the first iteration of epoch 2, in the child process
     prelude = (
         "import dataclasses\n"

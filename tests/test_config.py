@@ -75,8 +75,13 @@ def test_demo_and_lab_values() -> None:
     demo = config_mod.load(EXPERIMENTS / "demo.yaml")
     assert (demo.model.arch, demo.model.width, demo.kl.beta) == ("dcgan", 0.25, 1e-4)
     lab = config_mod.load(EXPERIMENTS / "lab.yaml")
-    assert (lab.model.arch, lab.model.width, lab.model.g_dim, lab.model.z_dim, lab.model.rnn_size) == \
-        ("vgg", 1.0, 128, 64, 256)
+    assert (lab.model.arch, lab.model.width, lab.model.g_dim, lab.model.z_dim, lab.model.rnn_size) == (
+        "vgg",
+        1.0,
+        128,
+        64,
+        256,
+    )
     assert (lab.train.lr, lab.train.batch_size, lab.train.niter, lab.train.epoch_size) == (0.002, 12, 300, 600)
     assert (lab.tf.start_decay_epoch, lab.kl.mode, lab.kl.cycles, lab.kl.ratio) == (75, "cyclical", 4, 1.0)
     assert lab.total_iters == 300 * 600
@@ -85,21 +90,24 @@ def test_demo_and_lab_values() -> None:
 # overrides
 
 
-@pytest.mark.parametrize("item, key, want", [
-    ("train.batch_size=8", "train.batch_size", 8),
-    ("train.lr=0.01", "train.lr", 0.01),
-    ("train.lr=1", "train.lr", 1.0),
-    ("kl.beta=1e-4", "kl.beta", 1e-4),
-    ("kl.beta=1.5E-3", "kl.beta", 1.5e-3),
-    ("run.amp=false", "run.amp", False),
-    ("run.amp=true", "run.amp", True),
-    ("model.learned_prior=true", "model.learned_prior", True),
-    ("run.name=my-exp", "run.name", "my-exp"),
-    ("run.name=123", "run.name", "123"),
-    ("data.root=/data/bair processed", "data.root", "/data/bair processed"),
-    ("kl.mode=cyclical", "kl.mode", "cyclical"),
-    ("run.device=cpu", "run.device", "cpu"),
-])
+@pytest.mark.parametrize(
+    "item, key, want",
+    [
+        ("train.batch_size=8", "train.batch_size", 8),
+        ("train.lr=0.01", "train.lr", 0.01),
+        ("train.lr=1", "train.lr", 1.0),
+        ("kl.beta=1e-4", "kl.beta", 1e-4),
+        ("kl.beta=1.5E-3", "kl.beta", 1.5e-3),
+        ("run.amp=false", "run.amp", False),
+        ("run.amp=true", "run.amp", True),
+        ("model.learned_prior=true", "model.learned_prior", True),
+        ("run.name=my-exp", "run.name", "my-exp"),
+        ("run.name=123", "run.name", "123"),
+        ("data.root=/data/bair processed", "data.root", "/data/bair processed"),
+        ("kl.mode=cyclical", "kl.mode", "cyclical"),
+        ("run.device=cpu", "run.device", "cpu"),
+    ],
+)
 def test_override_types(item: str, key: str, want: object) -> None:
     value = config_mod.load(None, [item]).flat()[key]
     assert value == want and type(value) is type(want)
@@ -151,16 +159,19 @@ def test_missing_experiment_file(tmp_path: Path) -> None:
     _one_line_naming(info.value, "nope.yaml")
 
 
-@pytest.mark.parametrize("text, key", [
-    pytest.param("train: [lr: 1\n", "bad.yaml", id="invalid-yaml"),
-    pytest.param("train:\n  lr: 1\n\tbatch_size: 2\n", "bad.yaml", id="tab-indent"),
-    pytest.param("- 1\n- 2\n", "bad.yaml", id="not-a-mapping"),
-    pytest.param("trian:\n  lr: 0.1\n", "trian", id="unknown-section"),
-    pytest.param("train: 3\n", "train", id="section-not-a-mapping"),
-    pytest.param("train:\n  lr: fast\n", "train.lr", id="wrong-type"),
-    pytest.param("train:\n  niter: 0\n", "train.niter", id="out-of-range"),
-    pytest.param("kl:\n  mode: sometimes\n", "kl.mode", id="bad-literal"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        pytest.param("train: [lr: 1\n", "bad.yaml", id="invalid-yaml"),
+        pytest.param("train:\n  lr: 1\n\tbatch_size: 2\n", "bad.yaml", id="tab-indent"),
+        pytest.param("- 1\n- 2\n", "bad.yaml", id="not-a-mapping"),
+        pytest.param("trian:\n  lr: 0.1\n", "trian", id="unknown-section"),
+        pytest.param("train: 3\n", "train", id="section-not-a-mapping"),
+        pytest.param("train:\n  lr: fast\n", "train.lr", id="wrong-type"),
+        pytest.param("train:\n  niter: 0\n", "train.niter", id="out-of-range"),
+        pytest.param("kl:\n  mode: sometimes\n", "kl.mode", id="bad-literal"),
+    ],
+)
 def test_bad_experiment_file(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)

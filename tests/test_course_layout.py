@@ -7,12 +7,10 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import bair_samples
 
 from cvae.data import course
-from conftest import bair_samples
 from cvae.data.errors import DataError
-
-
 
 # helpers
 
@@ -169,8 +167,11 @@ def test_refuses_anything_but_rgb_frames(written: tuple[Path, np.ndarray, np.nda
         Image.fromarray(rgb).quantize(16).save(png)
     else:
         gray = rgb[:, :, :1]
-        image = {"rgba": np.dstack([rgb, np.full((64, 64), 7, np.uint8)]), "gray": gray[:, :, 0],
-                 "gray_alpha": np.dstack([gray, np.full((64, 64, 1), 9, np.uint8)])}[kind]
+        image = {
+            "rgba": np.dstack([rgb, np.full((64, 64), 7, np.uint8)]),
+            "gray": gray[:, :, 0],
+            "gray_alpha": np.dstack([gray, np.full((64, 64, 1), 9, np.uint8)]),
+        }[kind]
         iio.imwrite(png, image)
     with pytest.raises(DataError, match="expected 8-bit RGB") as exc:
         course.read_sequence(png.parent)

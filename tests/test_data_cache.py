@@ -17,7 +17,6 @@ from cvae import config as config_mod
 from cvae.config import ConfigError, DataCfg
 from cvae.data import cache, cache_key, course, load_split, sample, to_tensors
 
-
 LAYOUT = {"train/traj_256_to_511": 2, "train/traj_512_to_767": 3, "test/traj_0_to_255": 1}
 
 
@@ -32,8 +31,13 @@ def source(tmp_path: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
 
 
 def cfg_for(root: Path, tmp_path: Path, **kw) -> DataCfg:
-    return DataCfg(name=kw.pop("name", "tfrecord"), root=str(root), cache_dir=str(tmp_path / "cache"),
-                   seq_len=kw.pop("seq_len", 12), **kw)
+    return DataCfg(
+        name=kw.pop("name", "tfrecord"),
+        root=str(root),
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=kw.pop("seq_len", 12),
+        **kw,
+    )
 
 
 # manifest and memory maps
@@ -49,7 +53,8 @@ def test_manifest_records_source_counts_version_and_stats(source, tmp_path: Path
     path = root / "softmotion30_44k/train/traj_512_to_767.tfrecords"
     assert manifest["format"] == cache.FORMAT and manifest["sequences"] == 3 and manifest["seq_len"] == 12
     assert manifest["source"]["fingerprint"]["files"] == [
-        ["softmotion30_44k/train/traj_512_to_767.tfrecords", path.stat().st_size, path.stat().st_mtime_ns]]
+        ["softmotion30_44k/train/traj_512_to_767.tfrecords", path.stat().st_size, path.stat().st_mtime_ns]
+    ]
     held = written["train/traj_512_to_767"]
     cond = np.concatenate([held["action"], held["position"]], -1)
     rows = cond.reshape(-1, 7).astype(np.float64)
@@ -60,8 +65,10 @@ def test_manifest_records_source_counts_version_and_stats(source, tmp_path: Path
 
 def test_streamed_npy_files_are_ordinary_npy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    seqs = [(rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), rng.standard_normal((3, 7)).astype(np.float32))
-            for _ in range(5)]
+    seqs = [
+        (rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), rng.standard_normal((3, 7)).astype(np.float32))
+        for _ in range(5)
+    ]
     manifest = cache.write(tmp_path, iter(seqs), 3, {"kind": "test"})
     frames, cond = np.load(tmp_path / "frames.npy"), np.load(tmp_path / "cond.npy")
     np.testing.assert_array_equal(frames, np.stack([f for f, _ in seqs]))
@@ -190,8 +197,14 @@ def test_memory_stays_flat_from_1000_to_10000_sequences(tmp_path: Path) -> None:
         for i in range(n // 250 + 1):  # the lowest-numbered file is validate's
             os.link(one, train / f"traj_{i * 250}_to_{i * 250 + 249}.tfrecords")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / f"n{n}"), str(tmp_path / f"c{n}")],
-                              capture_output=True, text=True, env=env, timeout=300, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, str(tmp_path / f"n{n}"), str(tmp_path / f"c{n}")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=True,
+        )
         count, peak_kib = map(int, proc.stdout.split())
         assert count == n
         peaks[n] = peak_kib / 1024

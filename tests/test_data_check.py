@@ -9,9 +9,7 @@ import pytest
 from cvae.cli import main
 from cvae.data import bench, check, sample
 
-
-LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "train/traj_768_to_1023": 2,
-          "test/traj_0_to_255": 1}
+LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "train/traj_768_to_1023": 2, "test/traj_0_to_255": 1}
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,14 @@ from cvae.config import DataCfg
 from cvae.data import course, load_split, sample, sources, to_tensors
 from cvae.data.convert import MARKER
 
-
 # three train files (the lowest becomes validate) and the test file, as in the download
-LAYOUT = {"train/traj_256_to_511": 3, "train/traj_512_to_767": 2, "train/traj_2560_to_2815": 1,
-          "test/traj_0_to_255": 2}
-SPLIT_OF = {"train/traj_256_to_511": "validate", "train/traj_512_to_767": "train",
-            "train/traj_2560_to_2815": "train", "test/traj_0_to_255": "test"}
+LAYOUT = {"train/traj_256_to_511": 3, "train/traj_512_to_767": 2, "train/traj_2560_to_2815": 1, "test/traj_0_to_255": 2}
+SPLIT_OF = {
+    "train/traj_256_to_511": "validate",
+    "train/traj_512_to_767": "train",
+    "train/traj_2560_to_2815": "train",
+    "test/traj_0_to_255": "test",
+}
 
 
 # helpers
@@ -72,11 +74,18 @@ def test_fixture_records_are_the_package_writers_with_keys_shuffled(source, tmp_
     data = sample.sequences(1, seq_len=30)
     sample.write_file(tmp_path / "shuffled.tfrecords", data, shuffle_keys=7)
     plain = TFRecordWriter(str(tmp_path / "plain.tfrecords"))  # the package's own writer, natural order
-    plain.write({k: v for i in range(30) for k, v in [
-        (f"{i}/image_aux1/encoded", (data["aux1"][0, i].tobytes(), "byte")),
-        (f"{i}/image_main/encoded", (data["main"][0, i].tobytes(), "byte")),
-        (f"{i}/action", (data["action"][0, i].tolist(), "float")),
-        (f"{i}/endeffector_pos", (data["position"][0, i].tolist(), "float"))]})
+    plain.write(
+        {
+            k: v
+            for i in range(30)
+            for k, v in [
+                (f"{i}/image_aux1/encoded", (data["aux1"][0, i].tobytes(), "byte")),
+                (f"{i}/image_main/encoded", (data["main"][0, i].tobytes(), "byte")),
+                (f"{i}/action", (data["action"][0, i].tolist(), "float")),
+                (f"{i}/endeffector_pos", (data["position"][0, i].tolist(), "float")),
+            ]
+        }
+    )
     plain.close()
     (a,), (b,) = (list(tfrecords.iter_records(tmp_path / n)) for n in ("shuffled.tfrecords", "plain.tfrecords"))
     assert len(a) == len(b) and example_pb2.Example.FromString(a) == example_pb2.Example.FromString(b)
@@ -103,19 +112,25 @@ def test_course_tree_is_pixel_and_value_exact(source, converted: Path) -> None:
 
 def test_validate_is_the_lowest_train_file_as_users_know_it(converted: Path) -> None:
     names = {split: [p.name for p in course.traj_folders(converted, split)] for split in ("train", "validate", "test")}
-    assert names == {"train": ["traj_512_to_767.tfrecords", "traj_2560_to_2815.tfrecords"],
-                     "validate": ["traj_256_to_511.tfrecords"], "test": ["traj_0_to_255.tfrecords"]}
+    assert names == {
+        "train": ["traj_512_to_767.tfrecords", "traj_2560_to_2815.tfrecords"],
+        "validate": ["traj_256_to_511.tfrecords"],
+        "test": ["traj_0_to_255.tfrecords"],
+    }
 
 
 def test_main_camera_and_chosen_validate_file(source, tmp_path: Path) -> None:
     root, written = source
     dest = tmp_path / "main"
-    assert run("data", "convert", root, dest, "--camera", "main", "--validate", "traj_512_to_767",
-               "--workers", "1") == 0
+    assert (
+        run("data", "convert", root, dest, "--camera", "main", "--validate", "traj_512_to_767", "--workers", "1") == 0
+    )
     frames, _ = course.read_sequence(dest / "validate/traj_512_to_767.tfrecords/1")
     np.testing.assert_array_equal(frames, written["train/traj_512_to_767"]["main"][1])
-    assert [p.name for p in course.traj_folders(dest, "train")] == ["traj_256_to_511.tfrecords",
-                                                                    "traj_2560_to_2815.tfrecords"]
+    assert [p.name for p in course.traj_folders(dest, "train")] == [
+        "traj_256_to_511.tfrecords",
+        "traj_2560_to_2815.tfrecords",
+    ]
 
 
 def test_parallel_workers_write_the_same_tree(source, converted: Path, tmp_path: Path) -> None:
@@ -144,8 +159,9 @@ def test_second_run_skips_finished_files_and_redoes_changed_ones(source, tmp_pat
     assert run("data", "convert", root, dest, "--workers", "1") == 0
     assert "test: 1 sequences written" in capsys.readouterr().out
     assert [p.name for p in course.list_sequences(dest, "test")] == ["0"]
-    np.testing.assert_array_equal(course.read_sequence(dest / "test/traj_0_to_255.tfrecords/0")[0],
-                                  sample.sequences(1, start=40)["aux1"][0])
+    np.testing.assert_array_equal(
+        course.read_sequence(dest / "test/traj_0_to_255.tfrecords/0")[0], sample.sequences(1, start=40)["aux1"][0]
+    )
 
 
 def test_interrupted_run_leaves_only_hidden_temp_and_resumes(source, tmp_path: Path, monkeypatch) -> None:
@@ -162,10 +178,13 @@ def test_interrupted_run_leaves_only_hidden_temp_and_resumes(source, tmp_path: P
     monkeypatch.setattr(course, "write_sequence", dies_in_the_third_file)
     with pytest.raises(KeyboardInterrupt):
         from cvae.data import convert
+
         convert.to_course(source[0], dest)
     # finished files are whole and listed; nothing of the interrupted one is visible or left
-    assert sorted(json.loads((dest / MARKER).read_text())["files"]) == ["train/traj_2560_to_2815.tfrecords",
-                                                                       "train/traj_512_to_767.tfrecords"]
+    assert sorted(json.loads((dest / MARKER).read_text())["files"]) == [
+        "train/traj_2560_to_2815.tfrecords",
+        "train/traj_512_to_767.tfrecords",
+    ]
     assert not (dest / "validate/traj_256_to_511.tfrecords").exists()
     assert leftovers(dest) == []
     monkeypatch.setattr(course, "write_sequence", real)
@@ -231,8 +250,13 @@ def test_course_tree_to_cache_to_batches_equals_the_png_loader(converted: Path, 
 
 def test_cli_smoke_as_a_subprocess(source, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "cvae.cli", "data", "convert", str(source[0]), str(tmp_path / "d"),
-                           "--workers", "1"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", "data", "convert", str(source[0]), str(tmp_path / "d"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "validate: 3 sequences written" in proc.stdout
     assert sources.detect(tmp_path / "d") == "bair"

@@ -18,7 +18,6 @@ from cvae.config import DataCfg
 from cvae.data import DamagedData, course, load_split, sample
 from cvae.data.convert import MARKER
 
-
 # validate = traj_256 (1 sequence), train = traj_512 (2 sequences: the damage goes into the second)
 LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "test/traj_0_to_255": 1}
 TRAIN_FILE = "softmotion30_44k/train/traj_512_to_767.tfrecords"
@@ -120,8 +119,11 @@ def csv_header(root: Path):
 
 
 def csv_not_numbers(root: Path):
-    return "train", edit_csv(root, "actions.csv", lambda lines: lines[:4] + ["1,2,x,4"] + lines[5:]), \
-        "line 5 holds 'x', not a number"
+    return (
+        "train",
+        edit_csv(root, "actions.csv", lambda lines: lines[:4] + ["1,2,x,4"] + lines[5:]),
+        "line 5 holds 'x', not a number",
+    )
 
 
 def csv_not_finite(root: Path):
@@ -181,12 +183,32 @@ def tfrecord_empty_split(root: Path):
     return "test", root / "softmotion30_44k/test", "empty split"
 
 
-COURSE = [missing_frame, extra_frame, unreadable_png, wrong_size_png, grey_png, rgba_png, csv_rows, csv_columns,
-          csv_header, csv_not_numbers, csv_not_finite, course_empty_split]
-TFRECORD = [truncated, corrupt_data, corrupt_length, missing_key, wrong_frame_bytes, not_an_example,
-            tfrecord_empty_split]
-CASES = [pytest.param(("bair", d), id=d.__name__) for d in COURSE] + \
-        [pytest.param(("tfrecord", d), id=d.__name__) for d in TFRECORD]
+COURSE = [
+    missing_frame,
+    extra_frame,
+    unreadable_png,
+    wrong_size_png,
+    grey_png,
+    rgba_png,
+    csv_rows,
+    csv_columns,
+    csv_header,
+    csv_not_numbers,
+    csv_not_finite,
+    course_empty_split,
+]
+TFRECORD = [
+    truncated,
+    corrupt_data,
+    corrupt_length,
+    missing_key,
+    wrong_frame_bytes,
+    not_an_example,
+    tfrecord_empty_split,
+]
+CASES = [pytest.param(("bair", d), id=d.__name__) for d in COURSE] + [
+    pytest.param(("tfrecord", d), id=d.__name__) for d in TFRECORD
+]
 
 
 # fixtures

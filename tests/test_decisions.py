@@ -98,7 +98,9 @@ def test_a_simulated_study_uses_the_coordinators_looks(demo):
     configs, plan, noise = demo
     big = {f: 10.0 for f in ("kl.mode", "tf.start_decay_epoch")}  # decided at the first look
     decisions, runs = sim.study(configs, plan, noise, "normal", sim.true_means(configs, big), np.random.default_rng(0))
-    assert runs == plan.looks[0] * len(configs) and all(d.verdict == seq.BETTER and d.look == 1 for d in decisions.values())
+    assert runs == plan.looks[0] * len(configs) and all(
+        d.verdict == seq.BETTER and d.look == 1 for d in decisions.values()
+    )
     flat = {f: 0.0 for f in big}
     tiny = seq.Plan(looks=plan.looks, margin=1e-6)  # nothing can be equivalent: every look is used
     decisions, runs = sim.study(configs, tiny, noise, "normal", sim.true_means(configs, flat), np.random.default_rng(0))
@@ -109,10 +111,18 @@ def test_a_simulated_study_uses_the_coordinators_looks(demo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, kind, n", [("no difference", "shuffled", 1500), ("no difference", "outliers", 1500),
-                                           ("at the margin", "failures 30%", 800), ("no difference", "heavy", 1000),
-                                           ("twice the margin", "shuffled", 500), ("one real, one null", "resampled", 600),
-                                           ("at the margin", "normal", 600)])
+@pytest.mark.parametrize(
+    "case, kind, n",
+    [
+        ("no difference", "shuffled", 1500),
+        ("no difference", "outliers", 1500),
+        ("at the margin", "failures 30%", 800),
+        ("no difference", "heavy", 1000),
+        ("twice the margin", "shuffled", 500),
+        ("one real, one null", "resampled", 600),
+        ("at the margin", "normal", 600),
+    ],
+)
 def test_the_demo_rule_keeps_its_error_rates(demo, case, kind, n):
     configs, plan, noise = demo
     factors = sorted({q.factor for q in main_effects(configs)})
@@ -134,10 +144,13 @@ def test_a_race_picks_among_those_standing_and_a_dead_configuration_never_wins()
     plan = seq.Plan(looks=(3, 4, 5), margin=1.0)
     rng = np.random.default_rng(3)
     # c1 is 3 dB above the others; c2 fails on every seed; noise small
-    pick, runs, out = sel.race_pick(np.array([0.0, 3.0, 10.0, 0.2]), np.array([0.0, 0.0, 1.0, 0.0]), 0.1, 0.5, plan, rng)
+    pick, runs, out = sel.race_pick(
+        np.array([0.0, 3.0, 10.0, 0.2]), np.array([0.0, 0.0, 1.0, 0.0]), 0.1, 0.5, plan, rng
+    )
     assert pick == "c1" and "c0" in out and runs >= 4 * 3
-    pick, runs = sel.fixed_pick(np.array([0.0, 3.0, 10.0]), np.array([0.0, 0.0, 1.0]), 0.1, 0.5,
-                                sel.Design("fixed", seeds=3), 1.0, rng)
+    pick, runs = sel.fixed_pick(
+        np.array([0.0, 3.0, 10.0]), np.array([0.0, 0.0, 1.0]), 0.1, 0.5, sel.Design("fixed", seeds=3), 1.0, rng
+    )
     assert pick == "c1" and runs == 9
 
 
@@ -146,8 +159,9 @@ def test_the_shipped_race_picks_as_well_as_a_fixed_design_of_its_runs(demo):
     _, plan, noise = demo
     pop = sel.Population("spread 1 dB, a third fail 30%", 1.0, 1 / 3, 0.3)
     race = sel.run_selection(pop, sel.Design("race", looks=plan.looks), 6, 0.27, 0.3, plan.margin, 300, 5)
-    fixed = sel.run_selection(pop, sel.Design("fixed", seeds=round(race["mean_runs"] / 6)), 6, 0.27, 0.3, plan.margin,
-                              300, 5)
+    fixed = sel.run_selection(
+        pop, sel.Design("fixed", seeds=round(race["mean_runs"] / 6)), 6, 0.27, 0.3, plan.margin, 300, 5
+    )
     single = sel.run_selection(pop, sel.Design("one seed", seeds=1), 6, 0.27, 0.3, plan.margin, 300, 5)
     assert race["within_margin"] >= 0.95 and race["mean_regret"] <= fixed["mean_regret"] + 0.05
     assert race["mean_regret"] < single["mean_regret"]

@@ -30,15 +30,31 @@ from cvae.data import course, sample
 from cvae.eval_cmd import eval_config, result_tag
 from cvae.trainer import load_checkpoint
 
-
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"train/traj_256_to_511": 4, "train/traj_512_to_767": 4, "test/traj_0_to_255": 6}  # 256_to_511 = validate
 TEST_SEQUENCES = 6
 SUMMARY = re.compile(r"^test/psnr=(\d+\.\d\d) dB \(copy-last (\d+\.\d\d) dB\) on (\d+) sequences -> (.+)$")
-PER_STEP_KEYS = ["frame", "psnr", "psnr_copy_last", "psnr_moving", "psnr_moving_copy_last", "cond_gain", "ssim",
-                 "ssim_copy_last"]
-SCALARS = ["psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "psnr_moving", "psnr_moving_copy_last", "cond_gain",
-           "kld", "active_dims"]
+PER_STEP_KEYS = [
+    "frame",
+    "psnr",
+    "psnr_copy_last",
+    "psnr_moving",
+    "psnr_moving_copy_last",
+    "cond_gain",
+    "ssim",
+    "ssim_copy_last",
+]
+SCALARS = [
+    "psnr",
+    "ssim",
+    "psnr_copy_last",
+    "ssim_copy_last",
+    "psnr_moving",
+    "psnr_moving_copy_last",
+    "cond_gain",
+    "kld",
+    "active_dims",
+]
 
 
 # helpers
@@ -47,8 +63,14 @@ SCALARS = ["psnr", "ssim", "psnr_copy_last", "ssim_copy_last", "psnr_moving", "p
 def cvae(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`cvae ARGS` as a user runs it, without a user's MLflow server."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "cvae.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cvae.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def snapshot(*folders: Path) -> dict[Path, tuple[int, int]]:
@@ -92,9 +114,20 @@ def trained(fixture_root: Path) -> Path:
     """The issue's training command on the fixture, MLflow on; returns its run folder."""
     base = fixture_root.parent
     start = time.perf_counter()
-    proc = cvae("train", REPO / "experiments/lab.yaml", f"data.root={fixture_root}", "train.niter=1",
-                "train.epoch_size=2", "model.width=0.25", f"run.out_dir={base / 'runs'}",
-                f"data.cache_dir={base / 'cache'}", "train.progress=false", "tracking.system_metrics=false", "run.threads=1", cwd=base)
+    proc = cvae(
+        "train",
+        REPO / "experiments/lab.yaml",
+        f"data.root={fixture_root}",
+        "train.niter=1",
+        "train.epoch_size=2",
+        "model.width=0.25",
+        f"run.out_dir={base / 'runs'}",
+        f"data.cache_dir={base / 'cache'}",
+        "train.progress=false",
+        "tracking.system_metrics=false",
+        "run.threads=1",
+        cwd=base,
+    )
     print(f"cvae train lab (width 0.25, 2 iterations, MLflow on): {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr
     return Path(proc.stdout.strip().splitlines()[-1].rpartition(" -> ")[2])
@@ -120,8 +153,14 @@ def test_eval_of_a_trained_run_writes_and_logs_the_course_scores(trained: Path, 
     report = json.loads((trained / "eval_test.json").read_text())
     s, m, steps = report["settings"], report["metrics"], report["per_step"]
     ckpt = load_checkpoint(trained / "best.pt")
-    assert (s["split"], s["sequences"], s["split_sequences"], s["samples"], s["n_past"], s["horizon"]) == \
-        ("test", TEST_SEQUENCES, TEST_SEQUENCES, 1, 2, 10)
+    assert (s["split"], s["sequences"], s["split_sequences"], s["samples"], s["n_past"], s["horizon"]) == (
+        "test",
+        TEST_SEQUENCES,
+        TEST_SEQUENCES,
+        1,
+        2,
+        10,
+    )
     assert (s["checkpoint"], s["epoch"], s["run_id"]) == (str((trained / "best.pt").resolve()), ckpt["epoch"], run_id)
     assert (s["device"], s["torch"], s["seed"]) == ("cpu", torch.__version__, 1)
     assert sorted(m) == sorted(f"test/{k}" for k in SCALARS)
@@ -131,9 +170,11 @@ def test_eval_of_a_trained_run_writes_and_logs_the_course_scores(trained: Path, 
     assert steps["frame"] == list(range(2, 12)) and all(len(v) == 10 for v in steps.values())
     assert np.mean(steps["psnr"]) == pytest.approx(m["test/psnr"], rel=1e-9)  # every sequence has every frame
     assert len(report["kld_step"]) == 11 and len(report["kld_dim"]) == 64
-    print(f"eval_test.json: test/psnr {m['test/psnr']:.3f} dB, test/ssim {m['test/ssim']:.4f}, copy-last "
-          f"{m['test/psnr_copy_last']:.3f} dB / {m['test/ssim_copy_last']:.4f} (by hand "
-          f"{copy_last_psnr(fixture_root, 'test', 2, 10):.3f} dB), cond_gain {m['test/cond_gain']:.3g} dB")
+    print(
+        f"eval_test.json: test/psnr {m['test/psnr']:.3f} dB, test/ssim {m['test/ssim']:.4f}, copy-last "
+        f"{m['test/psnr_copy_last']:.3f} dB / {m['test/ssim_copy_last']:.4f} (by hand "
+        f"{copy_last_psnr(fixture_root, 'test', 2, 10):.3f} dB), cond_gain {m['test/cond_gain']:.3g} dB"
+    )
 
     assert iio.imread(trained / "eval_test_per_step.png").ndim == 3
     assert iio.imread(trained / "eval_test.gif", index=None).shape[0] == 12  # 2 given + 10 predicted
@@ -145,20 +186,27 @@ def test_eval_of_a_trained_run_writes_and_logs_the_course_scores(trained: Path, 
     assert logged == pytest.approx({**m, "test/sequences": TEST_SEQUENCES})
     assert {h.step for h in client.get_metric_history(run_id, "test/psnr")} == {ckpt["epoch"]}
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
-    assert artifacts == {"eval/eval_test.json", "eval/eval_test_per_step.png", "eval/eval_test.gif",
-                         "eval/eval_test_strip.png"}
+    assert artifacts == {
+        "eval/eval_test.json",
+        "eval/eval_test_per_step.png",
+        "eval/eval_test.gif",
+        "eval/eval_test_strip.png",
+    }
     copy = Path(client.download_artifacts(run_id, "eval/eval_test.json", str(fixture_root.parent / "dl")))
     assert json.loads(copy.read_text()) == report
     shutil.rmtree(fixture_root.parent / "dl")
 
 
 def test_best_of_n_samples_over_a_longer_horizon(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(trained), "--samples", "3", "--horizon", "28", "eval.sequences=3",
-                 "tracking.enabled=false"]) == 0
+    assert (
+        main(["eval", str(trained), "--samples", "3", "--horizon", "28", "eval.sequences=3", "tracking.enabled=false"])
+        == 0
+    )
     out, err = capsys.readouterr()
     assert err.strip() == "cvae: note: scores not logged to MLflow: tracking.enabled=false"
-    assert re.match(r"^test_h28/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB, best of 3 \d+\.\d\d dB\) on 3 sequences",
-                    out.strip())
+    assert re.match(
+        r"^test_h28/psnr=\d+\.\d\d dB \(copy-last \d+\.\d\d dB, best of 3 \d+\.\d\d dB\) on 3 sequences", out.strip()
+    )
     report = json.loads((trained / "eval_test_h28.json").read_text())  # beside, not over, the course's eval_test
     m, steps = report["metrics"], report["per_step"]
     assert (report["settings"]["samples"], report["settings"]["horizon"], report["settings"]["sequences"]) == (3, 28, 3)
@@ -171,8 +219,9 @@ def test_best_of_n_samples_over_a_longer_horizon(trained: Path, capsys: pytest.C
     assert not [k for k in run.data.metrics if k.startswith("test_h28/")]
 
 
-def test_a_checkpoint_outside_a_run_folder_writes_beside_it(trained: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_checkpoint_outside_a_run_folder_writes_beside_it(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = load_checkpoint(trained / "best.pt")
     torch.save({**state, "run_id": None}, tmp_path / "model.pt")
     assert main(["eval", str(tmp_path / "model.pt"), "eval.sequences=2", "eval.gif_sequences=0"]) == 0
@@ -182,10 +231,23 @@ def test_a_checkpoint_outside_a_run_folder_writes_beside_it(trained: Path, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_test.json", "eval_test_per_step.png", "model.pt"]
 
 
-def test_a_store_that_is_not_there_is_a_note_and_is_not_created(trained: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(trained), "--split", "validate", "eval.sequences=1", f"run.out_dir={tmp_path / 'other'}",
-                 "eval.gif_sequences=0"]) == 0
+def test_a_store_that_is_not_there_is_a_note_and_is_not_created(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "eval",
+                str(trained),
+                "--split",
+                "validate",
+                "eval.sequences=1",
+                f"run.out_dir={tmp_path / 'other'}",
+                "eval.gif_sequences=0",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert err.startswith(f"cvae: note: scores not logged to MLflow: no MLflow store at sqlite:///{tmp_path / 'other'}")
     assert len(err.splitlines()) == 1 and not (tmp_path / "other").exists()
@@ -213,8 +275,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, key", BAD)
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained: Path, tmp_path: Path, args: list[str], key: str,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    trained: Path, tmp_path: Path, args: list[str], key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
@@ -240,9 +303,11 @@ def test_eval_config_defaults_to_the_whole_split_and_keeps_the_model(tiny_cfg: c
     assert eval_config(tiny_cfg, {}, None, None).eval.n_future == tiny_cfg.eval.n_future
 
 
-@pytest.mark.parametrize("n_past, n_future, tag", [(2, 3, "test"), (2, 28, "test_h28"), (3, 3, "test_p3"),
-                                                   (1, 5, "test_p1_h5")])
-def test_result_tag_marks_a_protocol_other_than_the_checkpoints(tiny_cfg: config_mod.Config, n_past: int,
-                                                                n_future: int, tag: str) -> None:
+@pytest.mark.parametrize(
+    "n_past, n_future, tag", [(2, 3, "test"), (2, 28, "test_h28"), (3, 3, "test_p3"), (1, 5, "test_p1_h5")]
+)
+def test_result_tag_marks_a_protocol_other_than_the_checkpoints(
+    tiny_cfg: config_mod.Config, n_past: int, n_future: int, tag: str
+) -> None:
     cfg = config_mod.build({**tiny_cfg.flat(), "eval.n_past": n_past, "eval.n_future": n_future})
     assert result_tag("test", tiny_cfg, cfg) == tag

@@ -36,8 +36,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
 def test_a_training_step_stops_faulting_pages_in_once_malloc_keeps_freed_memory() -> None:
-    faults = {mode: int(subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                                       check=True, timeout=300).stdout) for mode in ("keep", "default")}
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, timeout=300
+            ).stdout
+        )
+        for mode in ("keep", "default")
+    }
     # measured: 0-4,000 (a burst while the heap settles) against 13,000-30,000 in EVERY step (4 KiB each)
     assert faults["keep"] * 10 < faults["default"], faults
 

@@ -24,8 +24,14 @@ def free_port() -> int:
 
 def serve_and_get(args: list[str], url: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run `make ARGS` in its own process group until `url` answers; return (status, body, stdout)."""
-    proc = subprocess.Popen(["make", "--no-print-directory", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -66,7 +72,8 @@ def test_make_dashboard_serves_the_study(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.create_study(study_name="dash", storage=storage)
     port = free_port()
-    status, body, out = serve_and_get(["dashboard", f"STORAGE={storage}", f"DASH_PORT={port}"],
-                                      f"http://127.0.0.1:{port}/api/studies")
+    status, body, out = serve_and_get(
+        ["dashboard", f"STORAGE={storage}", f"DASH_PORT={port}"], f"http://127.0.0.1:{port}/api/studies"
+    )
     assert status == 200 and '"study_name": "dash"' in body
     assert f"http://127.0.0.1:{port}" in out

@@ -7,8 +7,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from cvae.metrics import (MOVING_THRESHOLD, active_units, masked_psnr, moving_mask, psnr, shuffled_index,
-                          ssim)
+from cvae.metrics import MOVING_THRESHOLD, active_units, masked_psnr, moving_mask, psnr, shuffled_index, ssim
 
 # helpers
 
@@ -20,10 +19,18 @@ def _sk_psnr(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def _sk_ssim(gt: np.ndarray, pred: np.ndarray) -> float:
     """Course SSIM of one (C, H, W) frame via skimage."""
-    return float(structural_similarity(
-        np.moveaxis(gt, 0, -1), np.moveaxis(pred, 0, -1), data_range=1, channel_axis=-1,
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, win_size=11,
-    ))
+    return float(
+        structural_similarity(
+            np.moveaxis(gt, 0, -1),
+            np.moveaxis(pred, 0, -1),
+            data_range=1,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            win_size=11,
+        )
+    )
 
 
 def _reference(fn, gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
@@ -36,8 +43,9 @@ def _reference(fn, gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
 def _smooth(b: int, t: int, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
     """Structured images: blobs and gradients with a per-frame shift, in [0, 1]."""
     gen = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h, dtype=torch.float64),
-                            torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, h, dtype=torch.float64), torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij"
+    )
     out = torch.empty(b, t, 3, h, w, dtype=torch.float64)
     for i in range(b):
         cx, cy, freq = torch.rand(3, generator=gen, dtype=torch.float64)
@@ -67,7 +75,7 @@ def test_psnr_matches_skimage_random(pair):
 def test_psnr_is_mean_of_channel_psnrs_not_psnr_of_mean_mse():
     gt = torch.zeros(1, 1, 3, 4, 4, dtype=torch.float64)
     pred = gt.clone()
-    pred[:, :, 0] += 0.1   # channel mse 1e-2 -> 20 dB
+    pred[:, :, 0] += 0.1  # channel mse 1e-2 -> 20 dB
     pred[:, :, 1] += 0.01  # 1e-4 -> 40 dB
     pred[:, :, 2] += 0.001  # 1e-6 -> 60 dB
     assert psnr(pred, gt).item() == pytest.approx(40.0, abs=1e-6)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from cvae.config import ModelCfg
 from cvae.model import CVAE, count_parameters
-from cvae.modules import (ARCHS, GaussianLSTM, PredictorLSTM, StepTerms, _AddSteps, frame_bytes, kl_gaussians,
-                          kl_standard_normal, reparameterize)
+from cvae.modules import (
+    ARCHS,
+    GaussianLSTM,
+    PredictorLSTM,
+    StepTerms,
+    _AddSteps,
+    frame_bytes,
+    kl_gaussians,
+    kl_standard_normal,
+    reparameterize,
+)
 from cvae.trainer import frames_per_call
 
 TINY_MODEL = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16)
@@ -25,7 +33,9 @@ def _model(arch: str = "dcgan", **kw: object) -> CVAE:
     return CVAE(ModelCfg(arch=arch, **{**TINY_MODEL, **kw}))  # type: ignore[arg-type]
 
 
-def _batch(b: int = 3, t: int = N_PAST + N_FUTURE, cond_dim: int = 7, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    b: int = 3, t: int = N_PAST + N_FUTURE, cond_dim: int = 7, seed: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, t, 3, 64, 64, generator=g), torch.randn(b, t, cond_dim, generator=g)
 
@@ -41,7 +51,10 @@ def _count_calls(module: nn.Module) -> list[int]:
 
 def test_kl_standard_normal_matches_torch_distributions() -> None:
     g = torch.Generator().manual_seed(0)
-    mu, logvar = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    mu, logvar = (
+        torch.randn(5, 8, generator=g, dtype=torch.float64),
+        torch.randn(5, 8, generator=g, dtype=torch.float64),
+    )
     want = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum() / 5
     assert torch.allclose(kl_standard_normal(mu, logvar), want, rtol=1e-10, atol=1e-12)
 
@@ -169,8 +182,9 @@ def test_the_skip_frames_fill_calls_of_their_own() -> None:
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("last_frame_skip", [False, True])
 @pytest.mark.parametrize("frames", [4, 7, 9])  # 1, 2 and 3 time steps of 3 sequences per call
-def test_chunked_calls_compute_the_same_loss_in_eval_mode(teacher_forcing: bool, last_frame_skip: bool,
-                                                         frames: int) -> None:
+def test_chunked_calls_compute_the_same_loss_in_eval_mode(
+    teacher_forcing: bool, last_frame_skip: bool, frames: int
+) -> None:
     model = _model("vgg", last_frame_skip=last_frame_skip).eval()
     x, c = _batch(b=3, t=6)
     eps = torch.randn(3, 5, model.cfg.z_dim)
@@ -217,10 +231,15 @@ def test_frame_mse_is_mse_loss_with_a_gradient_in_the_prediction_s_layout() -> N
     ours, (g_ours,) = frame_mse(pred, target), torch.autograd.grad(frame_mse(pred, target), pred)
     ref, (g_ref,) = F.mse_loss(pred, target), torch.autograd.grad(F.mse_loss(pred, target), pred)
     assert torch.allclose(ours, ref, rtol=1e-6) and torch.allclose(g_ours, g_ref, rtol=1e-6)
-    assert g_ours.is_contiguous(memory_format=torch.channels_last) and not g_ref.is_contiguous(memory_format=torch.channels_last)
+    assert g_ours.is_contiguous(memory_format=torch.channels_last) and not g_ref.is_contiguous(
+        memory_format=torch.channels_last
+    )
     both = torch.rand(4, 3, 8, 8, generator=g, requires_grad=True)
-    assert torch.allclose(torch.autograd.grad(frame_mse(pred.detach(), both), both)[0],
-                          torch.autograd.grad(F.mse_loss(pred.detach(), both), both)[0], rtol=1e-6)
+    assert torch.allclose(
+        torch.autograd.grad(frame_mse(pred.detach(), both), both)[0],
+        torch.autograd.grad(F.mse_loss(pred.detach(), both), both)[0],
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("cls, layers", [(GaussianLSTM, 1), (PredictorLSTM, 2)])
@@ -387,8 +406,9 @@ def test_full_size_vgg64_builds() -> None:
 @pytest.mark.parametrize("learned_prior", [False, True])
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("last_frame_skip", [False, True])
-def test_forward_equals_the_reference_step_loss_and_gradients(arch: str, learned_prior: bool, teacher_forcing: bool,
-                                                              last_frame_skip: bool) -> None:
+def test_forward_equals_the_reference_step_loss_and_gradients(
+    arch: str, learned_prior: bool, teacher_forcing: bool, last_frame_skip: bool
+) -> None:
     """Batched encoder/decoder and sequence LSTMs compute the same loss and gradients as the per-step order.
 
     BatchNorm in eval mode (batch statistics differ by construction when frames are batched) and the

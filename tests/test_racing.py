@@ -63,6 +63,7 @@ def test_a_configuration_with_no_trained_run_never_leads():
     assert lanes["dead"].against == "live"
     # nobody trained and nobody will join: the race cannot go on, and no one is called a winner
     dead = {("d1", k): nan for k in range(3)} | {("d2", k): nan for k in range(3)}
-    alone = racing.race({c: racing.Lane(target=3) for c in ("d1", "d2")}, ["d1", "d2"], {"d1", "d2"}, dead, plan,
-                        complete=True)
+    alone = racing.race(
+        {c: racing.Lane(target=3) for c in ("d1", "d2")}, ["d1", "d2"], {"d1", "d2"}, dead, plan, complete=True
+    )
     assert {lane.status for lane in alone.values()} == {racing.UNDECIDED}

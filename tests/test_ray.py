@@ -28,10 +28,25 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 PG = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
 TINY: dict[str, Any] = {
-    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
-    "train.batch_size": 4, "train.niter": 3, "train.epoch_size": 6, "train.n_future": 3, "train.progress": False,
-    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
-    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+    "model.arch": "dcgan",
+    "model.width": 0.125,
+    "model.g_dim": 16,
+    "model.z_dim": 4,
+    "model.rnn_size": 16,
+    "train.batch_size": 4,
+    "train.niter": 3,
+    "train.epoch_size": 6,
+    "train.n_future": 3,
+    "train.progress": False,
+    "eval.n_future": 3,
+    "eval.sequences": 8,
+    "eval.batch_size": 8,
+    "eval.every": 1,
+    "eval.gif_sequences": 1,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "data.n_test": 8,
+    "tracking.system_metrics": False,
 }
 
 # helpers
@@ -40,16 +55,30 @@ TINY: dict[str, Any] = {
 def write_spec(folder: Path, data_cache: Path, name: str) -> Path:
     """A 2-configuration grid with 3 seeds (6 runs) of seconds-long models, heartbeats every 2 s."""
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": name, "experiment": "demo", "seeds": 3, "sampler": {"type": "grid"}, "pruner": {"type": "none"},
-        "heartbeat_seconds": 2, "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]},
-        "overrides": {**TINY, "run.out_dir": str(folder / "runs"), "data.cache_dir": str(data_cache)}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "experiment": "demo",
+                "seeds": 3,
+                "sampler": {"type": "grid"},
+                "pruner": {"type": "none"},
+                "heartbeat_seconds": 2,
+                "degenerate_below": -100.0,
+                "grid": {"kl.mode": ["monotonic", "cyclical"]},
+                "overrides": {**TINY, "run.out_dir": str(folder / "runs"), "data.cache_dir": str(data_cache)},
+            }
+        )
+    )
     return path
 
 
 def values(study: optuna.Study) -> dict[tuple[str, int], float]:
-    return {(t.user_attrs["config_id"], t.user_attrs["seed_index"]): t.value for t in study.get_trials()
-            if t.state == optuna.trial.TrialState.COMPLETE}
+    return {
+        (t.user_attrs["config_id"], t.user_attrs["seed_index"]): t.value
+        for t in study.get_trials()
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
 
 
 @pytest.fixture
@@ -88,17 +117,30 @@ def test_sqlite_is_refused_across_machines_and_allowed_on_one():
 
 
 def test_emitted_slurm_scripts_hold_what_they_must_and_parse(tmp_path: Path):
-    path = emit.write("slurm", "demo", "demo", "postgresql://u@db/x", "http://mlflow:5000", ["train.lr=0.001"], 8,
-                      tmp_path)
+    path = emit.write(
+        "slurm", "demo", "demo", "postgresql://u@db/x", "http://mlflow:5000", ["train.lr=0.001"], 8, tmp_path
+    )
     text = path.read_text()
-    for want in ("#SBATCH --array=0-7", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "export OPTUNA_STORAGE=",
-                 "export MLFLOW_TRACKING_URI=http://mlflow:5000", "srun cvae sweep demo --workers 1",
-                 'srun cvae worker demo', '--worker-index "$SLURM_ARRAY_TASK_ID" -- train.lr=0.001'):
+    for want in (
+        "#SBATCH --array=0-7",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --requeue",
+        "export OPTUNA_STORAGE=",
+        "export MLFLOW_TRACKING_URI=http://mlflow:5000",
+        "srun cvae sweep demo --workers 1",
+        "srun cvae worker demo",
+        '--worker-index "$SLURM_ARRAY_TASK_ID" -- train.lr=0.001',
+    ):
         assert want in text, want
     ray_path = emit.write("ray-slurm", "demo", "demo", "postgresql://u@db/x", "", [], 3, tmp_path)
     ray_text = ray_path.read_text()
-    for want in ("#SBATCH --nodes=3", "ray start --head", 'ray start --address="$head_ip:$port"',
-                 'cvae sweep demo --ray "$head_ip:$port" --storage "$OPTUNA_STORAGE"', "MLFLOW_TRACKING_URI"):
+    for want in (
+        "#SBATCH --nodes=3",
+        "ray start --head",
+        'ray start --address="$head_ip:$port"',
+        'cvae sweep demo --ray "$head_ip:$port" --storage "$OPTUNA_STORAGE"',
+        "MLFLOW_TRACKING_URI",
+    ):
         assert want in ray_text, want
     for p in (path, ray_path):
         assert subprocess.run(["bash", "-n", str(p)], capture_output=True).returncode == 0
@@ -107,7 +149,9 @@ def test_emitted_slurm_scripts_hold_what_they_must_and_parse(tmp_path: Path):
         emit.slurm("demo", "sqlite:////x/optuna.db", "", [], 2, "/tmp")
 
 
-def test_emit_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def test_emit_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
     from sweeps import cli as cli_mod
 
     monkeypatch.chdir(tmp_path)
@@ -117,8 +161,9 @@ def test_emit_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "SQLite file" in capsys.readouterr().err
 
 
-def test_without_ray_installed_ray_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]):
+def test_without_ray_installed_ray_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
     from sweeps import cli as cli_mod
 
     monkeypatch.chdir(tmp_path)
@@ -143,8 +188,14 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     ref_spec = write_spec(ref_dir, data_cache, "rayref")
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", str(ref_spec), "--threads", "1"],
-                         cwd=ref_dir, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "sweep", str(ref_spec), "--threads", "1"],
+        cwd=ref_dir,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     reference = values(optuna.load_study(study_name="rayref", storage=f"sqlite:///{ref_dir / 'runs' / 'optuna.db'}"))
 
@@ -157,8 +208,13 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
         spec = write_spec(work, data_cache, "rayloss")
         log = work / "sweep.log"
         with log.open("w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--ray", cluster.address],
-                                    cwd=work, env=CLEAN_ENV, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--ray", cluster.address],
+                cwd=work,
+                env=CLEAN_ENV,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         db = work / "runs" / "optuna.db"
         client = MlflowClient(tracking_uri=f"sqlite:///{work / 'runs' / 'mlflow.db'}")
 
@@ -173,8 +229,12 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
             trials = study.get_trials()
             done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
             for t in trials:  # a run that has trained an epoch and has epochs left: mid-training
-                if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and done >= 1 \
-                        and t.user_attrs.get("epochs_run") == 1:
+                if (
+                    t.state == optuna.trial.TrialState.RUNNING
+                    and "mlflow_run_id" in t.user_attrs
+                    and done >= 1
+                    and t.user_attrs.get("epochs_run") == 1
+                ):
                     return client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("node", "").split(":")[-1]
             return None
 
@@ -223,11 +283,37 @@ def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_ca
     temp = f"/tmp/ray-{uuid.uuid4().hex[:6]}"
     env = {**CLEAN_ENV, "RAY_ADDRESS": ""}
     common = ["--num-cpus", "1", "--num-gpus", "1", "--disable-usage-stats"]
-    head = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
-            "--include-dashboard", "false", *common]
-    second = [ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common,
-              "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-              "--min-worker-port", "20000", "--max-worker-port", "20999"]
+    head = [
+        ray_bin,
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--temp-dir",
+        temp,
+        "--include-dashboard",
+        "false",
+        *common,
+    ]
+    second = [
+        ray_bin,
+        "start",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--node-ip-address",
+        "127.0.0.1",
+        *common,
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--min-worker-port",
+        "20000",
+        "--max-worker-port",
+        "20999",
+    ]
     try:
         for cmd in (head, second):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -235,14 +321,23 @@ def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_ca
         name = f"raysmoke{uuid.uuid4().hex[:6]}"
         spec = write_spec(tmp_path, data_cache, name)
         storage = ["--storage", PG] if PG else []  # PostgreSQL in CI; the nodes share this machine's disk otherwise
-        out = subprocess.run([sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--ray", f"127.0.0.1:{port}",
-                              *storage], cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--ray", f"127.0.0.1:{port}", *storage],
+            cwd=tmp_path,
+            env=CLEAN_ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "ray: 2 node(s), 2 worker slot(s), one per GPU" in out.stdout
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
-            if "optuna.trial" in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
+        if "optuna.trial" in r.data.tags
+    ]
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["node"] for r in runs}) == 2  # both nodes ran runs

@@ -13,34 +13,62 @@ import optuna
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
-
 from browser import chromium_path, ci, open_url
-from cvae import cli
-from sweeps import registry
-from sweeps import cli as cli_mod, spec as spec_mod
+from mlflow import MlflowClient
 from test_tracking import MlflowServer
 
+from cvae import cli
+from sweeps import cli as cli_mod
+from sweeps import registry
+from sweeps import spec as spec_mod
+
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-TINY = {"model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
-        "train.batch_size": 4, "train.niter": 2, "train.epoch_size": 2, "train.n_future": 3, "train.progress": False,
-        "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
-        "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False}
+TINY = {
+    "model.arch": "dcgan",
+    "model.width": 0.125,
+    "model.g_dim": 16,
+    "model.z_dim": 4,
+    "model.rnn_size": 16,
+    "train.batch_size": 4,
+    "train.niter": 2,
+    "train.epoch_size": 2,
+    "train.n_future": 3,
+    "train.progress": False,
+    "eval.n_future": 3,
+    "eval.sequences": 8,
+    "eval.batch_size": 8,
+    "eval.every": 1,
+    "eval.gif_sequences": 1,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "data.n_test": 8,
+    "tracking.system_metrics": False,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.alone
-def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, data_cache: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_winner_is_registered_loaded_by_uri_and_evaluated(
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     spec = tmp_path / "reg.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "reg", "experiment": "demo", "seeds": 2, "sampler": {"type": "grid"}, "pruner": {"type": "none"},
-        "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]},
-        "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "reg",
+                "experiment": "demo",
+                "seeds": 2,
+                "sampler": {"type": "grid"},
+                "pruner": {"type": "none"},
+                "degenerate_below": -100.0,
+                "grid": {"kl.mode": ["monotonic", "cyclical"]},
+                "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
+            }
+        )
+    )
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "registered the winner as cvae-reg version 1" in out and "cvae eval models:/cvae-reg/1" in out
@@ -51,7 +79,9 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(tmp_path: Path, da
     study = optuna.load_study(study_name="reg", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
     w = registry.winner(study, spec_mod.load_spec(str(spec)))
     assert mv.run_id == w["run_id"] and mv.tags["config_id"] == w["config_id"] and mv.tags["study"] == "reg"
-    assert {"seed", "val/psnr", "cond_gain"} <= set(mv.tags) and float(mv.tags["val/psnr"]) == pytest.approx(w["value"], abs=1e-4)
+    assert {"seed", "val/psnr", "cond_gain"} <= set(mv.tags) and float(mv.tags["val/psnr"]) == pytest.approx(
+        w["value"], abs=1e-4
+    )
 
     # load by models:/ URI: the exported graph predicts the course's frames from the signature's inputs
     with registry.tracking(uri):

@@ -18,14 +18,25 @@ import psutil
 import pytest
 import torch
 import yaml
+from test_sweeps import (
+    CLEAN_ENV,
+    TINY,
+    check_trial_run,
+    child_runs,
+    load_study,
+    mlflow_client,
+    run_cli,
+    states,
+    sweep_cmd,
+    wait_until,
+    write_spec,
+)
 
 from cvae import config as config_mod
 from cvae.config import ConfigError
 from cvae.trainer import FORMAT_VERSION, load_checkpoint, load_model, train
-from sweeps import cli as cli_mod, local as local_mod
-
-from test_sweeps import (CLEAN_ENV, TINY, check_trial_run, child_runs, load_study, mlflow_client, run_cli, states,
-                         sweep_cmd, wait_until, write_spec)
+from sweeps import cli as cli_mod
+from sweeps import local as local_mod
 
 pytestmark = [pytest.mark.reliability, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
@@ -40,8 +51,14 @@ def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, heartbeat: int 
         section, _, k = key.partition(".")
         nested.setdefault(section, {})[k] = value
     exp.write_text(yaml.safe_dump(nested))
-    return write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=heartbeat,
-                      overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}, **fields)
+    return write_spec(
+        tmp_path,
+        data_cache,
+        experiment=str(exp),
+        heartbeat_seconds=heartbeat,
+        overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
+        **fields,
+    )
 
 
 def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
@@ -75,16 +92,18 @@ def lingering(procs: list[psutil.Process]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(tmp_path: Path, data_cache: Path,
-                                                                         how: str) -> None:
+def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(
+    tmp_path: Path, data_cache: Path, how: str
+) -> None:
     """SIGTERM to the coordinator, or a terminal's Ctrl-C (SIGINT to every process of the group, and then the
     coordinator's own SIGTERM reaches the workers while they close their runs)."""
     spec = long_spec(tmp_path, data_cache, trials=2)
     cmd = sweep_cmd(spec, "--workers", "2")
     log = tmp_path / "first.log"
     with log.open("w") as f:
-        coordinator = subprocess.Popen(cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+        coordinator = subprocess.Popen(
+            cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_until(lambda: running_with_a_run(tmp_path, 2), coordinator, log, timeout=300)
         family = [coordinator] + psutil.Process(coordinator.pid).children(recursive=True)
@@ -117,8 +136,11 @@ def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(tmp_pat
     assert all(t.state.name == "COMPLETE" for t in retries)
     for r in retries:  # the same configuration and seed, run to the end once
         dead = trials[r.user_attrs["retry_of"]]
-        assert (r.params, r.user_attrs["config_id"], r.user_attrs["seed_index"]) == \
-            (dead.params, dead.user_attrs["config_id"], dead.user_attrs["seed_index"])
+        assert (r.params, r.user_attrs["config_id"], r.user_attrs["seed_index"]) == (
+            dead.params,
+            dead.user_attrs["config_id"],
+            dead.user_attrs["seed_index"],
+        )
     pairs = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials if t.state.name == "COMPLETE"]
     assert len(pairs) == len(set(pairs)) == 2
     assert all(r.info.status != "RUNNING" for r in child_runs(client, study).values())
@@ -152,8 +174,9 @@ def test_a_worker_that_dies_is_replaced_and_the_study_completes(tmp_path: Path, 
     spec = long_spec(tmp_path, data_cache, niter=15, trials=3)
     log = tmp_path / "sweep.log"
     with log.open("w") as f:
-        coordinator = subprocess.Popen(sweep_cmd(spec, "--workers", "2"), cwd=tmp_path, env=CLEAN_ENV, stdout=f,
-                                       stderr=subprocess.STDOUT)
+        coordinator = subprocess.Popen(
+            sweep_cmd(spec, "--workers", "2"), cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT
+        )
     try:
         wait_until(lambda: running_with_a_run(tmp_path, 1), coordinator, log, timeout=300)
         victim = psutil.Process(coordinator.pid).children()[0]
@@ -176,14 +199,22 @@ def test_a_worker_that_dies_is_replaced_and_the_study_completes(tmp_path: Path, 
 
 def test_a_fault_point_kills_at_its_count_once_per_campaign(tmp_path: Path) -> None:
     env = {**os.environ, "CVAE_FAULTS": "train:2,tell:1", "CVAE_FAULTS_DIR": str(tmp_path / "marks")}
-    code = "from cvae import faults\nfaults.point('train')\nprint('after 1', flush=True)\nfaults.point('train')\nprint('after 2')"
+    code = (
+        "from cvae import faults\nfaults.point('train')\nprint('after 1', flush=True)\nfaults.point('train')\n"
+        "print('after 2')"
+    )
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == -signal.SIGKILL and first.stdout == "after 1\n"
     assert (tmp_path / "marks" / "train").read_text().strip().isdigit()  # the pid that died there
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == "after 1\nafter 2\n"  # the replacement runs clean
-    bad = subprocess.run([sys.executable, "-c", "import cvae.faults"], env={**env, "CVAE_FAULTS": "train:0"},
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-c", "import cvae.faults"],
+        env={**env, "CVAE_FAULTS": "train:0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and bad.stderr.startswith("cvae: error: CVAE_FAULTS: 'train:0'")
 
 
@@ -205,7 +236,9 @@ def _nothing_lost(tmp_path: Path, configs: int, seeds: int) -> list[Any]:
     trials = study.get_trials()
     assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
     done = {(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials if t.state.name == "COMPLETE"}
-    assert sum(t.state.name == "COMPLETE" for t in trials) == len(done) == configs * seeds  # count reached, no duplicate
+    assert (
+        sum(t.state.name == "COMPLETE" for t in trials) == len(done) == configs * seeds
+    )  # count reached, no duplicate
     failed = [t for t in trials if t.state.name == "FAIL"]
     for t in failed:  # every killed run was run again, to the end
         assert (t.user_attrs["config_id"], t.user_attrs["seed_index"]) in done, t.number
@@ -232,8 +265,13 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
     itself while its workers train. After each, the same command again until it succeeds."""
     rng = random.Random(CAMPAIGN_SEED)
     # per worker process and 6-epoch run: 12 iterations, 6 evaluations, 6-12 checkpoints, 6 metric logs, 1 tell
-    plan = {"train": rng.randint(1, 12), "evaluate": rng.randint(1, 6), "checkpoint": rng.randint(1, 12),
-            "mlflow": rng.randint(1, 6), "tell": 1}
+    plan = {
+        "train": rng.randint(1, 12),
+        "evaluate": rng.randint(1, 6),
+        "checkpoint": rng.randint(1, 12),
+        "mlflow": rng.randint(1, 6),
+        "tell": 1,
+    }
     marks = tmp_path / "faults"
     env = {**CLEAN_ENV, "CVAE_FAULTS": ",".join(f"{k}:{n}" for k, n in plan.items()), "CVAE_FAULTS_DIR": str(marks)}
     # heartbeats every 2 s (stale after 6): a CI box loaded by parallel tests must not fail a live trial
@@ -254,8 +292,18 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
     with log.open("w") as f:
         coordinator = subprocess.Popen(grow, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs
-                               for t in load_study(tmp_path).get_trials()) >= want, coordinator, log, timeout=300)
+        wait_until(
+            lambda: (
+                sum(
+                    t.state.name == "RUNNING" and "epochs_run" in t.user_attrs
+                    for t in load_study(tmp_path).get_trials()
+                )
+                >= want
+            ),
+            coordinator,
+            log,
+            timeout=300,
+        )
         family = [psutil.Process(coordinator.pid)] + psutil.Process(coordinator.pid).children(recursive=True)
         coordinator.kill()
         gone, alive = psutil.wait_procs(family, timeout=30)
@@ -263,17 +311,24 @@ def test_kill_campaign_loses_nothing(tmp_path: Path, data_cache: Path) -> None:
     finally:
         for p in psutil.Process(os.getpid()).children(recursive=True):
             p.kill()
-    stopped = [t for t in load_study(tmp_path).get_trials() if t.state.name == "FAIL" and t.user_attrs.get("interrupted")]
+    stopped = [
+        t for t in load_study(tmp_path).get_trials() if t.state.name == "FAIL" and t.user_attrs.get("interrupted")
+    ]
     assert len(stopped) >= want
     client = mlflow_client(tmp_path)
-    ended = {t.number: (r.info.status, r.data.tags.get("ended_by"))
-             for t in stopped for r in [client.get_run(t.user_attrs["mlflow_run_id"])]}
+    ended = {
+        t.number: (r.info.status, r.data.tags.get("ended_by"))
+        for t in stopped
+        for r in [client.get_run(t.user_attrs["mlflow_run_id"])]
+    }
     assert all(status == "KILLED" for status, _ in ended.values()), ended
     _until_done(grow, tmp_path, CLEAN_ENV)
     failed = _nothing_lost(tmp_path, configs=4, seeds=2)
     kills = len(plan) + 1
-    print(f"kill campaign (seed {CAMPAIGN_SEED}, plan {plan}): {kills} kills survived, {len(failed)} runs failed "
-          f"and re-run, 0 lost, 0 duplicates, 0 MLflow runs left RUNNING")
+    print(
+        f"kill campaign (seed {CAMPAIGN_SEED}, plan {plan}): {kills} kills survived, {len(failed)} runs failed "
+        f"and re-run, 0 lost, 0 duplicates, 0 MLflow runs left RUNNING"
+    )
 
 
 @pytest.mark.slow
@@ -295,8 +350,9 @@ def test_four_workers_on_the_default_sqlite_storage(tmp_path: Path, data_cache: 
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
 
-def test_repair_closes_runs_whose_trial_is_over(tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repair_closes_runs_whose_trial_is_over(
+    tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, data_cache, trials=1)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
@@ -367,11 +423,17 @@ def small_disk(tmp_path: Path) -> Any:
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_a_full_disk_is_one_line_and_the_last_checkpoint_still_loads(tiny_args: list[str], small_disk: Path,
-                                                                     tmp_path: Path) -> None:
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_still_loads(
+    tiny_args: list[str], small_disk: Path, tmp_path: Path
+) -> None:
     args = [a for a in tiny_args if not a.startswith(("run.out_dir=", "train.niter="))]
-    proc = subprocess.run([sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}",
-                           "train.niter=50"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}", "train.niter=50"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cvae: error: cannot write ") and "No space left" in lines[0]
@@ -381,12 +443,18 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_still_loads(tiny_args: 
             load_checkpoint(ckpt)  # whatever is there is whole
 
 
-def test_a_read_only_run_folder_is_one_line_and_writes_nothing(tiny_args: list[str], small_disk: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_read_only_run_folder_is_one_line_and_writes_nothing(
+    tiny_args: list[str], small_disk: Path, tmp_path: Path
+) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     args = [a for a in tiny_args if not a.startswith("run.out_dir=")]
-    proc = subprocess.run([sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}/runs"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}/runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Read-only file system" in lines[0], proc.stderr

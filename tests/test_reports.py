@@ -14,46 +14,102 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from browser import chromium_path, ci, external_references, open_page
 from mlflow import MlflowClient
 
-from browser import chromium_path, ci, external_references, open_page
 from reports import analysis
-from sweeps import outcome, sequential, stats
 from reports import build as build_mod
 from sweeps import cli as cli_mod
+from sweeps import outcome, sequential, stats
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 TINY: dict[str, Any] = {
-    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
-    "train.batch_size": 4, "train.niter": 2, "train.epoch_size": 2, "train.n_future": 3, "train.progress": False,
-    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
-    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+    "model.arch": "dcgan",
+    "model.width": 0.125,
+    "model.g_dim": 16,
+    "model.z_dim": 4,
+    "model.rnn_size": 16,
+    "train.batch_size": 4,
+    "train.niter": 2,
+    "train.epoch_size": 2,
+    "train.n_future": 3,
+    "train.progress": False,
+    "eval.n_future": 3,
+    "eval.sequences": 8,
+    "eval.batch_size": 8,
+    "eval.every": 1,
+    "eval.gif_sequences": 1,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "data.n_test": 8,
+    "tracking.system_metrics": False,
 }
-INFO = {"name": "hand", "description": "", "metric": "val/psnr", "direction": "maximize", "seeds": 6, "niter": 4,
-        "degenerate_below": 0.25}
+INFO = {
+    "name": "hand",
+    "description": "",
+    "metric": "val/psnr",
+    "direction": "maximize",
+    "seeds": 6,
+    "niter": 4,
+    "degenerate_below": 0.25,
+}
 
 # helpers
 
 
-def hand_runs(design: dict[tuple[str, int], list[float]], degenerate: set[tuple[tuple[str, int], int]] = frozenset(),
-              pruned: dict[tuple[str, int], int] | None = None) -> pd.DataFrame:
+def hand_runs(
+    design: dict[tuple[str, int], list[float]],
+    degenerate: set[tuple[tuple[str, int], int]] = frozenset(),
+    pruned: dict[tuple[str, int], int] | None = None,
+) -> pd.DataFrame:
     """A runs frame like collect.runs_frame's, for (kl.mode, tf.start_decay_epoch) -> values by seed."""
     rows, trial = [], 0
     for (mode, start), values in design.items():
         cid = f"{mode[:3]}{start}"
         for k, v in enumerate(values):
             bad = ((mode, start), k) in degenerate
-            rows.append({"trial": trial, "state": "COMPLETE", "value": v, "config_id": cid, "seed": 1 + k,
-                         "seed_index": k, "phase": "search", "search_value": np.nan, "degenerate": bad,
-                         "cond_gain": 0.1 if bad else 1.0, "psnr_moving": 17.0, "psnr_moving_copy_last": 13.0,
-                         "copy_last": 20.0, "epochs": 4, "best_epoch": 4, "duration_s": 60.0,
-                         "run_id": f"r{trial}", "run_dir": None, "gif": None, "fail_reason": None,
-                         "param:kl.mode": mode, "param:tf.start_decay_epoch": start})
+            rows.append(
+                {
+                    "trial": trial,
+                    "state": "COMPLETE",
+                    "value": v,
+                    "config_id": cid,
+                    "seed": 1 + k,
+                    "seed_index": k,
+                    "phase": "search",
+                    "search_value": np.nan,
+                    "degenerate": bad,
+                    "cond_gain": 0.1 if bad else 1.0,
+                    "psnr_moving": 17.0,
+                    "psnr_moving_copy_last": 13.0,
+                    "copy_last": 20.0,
+                    "epochs": 4,
+                    "best_epoch": 4,
+                    "duration_s": 60.0,
+                    "run_id": f"r{trial}",
+                    "run_dir": None,
+                    "gif": None,
+                    "fail_reason": None,
+                    "param:kl.mode": mode,
+                    "param:tf.start_decay_epoch": start,
+                }
+            )
             trial += 1
     for (mode, start), epochs in (pruned or {}).items():
-        rows.append({**rows[0], "trial": trial, "state": "PRUNED", "value": np.nan, "config_id": f"{mode[:3]}{start}p",
-                     "epochs": epochs, "run_id": f"r{trial}", "param:kl.mode": mode, "param:tf.start_decay_epoch": start})
+        rows.append(
+            {
+                **rows[0],
+                "trial": trial,
+                "state": "PRUNED",
+                "value": np.nan,
+                "config_id": f"{mode[:3]}{start}p",
+                "epochs": epochs,
+                "run_id": f"r{trial}",
+                "param:kl.mode": mode,
+                "param:tf.start_decay_epoch": start,
+            }
+        )
         trial += 1
     for r in rows:  # the one rule, as collect.runs_frame applies it
         r["outcome"] = outcome.outcome(r["state"], None if r["value"] != r["value"] else r["value"], r)
@@ -66,9 +122,15 @@ def hand_runs(design: dict[tuple[str, int], list[float]], degenerate: set[tuple[
 def test_main_effects_and_pairs_with_their_verdicts() -> None:
     late = [25.0, 25.2, 25.1]  # start 4: clearly better whatever the KL mode
     early = [24.0, 24.1, 24.2]
-    runs = hand_runs({("monotonic", 1): early, ("cyclical", 1): [v + 0.05 for v in early],
-                      ("monotonic", 4): late, ("cyclical", 4): [v + 0.05 for v in late]},
-                     degenerate={(("cyclical", 1), 2)})
+    runs = hand_runs(
+        {
+            ("monotonic", 1): early,
+            ("cyclical", 1): [v + 0.05 for v in early],
+            ("monotonic", 4): late,
+            ("cyclical", 4): [v + 0.05 for v in late],
+        },
+        degenerate={(("cyclical", 1), 2)},
+    )
     res = analysis.analyse(runs, INFO, reps=2000)
     by_name = {c["name"]: c for c in res["comparisons"]}
     tf = by_name["tf.start_decay_epoch: 1 vs 4"]
@@ -95,8 +157,11 @@ def test_main_effects_and_pairs_with_their_verdicts() -> None:
     assert [c["p_adjusted"] for c in mains] == pytest.approx(stats.holm([c["p_sequential"] for c in mains]).tolist())
     pairs = [c for c in res["comparisons"] if c["kind"] == "setting pair"]
     fails = [c["failures"]["p_sequential"] if c["failures"]["test"] else np.nan for c in pairs]
-    _, want = stats.tarone_holm([c["p_sequential"] for c in pairs] + fails,
-                                [0.0] * len(pairs) + [stats.failure_test_paired_min_p(3)] * len(pairs), 0.05)
+    _, want = stats.tarone_holm(
+        [c["p_sequential"] for c in pairs] + fails,
+        [0.0] * len(pairs) + [stats.failure_test_paired_min_p(3)] * len(pairs),
+        0.05,
+    )
     assert len(pairs) == 3 and [c["p_adjusted"] for c in pairs] == pytest.approx(want[:3].tolist())
     # settings ranked by score; the collapsed run is counted in its setting's failure rate and listed
     best = res["settings"][0]
@@ -106,13 +171,29 @@ def test_main_effects_and_pairs_with_their_verdicts() -> None:
     assert (bad["failed"], bad["results"], bad["outcomes"]["collapsed"]) == (1, 3, 1)
     assert bad["score"] == pytest.approx((24.05 + 24.15 + 23.0) / 3) and bad["failure_ci"][0] > 0
     assert [(d["seed"], d["outcome"]) for d in res["failed_runs"]] == [(3, "collapsed")]
-    assert res["noise_floor"] == pytest.approx(stats.noise_floor([early, [24.05, 24.15], late, [v + 0.05 for v in late]]))
+    assert res["noise_floor"] == pytest.approx(
+        stats.noise_floor([early, [24.05, 24.15], late, [v + 0.05 for v in late]])
+    )
     # -1.0 dB with an interval reaching past -1 on one side and short of it on the other: no margin word
-    assert any(line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse**: -1.00 dB [")
-               and line.endswith("fails 1/6 vs 0/6.") for line in res["answer"])
+    assert any(
+        line.startswith("**tf.start_decay_epoch**: 1 vs 4: **1 is worse**: -1.00 dB [")
+        and line.endswith("fails 1/6 vs 0/6.")
+        for line in res["answer"]
+    )
     for c in res["comparisons"]:  # what results.json promises for every comparison
-        assert {"verdict", "look", "runs", "paired", "margin_db", "p_adjusted", "interval", "prob_improvement",
-                "failures", "equivalence_bound", "decided_by"} <= set(c)
+        assert {
+            "verdict",
+            "look",
+            "runs",
+            "paired",
+            "margin_db",
+            "p_adjusted",
+            "interval",
+            "prob_improvement",
+            "failures",
+            "equivalence_bound",
+            "decided_by",
+        } <= set(c)
     json.dumps(res)  # results.json-ready
 
 
@@ -120,8 +201,9 @@ def test_noise_shared_by_seed_is_paired_away_and_equivalence_is_a_verdict() -> N
     seed_effect = [-0.8, 0.0, 0.7, -0.3, 0.5, 0.2]
     base = {("monotonic", 1): 24.0, ("cyclical", 1): 24.02, ("monotonic", 4): 25.0, ("cyclical", 4): 25.0}
     wiggle = [0.02, -0.03, 0.01, 0.0, -0.01, 0.02]
-    runs = hand_runs({c: [m + s + (w if c[0] == "cyclical" else 0) for s, w in zip(seed_effect, wiggle)]
-                      for c, m in base.items()})
+    runs = hand_runs(
+        {c: [m + s + (w if c[0] == "cyclical" else 0) for s, w in zip(seed_effect, wiggle)] for c, m in base.items()}
+    )
     res = analysis.analyse(runs, {**INFO, "margin_db": 0.25}, reps=500)
     kl = next(c for c in res["comparisons"] if c["factor"] == "kl.mode")
     assert kl["verdict"] == sequential.EQUIVALENT and kl["correlation"] > 0.99 and kl["narrower"] > 0.9
@@ -132,8 +214,14 @@ def test_noise_shared_by_seed_is_paired_away_and_equivalence_is_a_verdict() -> N
 def test_a_sequential_study_reports_the_look_each_verdict_was_reached_at() -> None:
     tf1, tf4 = [24.0, 24.3, 23.9, 24.2, 24.1], [25.0, 25.2, 25.1, 24.9, 25.3]
     wig = [0.3, -0.4, 0.2, -0.1, 0.5]
-    runs = hand_runs({("monotonic", 1): tf1, ("cyclical", 1): [v + w for v, w in zip(tf1, wig)],
-                      ("monotonic", 4): tf4, ("cyclical", 4): [v + w for v, w in zip(tf4, wig)]})
+    runs = hand_runs(
+        {
+            ("monotonic", 1): tf1,
+            ("cyclical", 1): [v + w for v, w in zip(tf1, wig)],
+            ("monotonic", 4): tf4,
+            ("cyclical", 4): [v + w for v, w in zip(tf4, wig)],
+        }
+    )
     info = {**INFO, "looks": [3, 4, 5], "look": 2, "margin_db": 0.1}
     res = analysis.analyse(runs, info, reps=300)
     by = {c["factor"]: c for c in res["comparisons"] if c["kind"] == "main effect"}
@@ -174,18 +262,30 @@ def test_confirmation_runs_sit_next_to_their_search_mean() -> None:
 
 def _spec(tmp_path: Path, data_cache: Path) -> Path:
     spec = tmp_path / "rep.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "rep", "description": "tiny replicated grid", "experiment": "demo", "seeds": 2,
-        "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
-        "sampler": {"type": "grid"}, "pruner": {"type": "none"}, "heartbeat_seconds": 5,
-        # seconds-long models ignore their condition; rank them anyway so every number is exercised
-        "degenerate_below": -100.0, "grid": {"kl.mode": ["monotonic", "cyclical"]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "rep",
+                "description": "tiny replicated grid",
+                "experiment": "demo",
+                "seeds": 2,
+                "overrides": {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
+                "sampler": {"type": "grid"},
+                "pruner": {"type": "none"},
+                "heartbeat_seconds": 5,
+                # seconds-long models ignore their condition; rank them anyway so every number is exercised
+                "degenerate_below": -100.0,
+                "grid": {"kl.mode": ["monotonic", "cyclical"]},
+            }
+        )
+    )
     return spec
 
 
 @pytest.mark.slow
-def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path: Path, data_cache: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
         monkeypatch.delenv(var, raising=False)
@@ -214,8 +314,10 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
         assert tags["phase"] == "confirm" and tags["seed"] == str(t.user_attrs["seed"])
     assert len(results["settings"]) == 2 and all(s["n"] == 2 for s in results["settings"])
     for s in results["settings"]:
-        mine = sorted((t for t in trials if t.user_attrs["config_id"] == s["config_id"] and not t.user_attrs["degenerate"]),
-                      key=lambda t: t.user_attrs["seed"])
+        mine = sorted(
+            (t for t in trials if t.user_attrs["config_id"] == s["config_id"] and not t.user_attrs["degenerate"]),
+            key=lambda t: t.user_attrs["seed"],
+        )
         assert s["values"] == [t.value for t in mine] and s["seeds"] == [t.user_attrs["seed"] for t in mine]
         assert s["run_ids"] == [t.user_attrs["mlflow_run_id"] for t in mine]
         assert s["params"]["kl.mode"] == mine[0].params["kl.mode"] if mine else True
@@ -266,8 +368,9 @@ def test_report_of_a_tiny_real_study_holds_exactly_what_the_stores_hold(tmp_path
     assert shot.stat().st_size > 20_000
 
 
-def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_of_a_missing_study_is_one_line(
+    tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = _spec(tmp_path, data_cache)
     assert build_mod.main([str(spec)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -277,8 +380,11 @@ def test_report_of_a_missing_study_is_one_line(tmp_path: Path, data_cache: Path,
 
 def test_cross_study_compares_the_best_setting_of_each_study() -> None:
     fixed = analysis.analyse(hand_runs({("monotonic", 4): [25.0, 25.1, 25.2]}), {**INFO, "name": "fixed"}, reps=500)
-    learned = analysis.analyse(hand_runs({("monotonic", 4): [25.6, 25.75, 25.8], ("cyclical", 4): [24.0, 24.1, 24.2]}),
-                               {**INFO, "name": "learned"}, reps=500)
+    learned = analysis.analyse(
+        hand_runs({("monotonic", 4): [25.6, 25.75, 25.8], ("cyclical", 4): [24.0, 24.1, 24.2]}),
+        {**INFO, "name": "learned"},
+        reps=500,
+    )
     (c,) = analysis.cross_study({"fixed": fixed, "learned": learned})
     assert c["a"].startswith("fixed: ") and c["b"] == "learned: kl.mode=monotonic"  # what varies in its study
     # the same run seeds (1, 2, 3) in both studies: paired, d = [-0.6, -0.65, -0.6]

@@ -49,12 +49,15 @@ def test_kl_none_is_the_fixed_beta(beta: float, it: int) -> None:
     assert kl_beta(it, 300, KlCfg(mode="none", beta=beta)) == beta
 
 
-@pytest.mark.parametrize("mode, total, it, unit", [
-    ("monotonic", 100, 25, 0.5),
-    ("monotonic", 100, 80, 1.0),
-    ("cyclical", 300, 125, 0.5),
-    ("cyclical", 300, 250, 1.0),
-])
+@pytest.mark.parametrize(
+    "mode, total, it, unit",
+    [
+        ("monotonic", 100, 25, 0.5),
+        ("monotonic", 100, 80, 1.0),
+        ("cyclical", 300, 125, 0.5),
+        ("cyclical", 300, 250, 1.0),
+    ],
+)
 def test_kl_beta_scales_the_annealed_maximum(mode: str, total: int, it: int, unit: float) -> None:
     kl = KlCfg(mode=mode, cycles=3, ratio=0.5, beta=1e-4)
     assert kl_beta(it, total, kl) == pytest.approx(1e-4 * unit, rel=1e-12, abs=1e-18)
@@ -73,8 +76,10 @@ def test_kl_beta_stays_in_range_over_a_whole_run() -> None:
 TF_TABLE = [
     # (ratio, start, step, lower, niter, epoch, expected)
     # explicit step
-    *[(1.0, 2, 0.25, 0.2, 10, ep, want) for ep, want in
-      [(1, 1.0), (2, 1.0), (3, 0.75), (4, 0.5), (5, 0.25), (6, 0.2), (10, 0.2)]],
+    *[
+        (1.0, 2, 0.25, 0.2, 10, ep, want)
+        for ep, want in [(1, 1.0), (2, 1.0), (3, 0.75), (4, 0.5), (5, 0.25), (6, 0.2), (10, 0.2)]
+    ],
     # automatic step, decaying from the first epoch: epoch k -> 1 - k/10
     *[(1.0, 0, 0.0, 0.0, 10, k, 1 - k / 10) for k in range(1, 11)],
     # automatic step after 5 flat epochs, down to 0.5 at the last epoch
@@ -89,8 +94,9 @@ TF_TABLE = [
 
 
 @pytest.mark.parametrize("ratio, start, step, lower, niter, epoch, expected", TF_TABLE)
-def test_teacher_forcing_table(ratio: float, start: int, step: float, lower: float, niter: int, epoch: int,
-                               expected: float) -> None:
+def test_teacher_forcing_table(
+    ratio: float, start: int, step: float, lower: float, niter: int, epoch: int, expected: float
+) -> None:
     tf = TfCfg(ratio=ratio, start_decay_epoch=start, decay_step=step, lower_bound=lower)
     assert teacher_forcing_ratio(epoch, tf, niter) == pytest.approx(expected, abs=TOL)
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from sweeps.questions import Question, main_effects, setting_pair
-from sweeps import stats
 from sweeps import sequential as seq
+from sweeps import stats
 from sweeps.design import config_id, grid_points
+from sweeps.questions import Question, main_effects, setting_pair
 
 GRID = {"tf.start_decay_epoch": [1, 4], "kl.mode": ["monotonic", "cyclical"]}
 POINTS = grid_points(GRID)
@@ -36,7 +36,10 @@ def test_main_effects_of_a_two_by_two_grid_pair_cells_matched_on_the_other_facto
     qs = main_effects(CONFIGS)
     assert [x.name for x in qs] == [KL, TF]  # factors sorted by name, levels as strings
     kl = q(KL)
-    assert set(kl.cells) == {(CID[(1, "cyclical")], CID[(1, "monotonic")]), (CID[(4, "cyclical")], CID[(4, "monotonic")])}
+    assert set(kl.cells) == {
+        (CID[(1, "cyclical")], CID[(1, "monotonic")]),
+        (CID[(4, "cyclical")], CID[(4, "monotonic")]),
+    }
     assert set(kl.side_a) == {CID[(1, "cyclical")], CID[(4, "cyclical")]} and kl.configs == set(CONFIGS)
     assert (kl.kind, kl.factor, kl.a, kl.b) == ("main effect", "kl.mode", "cyclical", "monotonic")
 
@@ -52,8 +55,14 @@ def test_three_levels_give_three_questions_and_continuous_settings_none():
 
 
 def test_evidence_averages_the_cells_of_each_seed_and_skips_missing_pairs():
-    vals = values_of({(1, "cyclical"): [24.0, 25.0, 26.0], (1, "monotonic"): [23.0, 24.5, None],
-                      (4, "cyclical"): [22.0, 23.0, 21.0], (4, "monotonic"): [22.0, 22.0, 20.0]})
+    vals = values_of(
+        {
+            (1, "cyclical"): [24.0, 25.0, 26.0],
+            (1, "monotonic"): [23.0, 24.5, None],
+            (4, "cyclical"): [22.0, 23.0, 21.0],
+            (4, "monotonic"): [22.0, 22.0, 20.0],
+        }
+    )
     ev = seq.evidence(q(KL), vals, 3, seq.Plan(looks=(3,), margin=1.0))
     # seed 0: cells (24-23) and (22-22); seed 1: (25-24.5), (23-22); seed 2: only tf=4 has both sides
     assert ev.seeds == [0, 1, 2]
@@ -71,8 +80,14 @@ def test_a_clear_difference_is_better_beyond_the_margin():
     tf1 = [25.0, 25.4, 24.8, 25.2, 25.1]
     tf4 = [22.0, 22.3, 21.9, 22.2, 22.05]
     wiggle = [0.1, -0.1, 0.05, -0.05, 0.0]
-    vals = values_of({(1, "cyclical"): tf1, (1, "monotonic"): [v + w for v, w in zip(tf1, wiggle)],
-                      (4, "cyclical"): tf4, (4, "monotonic"): [v - w for v, w in zip(tf4, wiggle)]})
+    vals = values_of(
+        {
+            (1, "cyclical"): tf1,
+            (1, "monotonic"): [v + w for v, w in zip(tf1, wiggle)],
+            (4, "cyclical"): tf4,
+            (4, "monotonic"): [v - w for v, w in zip(tf4, wiggle)],
+        }
+    )
     plan = seq.Plan(looks=(5,), margin=1.0)
     d = seq.decide_look(main_effects(CONFIGS), vals, plan, 1)
     assert d[TF].verdict == seq.BETTER and d[TF].margin == "beyond the margin" and d[TF].test == stats.PAIRED_T
@@ -113,7 +128,9 @@ def test_fewer_than_two_seeds_a_side_is_not_tested_and_says_why():
     assert d.test == "not run" and "fewer than 2 trained seeds" in d.reason and d.verdict == seq.CANNOT_TELL
     assert math.isnan(d.p_adjusted) and (d.n_a, d.n_b) == (1, 2)
     # one seed of a 2 x 2 grid: a main effect still compares two configurations a side, unpaired
-    one = values_of({(1, "cyclical"): [25.0], (1, "monotonic"): [24.0], (4, "cyclical"): [23.0], (4, "monotonic"): [22.5]})
+    one = values_of(
+        {(1, "cyclical"): [25.0], (1, "monotonic"): [24.0], (4, "cyclical"): [23.0], (4, "monotonic"): [22.5]}
+    )
     d = seq.decide_look(main_effects(CONFIGS), one, seq.Plan(looks=(1,), margin=1.0), 1)
     assert d[KL].test == stats.WELCH_T and d[KL].diff == pytest.approx(0.75)
 
@@ -231,12 +248,19 @@ def test_a_side_that_fails_significantly_more_often_is_worse_whatever_its_surviv
 def test_an_exact_test_that_cannot_reach_its_level_costs_the_value_tests_nothing():
     # 3 seeds of two cells: the failure test cannot go below 2 (5/16)^3 = 0.061 > 0.05, so the two value tests
     # share alpha as Holm alone would
-    vals = values_of({(1, "cyclical"): [25.0, NAN, 25.2], (1, "monotonic"): [24.0, 24.1, 24.3],
-                      (4, "cyclical"): [23.0, 23.4, 23.1], (4, "monotonic"): [22.1, 22.0, 22.4]})
+    vals = values_of(
+        {
+            (1, "cyclical"): [25.0, NAN, 25.2],
+            (1, "monotonic"): [24.0, 24.1, 24.3],
+            (4, "cyclical"): [23.0, 23.4, 23.1],
+            (4, "monotonic"): [22.1, 22.0, 22.4],
+        }
+    )
     d = seq.decide_look(main_effects(CONFIGS), vals, seq.Plan(looks=(3,), margin=1.0), 1)
     assert stats.failure_test_paired_min_p(3, 2) > 0.05
-    assert [d[KL].p_adjusted, d[TF].p_adjusted] == pytest.approx(stats.holm([d[KL].p_sequential,
-                                                                             d[TF].p_sequential]).tolist())
+    assert [d[KL].p_adjusted, d[TF].p_adjusted] == pytest.approx(
+        stats.holm([d[KL].p_sequential, d[TF].p_sequential]).tolist()
+    )
     assert d[KL].p_fail_adjusted > 0.05 and d[KL].fail_test == seq.PAIRED_FAILURES
 
 
@@ -259,8 +283,7 @@ def test_equivalence_is_adjusted_across_the_family_and_reports_the_margin_the_da
     for x in (d[KL], d[TF]):
         assert x.verdict == seq.EQUIVALENT and 0 < x.equivalence_bound < 1.0
         # the bound is where TOST at the question's Holm level just passes
-        tight = seq.decide_look(main_effects(CONFIGS), vals, seq.Plan(looks=(4,), margin=x.equivalence_bound * 0.99),
-                                1)
+        tight = seq.decide_look(main_effects(CONFIGS), vals, seq.Plan(looks=(4,), margin=x.equivalence_bound * 0.99), 1)
         assert tight[x.name].verdict != seq.EQUIVALENT
 
 

@@ -70,8 +70,14 @@ def test_trials_argument_overrides_the_spec() -> None:
 
 
 def test_suggest_with_a_fixed_trial_returns_its_values_keyed_by_config_path() -> None:
-    fixed = {"train.lr": 0.001, "kl.ratio": 0.5, "kl.cycles": 3, "tf.start_decay_epoch": 5, "model.g_dim": 64,
-             "kl.mode": "cyclical"}
+    fixed = {
+        "train.lr": 0.001,
+        "kl.ratio": 0.5,
+        "kl.cycles": 3,
+        "tf.start_decay_epoch": 5,
+        "model.g_dim": 64,
+        "kl.mode": "cyclical",
+    }
     assert suggest(FixedTrial(fixed), SPACE) == fixed
 
 
@@ -119,8 +125,14 @@ def test_grid_params_and_trial_params_follow_the_sampler() -> None:
 # samplers and pruners
 
 
-@pytest.mark.parametrize("kind, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-                                       ("grid", optuna.samplers.RandomSampler)])
+@pytest.mark.parametrize(
+    "kind, cls",
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("grid", optuna.samplers.RandomSampler),
+    ],
+)
 def test_make_sampler_type(kind: str, cls: type) -> None:
     # a grid's runs are queued with fixed parameters (sweeps.plan.enqueue_grid): its sampler never draws
     spec = _spec(sampler=kind, space={} if kind == "grid" else SPACE, grid=GRID if kind == "grid" else {})

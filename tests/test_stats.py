@@ -36,17 +36,20 @@ def naive_mean(row) -> float:
 # IQM
 
 
-@pytest.mark.parametrize("x, expected", [
-    # n=8: int(0.25*8)=2 dropped per end -> sorted [1,2 | 3,4,5,6 | 7,100] -> (3+4+5+6)/4 = 4.5
-    ([100, 7, 1, 2, 3, 4, 5, 6], 4.5),
-    # n=5: int(1.25)=1 dropped per end -> [-50 | 1,2,3 | 99] -> 2
-    ([3, 99, 1, -50, 2], 2.0),
-    # n=4: int(1.0)=1 per end -> [0 | 1,3 | 8] -> 2
-    ([8, 1, 0, 3], 2.0),
-    # n=3: int(0.75)=0, nothing dropped -> (1+2+9)/3 = 4
-    ([1, 2, 9], 4.0),
-    ([7.5], 7.5),
-])
+@pytest.mark.parametrize(
+    "x, expected",
+    [
+        # n=8: int(0.25*8)=2 dropped per end -> sorted [1,2 | 3,4,5,6 | 7,100] -> (3+4+5+6)/4 = 4.5
+        ([100, 7, 1, 2, 3, 4, 5, 6], 4.5),
+        # n=5: int(1.25)=1 dropped per end -> [-50 | 1,2,3 | 99] -> 2
+        ([3, 99, 1, -50, 2], 2.0),
+        # n=4: int(1.0)=1 per end -> [0 | 1,3 | 8] -> 2
+        ([8, 1, 0, 3], 2.0),
+        # n=3: int(0.75)=0, nothing dropped -> (1+2+9)/3 = 4
+        ([1, 2, 9], 4.0),
+        ([7.5], 7.5),
+    ],
+)
 def test_iqm_trims_a_quarter_from_each_end(x, expected):
     assert stats.iqm(x) == expected
 
@@ -109,15 +112,18 @@ def test_summarize():
 # P(A > B)
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    # a=1: beats none, ties none; a=2: ties b=2 twice; a=3: beats b=2 twice -> (2 + 0.5*2) / 9 = 1/3
-    ([1, 2, 3], [2, 2, 4], 1 / 3),
-    # the mirror: wins 2>1, 2>1, 4>1, 4>2, 4>3 = 5, ties 2 -> (5 + 0.5*2) / 9 = 2/3 = 1 - 1/3
-    ([2, 2, 4], [1, 2, 3], 2 / 3),
-    ([5, 5], [5, 5, 5], 0.5),  # all ties
-    ([7, 8], [1, 2, 3], 1.0),
-    ([1, 2, 3], [7, 8], 0.0),
-])
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        # a=1: beats none, ties none; a=2: ties b=2 twice; a=3: beats b=2 twice -> (2 + 0.5*2) / 9 = 1/3
+        ([1, 2, 3], [2, 2, 4], 1 / 3),
+        # the mirror: wins 2>1, 2>1, 4>1, 4>2, 4>3 = 5, ties 2 -> (5 + 0.5*2) / 9 = 2/3 = 1 - 1/3
+        ([2, 2, 4], [1, 2, 3], 2 / 3),
+        ([5, 5], [5, 5, 5], 0.5),  # all ties
+        ([7, 8], [1, 2, 3], 1.0),
+        ([1, 2, 3], [7, 8], 0.0),
+    ],
+)
 def test_prob_improvement_counts_ties_half(a, b, expected):
     assert stats.prob_improvement(a, b) == pytest.approx(expected, abs=1e-15)
 
@@ -133,7 +139,15 @@ def test_paired_prob_improvement_is_the_share_of_seeds_won():
 def test_paired_estimate_by_hand():
     # d = [1, 1, 2.5]: mean 1.5, sd = sqrt((0.25 + 0.25 + 1) / 2) = sqrt(0.75), se = sd / sqrt(3) = 0.5
     e = stats.paired_estimate([1, 2, 3.5], [0, 1, 1])
-    assert (e.diff, e.se, e.df, e.n_a, e.n_b, e.test, e.paired) == (1.5, pytest.approx(0.5), 2.0, 3, 3, "paired t", True)
+    assert (e.diff, e.se, e.df, e.n_a, e.n_b, e.test, e.paired) == (
+        1.5,
+        pytest.approx(0.5),
+        2.0,
+        3,
+        3,
+        "paired t",
+        True,
+    )
     assert e.sd_unit == pytest.approx(math.sqrt(0.75))
     # t = 3 on 2 df: two-sided p = 1 - 3 / sqrt(3^2 + 2) = 1 - 3/sqrt(11) (closed form of the t(2) cdf)
     assert stats.p_two_sided(e) == pytest.approx(1 - 3 / math.sqrt(11), rel=1e-12)
@@ -248,10 +262,12 @@ def test_tost_matches_two_one_sided_scipy_tests(margin):
     assert upper == pytest.approx(scipy_stats.ttest_1samp(d, margin, alternative="less").pvalue, rel=1e-10)
     lower, upper = stats.p_tost(stats.welch_estimate(A5, C4), margin)
     shifted = np.asarray(A5)  # Welch TOST: A - margin vs B (upper), A + margin vs B (lower)
-    assert lower == pytest.approx(scipy_stats.ttest_ind(shifted + margin, C4, equal_var=False,
-                                                        alternative="greater").pvalue, rel=1e-10)
-    assert upper == pytest.approx(scipy_stats.ttest_ind(shifted - margin, C4, equal_var=False,
-                                                        alternative="less").pvalue, rel=1e-10)
+    assert lower == pytest.approx(
+        scipy_stats.ttest_ind(shifted + margin, C4, equal_var=False, alternative="greater").pvalue, rel=1e-10
+    )
+    assert upper == pytest.approx(
+        scipy_stats.ttest_ind(shifted - margin, C4, equal_var=False, alternative="less").pvalue, rel=1e-10
+    )
 
 
 def test_discordance_bound_by_hand():
@@ -277,8 +293,9 @@ def test_paired_failure_test_against_brute_force_enumeration(seeds, cells):
     prob = {1: psi / 2, -1: psi / 2, 0: 1 - psi}
     for more_a, more_b in ((seeds, 0), (seeds - 1, 0), (1, 0), (seeds - 1, 1)):
         t = abs(more_a - more_b)
-        tail = sum(math.prod(prob[x] for x in seq) for seq in itertools.product((1, -1, 0), repeat=seeds)
-                   if abs(sum(seq)) >= t)
+        tail = sum(
+            math.prod(prob[x] for x in seq) for seq in itertools.product((1, -1, 0), repeat=seeds) if abs(sum(seq)) >= t
+        )
         assert stats.failure_test_paired(more_a, more_b, seeds, cells) == pytest.approx(min(1.0, tail), rel=1e-9)
 
 

@@ -22,19 +22,53 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import cli as cli_mod, coordinator as coordinator_mod, local as local_mod, plan as plan_mod, space as space_mod, storage as storage_mod
+from sweeps import (
+    cli as cli_mod,
+)
+from sweeps import (
+    coordinator as coordinator_mod,
+)
+from sweeps import (
+    local as local_mod,
+)
+from sweeps import (
+    plan as plan_mod,
+)
+from sweeps import (
+    space as space_mod,
+)
+from sweeps import (
+    storage as storage_mod,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 # A trial of a couple of seconds on one CPU thread (tracking on: the MLflow side is under test).
 TINY: dict[str, Any] = {
-    "model.arch": "dcgan", "model.width": 0.125, "model.g_dim": 16, "model.z_dim": 4, "model.rnn_size": 16,
-    "train.batch_size": 4, "train.niter": 2, "train.epoch_size": 2, "train.n_future": 3, "train.progress": False,
-    "eval.n_future": 3, "eval.sequences": 8, "eval.batch_size": 8, "eval.every": 1, "eval.gif_sequences": 1,
-    "data.n_train": 16, "data.n_val": 8, "data.n_test": 8, "tracking.system_metrics": False,
+    "model.arch": "dcgan",
+    "model.width": 0.125,
+    "model.g_dim": 16,
+    "model.z_dim": 4,
+    "model.rnn_size": 16,
+    "train.batch_size": 4,
+    "train.niter": 2,
+    "train.epoch_size": 2,
+    "train.n_future": 3,
+    "train.progress": False,
+    "eval.n_future": 3,
+    "eval.sequences": 8,
+    "eval.batch_size": 8,
+    "eval.every": 1,
+    "eval.gif_sequences": 1,
+    "data.n_train": 16,
+    "data.n_val": 8,
+    "data.n_test": 8,
+    "tracking.system_metrics": False,
 }
-SMALL_SPACE = {"kl.ratio": {"type": "float", "low": 0.25, "high": 1.0},
-               "train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True}}
+SMALL_SPACE = {
+    "kl.ratio": {"type": "float", "low": 0.25, "high": 1.0},
+    "train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True},
+}
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
 
 # helpers
@@ -45,9 +79,17 @@ def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: A
     overrides = {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
     # a 4-iteration model cannot learn its condition (cond_gain 0): these tests are about the sweep's mechanics, so
     # every finished run counts as trained unless a test asks for the real threshold
-    raw: dict[str, Any] = {"name": name, "experiment": "demo", "overrides": overrides, "trials": 2,
-                           "sampler": {"type": "random", "seed": 1}, "pruner": {"type": "none"},
-                           "heartbeat_seconds": 5, "space": SMALL_SPACE, "degenerate_below": -100.0}
+    raw: dict[str, Any] = {
+        "name": name,
+        "experiment": "demo",
+        "overrides": overrides,
+        "trials": 2,
+        "sampler": {"type": "random", "seed": 1},
+        "pruner": {"type": "none"},
+        "heartbeat_seconds": 5,
+        "space": SMALL_SPACE,
+        "degenerate_below": -100.0,
+    }
     raw.update(fields)
     raw = {k: v for k, v in raw.items() if v is not None}
     path = tmp_path / f"{name}.yaml"
@@ -130,10 +172,13 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 def inprocess_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """`sweep` runs its workers one after the other in this process, so monkeypatches reach them."""
 
-    def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int,
-                    on_tick: Any = None) -> int:
-        codes = [cli_mod.main(["worker", spec_name, "--storage", url, "--threads", str(threads),
-                               "--worker-index", str(i), *extra]) for i in range(workers)]
+    def run_workers(spec_name: str, extra: list[str], url: str, workers: int, threads: int, on_tick: Any = None) -> int:
+        codes = [
+            cli_mod.main(
+                ["worker", spec_name, "--storage", url, "--threads", str(threads), "--worker-index", str(i), *extra]
+            )
+            for i in range(workers)
+        ]
         return max(codes)
 
     monkeypatch.setattr(local_mod, "run_workers", run_workers)
@@ -143,61 +188,94 @@ def inprocess_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 BAD_SPECS = {
-    "unknown config path": ({"space": {"train.nope": {"type": "float", "low": 0.1, "high": 1.0}}},
-                            "space.train.nope: unknown config path"),
+    "unknown config path": (
+        {"space": {"train.nope": {"type": "float", "low": 0.1, "high": 1.0}}},
+        "space.train.nope: unknown config path",
+    ),
     "unknown override path": ({"overrides": {"train.nope": 1}}, "train.nope: unknown key"),
     "empty float range": ({"space": {"kl.ratio": {"type": "float", "low": 0.5, "high": 0.5}}}, "empty range"),
     "reversed int range": ({"space": {"kl.cycles": {"type": "int", "low": 3, "high": 1}}}, "empty range"),
-    "bound not a number": ({"space": {"kl.ratio": {"type": "float", "low": "abc", "high": 1.0}}},
-                           "space.kl.ratio.low: expected a number"),
-    "int bound not an integer": ({"space": {"kl.cycles": {"type": "int", "low": 0.5, "high": 3}}},
-                                 "int bounds must be integers"),
-    "unknown distribution": ({"space": {"kl.ratio": {"type": "normal", "low": 0.1, "high": 1.0}}},
-                             "space.kl.ratio.type"),
-    "bound outside the config's range": ({"space": {"kl.ratio": {"type": "float", "low": 0.5, "high": 2.0}}},
-                                         "space.kl.ratio: value 2.0 gives an invalid config"),
-    "log scale from zero": ({"space": {"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
-                            "log scale needs low > 0"),
-    "log with a step": ({"space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True,
-                                                "step": 0.001}}}, "space.train.lr"),
-    "int step not an integer": ({"space": {"kl.cycles": {"type": "int", "low": 1, "high": 4, "step": 0.5}}},
-                                "space.kl.cycles.step"),
-    "float range on an int key": ({"space": {"kl.cycles": {"type": "float", "low": 1, "high": 4}}},
-                                  "space.kl.cycles"),
+    "bound not a number": (
+        {"space": {"kl.ratio": {"type": "float", "low": "abc", "high": 1.0}}},
+        "space.kl.ratio.low: expected a number",
+    ),
+    "int bound not an integer": (
+        {"space": {"kl.cycles": {"type": "int", "low": 0.5, "high": 3}}},
+        "int bounds must be integers",
+    ),
+    "unknown distribution": (
+        {"space": {"kl.ratio": {"type": "normal", "low": 0.1, "high": 1.0}}},
+        "space.kl.ratio.type",
+    ),
+    "bound outside the config's range": (
+        {"space": {"kl.ratio": {"type": "float", "low": 0.5, "high": 2.0}}},
+        "space.kl.ratio: value 2.0 gives an invalid config",
+    ),
+    "log scale from zero": (
+        {"space": {"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+        "log scale needs low > 0",
+    ),
+    "log with a step": (
+        {"space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True, "step": 0.001}}},
+        "space.train.lr",
+    ),
+    "int step not an integer": (
+        {"space": {"kl.cycles": {"type": "int", "low": 1, "high": 4, "step": 0.5}}},
+        "space.kl.cycles.step",
+    ),
+    "float range on an int key": ({"space": {"kl.cycles": {"type": "float", "low": 1, "high": 4}}}, "space.kl.cycles"),
     "unknown sampler": ({"sampler": {"type": "cmaes"}}, "sampler.type: 'cmaes' is not one of"),
     "unknown pruner": ({"pruner": {"type": "patient"}}, "pruner.type: 'patient' is not one of"),
     "grid sampler without grid": ({"sampler": {"type": "grid"}, "space": None}, "sampler grid needs a `grid:`"),
-    "space with grid sampler": ({"sampler": {"type": "grid"}, "grid": {"kl.cycles": [1, 2]}},
-                                "sampler grid needs a `grid:` (path: [values]) and no `space:`"),
+    "space with grid sampler": (
+        {"sampler": {"type": "grid"}, "grid": {"kl.cycles": [1, 2]}},
+        "sampler grid needs a `grid:` (path: [values]) and no `space:`",
+    ),
     "grid with random sampler": ({"grid": {"kl.cycles": [1, 2]}}, "sampler random needs a `space:` and no `grid:`"),
-    "empty grid axis": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": []}},
-                        "grid.kl.cycles: expected a non-empty list"),
-    "invalid grid value": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": [1, 0]}},
-                           "grid.kl.cycles: value 0 gives an invalid config"),
+    "empty grid axis": (
+        {"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": []}},
+        "grid.kl.cycles: expected a non-empty list",
+    ),
+    "invalid grid value": (
+        {"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": [1, 0]}},
+        "grid.kl.cycles: value 0 gives an invalid config",
+    ),
     "unknown top-level field": ({"trails": 3}, "unknown field(s) trails"),
     "zero trials": ({"trials": 0}, "trials: expected a positive integer, got 0"),
     "negative trials": ({"trials": -2}, "trials: expected a positive integer, got -2"),
     "zero heartbeat": ({"heartbeat_seconds": 0}, "heartbeat_seconds: expected a positive integer"),
     "unknown metric": ({"objective": {"metric": "train/loss"}}, "objective.metric"),
     "unknown experiment": ({"experiment": "nosuch"}, "experiment not found: nosuch"),
-    "seed range with single-run pruning": ({"seeds": {"min": 3, "max": 4}, "pruner": {"type": "hyperband"}},
-                                           "pruner.type: hyperband judges single runs"),
-    "race from two seeds": ({"seeds": {"min": 2, "max": 4}},
-                            "seeds.min: a race (sampler random with a seed range) tests from 3 seeds a side, got 2"),
+    "seed range with single-run pruning": (
+        {"seeds": {"min": 3, "max": 4}, "pruner": {"type": "hyperband"}},
+        "pruner.type: hyperband judges single runs",
+    ),
+    "race from two seeds": (
+        {"seeds": {"min": 2, "max": 4}},
+        "seeds.min: a race (sampler random with a seed range) tests from 3 seeds a side, got 2",
+    ),
     "seed range upside down": ({"seeds": {"min": 5, "max": 3}}, "seeds: max (3) must be above min (5)"),
     "seed range from one seed": ({"seeds": {"min": 1, "max": 3}}, "seeds.min: a sequential design needs at least 2"),
     "seed range with an unknown field": ({"seeds": {"min": 3, "most": 5}}, "seeds: unknown field(s) most"),
     "seeds not a number": ({"seeds": "three"}, "seeds: expected a positive integer or"),
     "margin of zero": ({"margin_db": 0}, "margin_db: expected a positive number of dB"),
-    "sequential grid with pruning": ({"sampler": {"type": "grid"}, "space": None, "grid": {"kl.cycles": [1, 2]},
-                                      "seeds": {"min": 2, "max": 4}, "pruner": {"type": "median"}},
-                                     "pruner.type: median with a sequential design"),
+    "sequential grid with pruning": (
+        {
+            "sampler": {"type": "grid"},
+            "space": None,
+            "grid": {"kl.cycles": [1, 2]},
+            "seeds": {"min": 2, "max": 4},
+            "pruner": {"type": "median"},
+        },
+        "pruner.type: median with a sequential design",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_SPECS))
 def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
-        case: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fields, message = BAD_SPECS[case]
     spec = write_spec(tmp_path, data_cache, **fields)
     assert cli_mod.main(["sweep", str(spec)]) == 2
@@ -205,17 +283,21 @@ def test_bad_spec_gives_one_line_and_exit_2_and_creates_nothing(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, demo_tpe, lab_grid, lab_tpe"),
-    (["sweep", "missing.yaml"], "study not found: missing.yaml"),
-    (["sweep", "SPEC", "--trials", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
-    (["sweep", "SPEC", "--workers", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
-    (["sweep", "SPEC", "train.nope=1"], "train.nope: unknown key"),
-    (["sweep", "SPEC", "train.lr=abc"], "train.lr: expected a number"),
-    (["sweep", "SPEC", "--storage", "nosuchdb://x/y"], "study storage nosuchdb://x/y"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sweep", "no_such_study"], "study not found: no_such_study (shipped: demo, demo_tpe, lab_grid, lab_tpe"),
+        (["sweep", "missing.yaml"], "study not found: missing.yaml"),
+        (["sweep", "SPEC", "--trials", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
+        (["sweep", "SPEC", "--workers", "0"], "--workers, --trials, --cpus-per-worker and --array must be positive"),
+        (["sweep", "SPEC", "train.nope=1"], "train.nope: unknown key"),
+        (["sweep", "SPEC", "train.lr=abc"], "train.lr: expected a number"),
+        (["sweep", "SPEC", "--storage", "nosuchdb://x/y"], "study storage nosuchdb://x/y"),
+    ],
+)
 def test_bad_command_line_gives_one_line_and_exit_2(
-        args: list[str], message: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args: list[str], message: str, tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, data_cache)
     argv = [str(spec) if a == "SPEC" else a for a in args]
     assert cli_mod.main(argv) == 2
@@ -223,8 +305,9 @@ def test_bad_command_line_gives_one_line_and_exit_2(
     assert not list(tmp_path.rglob("optuna.db")) and not list(tmp_path.rglob("mlflow.db"))
 
 
-def test_missing_data_is_one_line_before_any_study_exists(tmp_path: Path, data_cache: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_is_one_line_before_any_study_exists(
+    tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the course layout under a folder that does not exist (lab_grid without data.root=... does this)
     spec = write_spec(tmp_path, data_cache)
     assert cli_mod.main(["sweep", str(spec), "data.name=bair", f"data.root={tmp_path / 'nodata'}"]) == 2
@@ -246,9 +329,14 @@ class PruneLr(optuna.pruners.BasePruner):
 
 
 def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
-        tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
-    spec = write_spec(tmp_path, data_cache, trials=2,
-                      space={"train.lr": {"type": "categorical", "choices": [1000000.0, 0.002, 0.001]}})
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        data_cache,
+        trials=2,
+        space={"train.lr": {"type": "categorical", "choices": [1000000.0, 0.002, 0.001]}},
+    )
     monkeypatch.setattr(space_mod, "make_pruner", lambda spec, niter: PruneLr(0.001))
     prepare = coordinator_mod.prepare
 
@@ -286,7 +374,8 @@ def test_complete_pruned_and_diverged_trials_match_their_mlflow_runs(
 
 
 def test_a_configuration_that_diverges_is_a_result_not_a_lost_run(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1, space={"kl.ratio": SMALL_SPACE["kl.ratio"]})
     assert cli_mod.main(["sweep", str(spec), "--threads", "1", "train.lr=1000000.0"]) == 0
     out = capsys.readouterr().out
@@ -304,7 +393,8 @@ def test_a_configuration_that_diverges_is_a_result_not_a_lost_run(
 
 
 def test_rerun_adds_nothing_extends_on_more_trials_and_refuses_other_overrides(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, data_cache, trials=1)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
@@ -358,8 +448,7 @@ def test_two_workers_run_exactly_the_requested_trials_without_duplicates(tmp_pat
 @pytest.mark.slow
 def test_grid_with_two_workers_covers_each_point_once(tmp_path: Path, data_cache: Path) -> None:
     grid = {"kl.mode": ["monotonic", "cyclical"], "tf.start_decay_epoch": [0, 1]}
-    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid", "seed": 3}, space=None, grid=grid,
-                      trials=None)
+    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid", "seed": 3}, space=None, grid=grid, trials=None)
     out = run_cli(sweep_cmd(spec, "--workers", "2"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     study = load_study(tmp_path)
@@ -381,8 +470,13 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
         exp.write_text(yaml.safe_dump(nested))
 
     write_experiment(niter=25)
-    spec = write_spec(tmp_path, data_cache, experiment=str(exp), heartbeat_seconds=1,
-                      overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)})
+    spec = write_spec(
+        tmp_path,
+        data_cache,
+        experiment=str(exp),
+        heartbeat_seconds=1,
+        overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
+    )
     cmd = sweep_cmd(spec, "--workers", "1")
     log = tmp_path / "first.log"
     with log.open("w") as f:
@@ -439,10 +533,30 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_resume(tmp_path: Path,
 def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Path) -> None:
     """= make sweep STUDY=lab_grid TRIALS=1 WORKERS=1 ARGS="data.name=pushing train.niter=1 train.epoch_size=1":
     the lab recipe (experiments/lab.yaml, the paper-size VGG64) trains and evaluates on a CPU."""
-    cheap = ["data.n_train=16", "data.n_val=8", "data.n_test=8", f"data.cache_dir={data_cache}",
-             "eval.sequences=8", "eval.gif_sequences=1", "tracking.system_metrics=false"]
-    cmd = [sys.executable, "-m", "cvae.cli", "sweep", "lab_grid", "--workers", "1", "--trials", "1",
-           "data.name=pushing", "train.niter=1", "train.epoch_size=1", *cheap]
+    cheap = [
+        "data.n_train=16",
+        "data.n_val=8",
+        "data.n_test=8",
+        f"data.cache_dir={data_cache}",
+        "eval.sequences=8",
+        "eval.gif_sequences=1",
+        "tracking.system_metrics=false",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cvae.cli",
+        "sweep",
+        "lab_grid",
+        "--workers",
+        "1",
+        "--trials",
+        "1",
+        "data.name=pushing",
+        "train.niter=1",
+        "train.epoch_size=1",
+        *cheap,
+    ]
     start = time.perf_counter()
     out = run_cli(cmd, cwd=tmp_path, timeout=550)
     seconds = time.perf_counter() - start
@@ -454,8 +568,13 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
     client = mlflow_client(tmp_path)
     run = check_trial_run(client, study, trial, "FINISHED")
     p = run.data.params
-    assert (p["model.arch"], p["model.width"], p["model.g_dim"], p["model.z_dim"], p["model.rnn_size"]) == \
-        ("vgg", "1.0", "128", "64", "256")
+    assert (p["model.arch"], p["model.width"], p["model.g_dim"], p["model.z_dim"], p["model.rnn_size"]) == (
+        "vgg",
+        "1.0",
+        "128",
+        "64",
+        "256",
+    )
     assert (p["train.batch_size"], p["train.n_future"], p["train.lr"]) == ("12", "10", "0.002")
     assert (tmp_path / "runs" / "lab_grid" / "trial-0000" / "best.pt").is_file()
 
@@ -464,7 +583,8 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
 
 
 def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_counted_as_a_failure(
-        tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None) -> None:
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, inprocess_workers: None
+) -> None:
     from cvae.model import CVAE
     from reports import analysis, collect
 
@@ -490,7 +610,8 @@ def test_a_model_that_ignores_its_condition_is_tagged_degenerate_and_counted_as_
 
 
 def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({"train": {"lr": 0.002}}))
     spec = write_spec(tmp_path, data_cache, trials=1, experiment=str(exp))
@@ -508,12 +629,14 @@ def test_an_edited_experiment_file_is_refused_by_name_and_force_new_starts_again
 
 
 def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two processes opening a new study storage at once: the slower one's CREATE TABLE fails with "already
     exists" (seen with a script polling the study while `make sweep` created it); it opens the storage
     again. Any other error is one line at once."""
-    import sqlalchemy.exc
     from types import SimpleNamespace
+
+    import sqlalchemy.exc
 
     from cvae.config import ConfigError
 
@@ -523,8 +646,9 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
         calls.append(url)
         if len(calls) == 1:
             real(url, **kw)  # the other process wins the race and creates the tables
-            raise sqlalchemy.exc.OperationalError("CREATE TABLE trial_user_attributes", {},
-                                                  Exception("table trial_user_attributes already exists"))
+            raise sqlalchemy.exc.OperationalError(
+                "CREATE TABLE trial_user_attributes", {}, Exception("table trial_user_attributes already exists")
+            )
         return real(url, **kw)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
@@ -537,8 +661,9 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
     def version_race(url: str, **kw: Any) -> Any:
         calls.append(url)
         if len(calls) == 1:
-            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {},
-                                                Exception("UNIQUE constraint failed: alembic_version.version_num"))
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed: alembic_version.version_num")
+            )
         return real(url, **kw)
 
     calls.clear()
@@ -555,7 +680,6 @@ def test_a_storage_whose_schema_another_process_creates_meanwhile_is_opened_agai
     with pytest.raises(ConfigError, match="unable to open database file"):
         storage_mod.make_storage(url, spec, None)  # type: ignore[arg-type]
     assert len(calls) == 1
-
 
 
 def _open_at(url: str, start: float, out: Any) -> None:
@@ -580,8 +704,9 @@ def test_four_processes_creating_one_storage_at_once_all_open_it(tmp_path: Path)
     for r in range(4):
         out = ctx.Queue()
         start = time.time() + 0.5
-        procs = [ctx.Process(target=_open_at, args=(f"sqlite:///{tmp_path / f'r{r}.db'}", start, out))
-                 for _ in range(4)]
+        procs = [
+            ctx.Process(target=_open_at, args=(f"sqlite:///{tmp_path / f'r{r}.db'}", start, out)) for _ in range(4)
+        ]
         for p in procs:
             p.start()
         results += [out.get(timeout=120) for _ in procs]
@@ -595,20 +720,35 @@ def test_four_processes_creating_one_storage_at_once_all_open_it(tmp_path: Path)
 
 @pytest.mark.slow
 def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same_look(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path,
+    data_cache: Path,
+    inprocess_workers: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # a margin no tiny model can meet: every question stays open until the last look
-    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
-                      grid={"kl.mode": ["monotonic", "cyclical"]}, seeds={"min": 2, "max": 3}, margin_db=1e-6,
-                      degenerate_below=-100.0)
+    spec = write_spec(
+        tmp_path,
+        data_cache,
+        sampler={"type": "grid"},
+        space=None,
+        trials=None,
+        grid={"kl.mode": ["monotonic", "cyclical"]},
+        seeds={"min": 2, "max": 3},
+        margin_db=1e-6,
+        degenerate_below=-100.0,
+    )
     # the first command stops right after look 1's last run, before the look is decided
     real_advance = plan_mod.advance_look
     monkeypatch.setattr(plan_mod, "advance_look", lambda study, spec: 0)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 1  # the study is not finished: FAILED
     study = load_study(tmp_path)
     assert states(study) == ["COMPLETE"] * 4
-    assert study.user_attrs["sequential"] == {"look": 1, "targets": {t.user_attrs["config_id"]: 2 for t in study.get_trials()},
-                                              "done": False}
+    assert study.user_attrs["sequential"] == {
+        "look": 1,
+        "targets": {t.user_attrs["config_id"]: 2 for t in study.get_trials()},
+        "done": False,
+    }
     assert "verdicts after look" not in capsys.readouterr().out  # nothing is decided yet
 
     monkeypatch.setattr(plan_mod, "advance_look", real_advance)
@@ -618,7 +758,8 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
     trials = study.get_trials()
     assert states(study) == ["COMPLETE"] * 6
     assert sorted((t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in trials) == sorted(
-        (c, k) for c in {t.user_attrs["config_id"] for t in trials} for k in range(3))
+        (c, k) for c in {t.user_attrs["config_id"] for t in trials} for k in range(3)
+    )
     assert study.user_attrs["sequential"]["look"] == 2 and study.user_attrs["sequential"]["done"] is True
     assert "look 1 of 2 (2 seeds): kl.mode: cyclical vs monotonic open -> 2 configuration(s) get 3 seeds" in out
     assert "verdicts after look 2 of 2:" in out and "kl.mode: cyclical vs monotonic: cannot tell yet at look 2" in out
@@ -630,11 +771,19 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
 @pytest.mark.slow
 @pytest.mark.slow
 def test_a_setting_that_diverges_on_every_seed_is_worse_not_dropped(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     from reports import analysis, collect
 
-    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
-                      grid={"train.lr": [0.002, 1000000.0]}, seeds={"min": 3, "max": 5})
+    spec = write_spec(
+        tmp_path,
+        data_cache,
+        sampler={"type": "grid"},
+        space=None,
+        trials=None,
+        grid={"train.lr": [0.002, 1000000.0]},
+        seeds={"min": 3, "max": 5},
+    )
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     study = load_study(tmp_path)
@@ -644,9 +793,18 @@ def test_a_setting_that_diverges_on_every_seed_is_worse_not_dropped(
     line = next(x for x in out.splitlines() if x.startswith("  train.lr: 0.002 vs 1e+06: "))
     n = len(diverged)
     assert f"better (1e+06 fails more often, fails 0/{n} vs {n}/{n})" in line, out
-    res = analysis.analyse(collect.runs_frame(study), {"name": "tiny", "metric": "val/psnr", "niter": 2,
-                                                       "looks": [3, 4, 5], "look": study.user_attrs["sequential"]["look"],
-                                                       "margin_db": 1.0}, reps=100)
+    res = analysis.analyse(
+        collect.runs_frame(study),
+        {
+            "name": "tiny",
+            "metric": "val/psnr",
+            "niter": 2,
+            "looks": [3, 4, 5],
+            "look": study.user_attrs["sequential"]["look"],
+            "margin_db": 1.0,
+        },
+        reps=100,
+    )
     cmp = res["comparisons"][0]  # the main effect: 0.002 (A) against 1e6 (B)
     assert cmp["verdict"] == "better" and cmp["decided_by"] == "failures" and cmp["failures"]["a"] == 0
     assert cmp["failures"]["b"] == cmp["failures"]["results_b"] == n and cmp["diff_counted"] == pytest.approx(1.0)
@@ -657,10 +815,18 @@ def test_a_setting_that_diverges_on_every_seed_is_worse_not_dropped(
 
 @pytest.mark.slow
 def test_two_settings_that_compute_the_same_function_are_never_told_apart(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     # eval.gif_sequences changes what is drawn, not what is trained or scored: seed by seed the same numbers
-    spec = write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None,
-                      grid={"eval.gif_sequences": [1, 2]}, seeds={"min": 3, "max": 4})
+    spec = write_spec(
+        tmp_path,
+        data_cache,
+        sampler={"type": "grid"},
+        space=None,
+        trials=None,
+        grid={"eval.gif_sequences": [1, 2]},
+        seeds={"min": 3, "max": 4},
+    )
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     study = load_study(tmp_path)
@@ -673,7 +839,8 @@ def test_two_settings_that_compute_the_same_function_are_never_told_apart(
 
 
 def test_a_racing_study_gives_seeds_only_to_configurations_that_may_still_lead(
-        tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write_spec(tmp_path, data_cache, trials=3, seeds={"min": 3, "max": 4}, margin_db=1e-6)
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
     study = load_study(tmp_path)
@@ -735,10 +902,24 @@ def test_the_bar_s_best_is_the_study_s_pick_with_its_t_interval() -> None:
 
     study = optuna.create_study(direction="maximize")
     dist = {"lr": FloatDistribution(0.0, 1.0)}
-    for k, (cid, value, extra) in enumerate([("a", 20.0, {}), ("a", 21.0, {}), ("a", 21.5, {}), ("b", 23.0, {}),
-                                             ("b", 30.0, {"degenerate": True}), ("c", 25.0, {"phase": "confirm"})]):
-        study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=dist, value=value,
-                                                  user_attrs={"config_id": cid, "seed_index": k, **extra}))
+    for k, (cid, value, extra) in enumerate(
+        [
+            ("a", 20.0, {}),
+            ("a", 21.0, {}),
+            ("a", 21.5, {}),
+            ("b", 23.0, {}),
+            ("b", 30.0, {"degenerate": True}),
+            ("c", 25.0, {"phase": "confirm"}),
+        ]
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.1},
+                distributions=dist,
+                value=value,
+                user_attrs={"config_id": cid, "seed_index": k, **extra},
+            )
+        )
     # b's collapsed 30 dB counts as a failure, a margin below the worst trained run: 20 - 1 = 19. b scores
     # (23 + 19) / 2 = 21 against a's 20.83; confirmation runs do not count. Its interval: sd 2 sqrt(2), se 2,
     # t(1) 0.975 = 12.7062
@@ -750,5 +931,5 @@ def test_the_bar_s_best_is_the_study_s_pick_with_its_t_interval() -> None:
     spec = SimpleNamespace(margin_db=1.0, direction="minimize")
     cid, score, (lo, hi), n = best_so_far(study, spec, runs_of(study))
     assert (cid, n) == ("a", 3) and score == pytest.approx(62.5 / 3)
-    half = 4.302653 * np.std([20.0, 21.0, 21.5], ddof=1) / 3 ** 0.5
+    half = 4.302653 * np.std([20.0, 21.0, 21.5], ddof=1) / 3**0.5
     assert (lo, hi) == pytest.approx((62.5 / 3 - half, 62.5 / 3 + half), abs=1e-5)

@@ -20,8 +20,10 @@ import yaml
 from sweeps.lock import AskLock
 
 URL = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
-pytestmark = [pytest.mark.skipif(not URL, reason="CVAE_TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL)"),
-              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+pytestmark = [
+    pytest.mark.skipif(not URL, reason="CVAE_TEST_POSTGRES_URL not set (.ci/run starts PostgreSQL)"),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 
 def test_advisory_lock_serialises_two_holders() -> None:
@@ -43,12 +45,27 @@ def test_advisory_lock_serialises_two_holders() -> None:
 def test_two_workers_share_a_postgres_study(tmp_path: Path, tiny_overrides: dict[str, str]) -> None:
     name = f"pg-{uuid.uuid4().hex[:8]}"
     spec = tmp_path / "pg.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": name, "experiment": "demo", "overrides": {**tiny_overrides, "train.niter": "2"}, "trials": 3,
-        "sampler": {"type": "random", "seed": 1}, "pruner": {"type": "none"}, "heartbeat_seconds": 5,
-        "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True}}}))
-    out = subprocess.run([sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--workers", "2", "--threads", "1",
-                          "--storage", URL], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "experiment": "demo",
+                "overrides": {**tiny_overrides, "train.niter": "2"},
+                "trials": 3,
+                "sampler": {"type": "random", "seed": 1},
+                "pruner": {"type": "none"},
+                "heartbeat_seconds": 5,
+                "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True}},
+            }
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--workers", "2", "--threads", "1", "--storage", URL],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     study = optuna.load_study(study_name=name, storage=URL)
     trials = study.get_trials()

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bair_samples
 from tfrecord.writer import TFRecordWriter
 
 from cvae.data import tfrecords
-from conftest import bair_samples
 from cvae.data.errors import DataError
-
-
 
 # helpers
 
@@ -122,10 +120,10 @@ def test_bair_schema_samples_round_trip(tmp_path: Path) -> None:
     for name, aux, main, actions, positions in bair_samples():  # generated always, the real one when present
         path = tmp_path / name / "softmotion30_44k/test/traj_0_to_255.tfrecords"
         tfrecords.write_file(path, main[None], actions[None], positions[None], aux_frames=aux[None])
-        (frames, cond), = tfrecords.iter_sequences(tfrecords.list_files(tmp_path / name, "test"))
+        ((frames, cond),) = tfrecords.iter_sequences(tfrecords.list_files(tmp_path / name, "test"))
         np.testing.assert_array_equal(frames, aux, err_msg=name)
         np.testing.assert_array_equal(cond, np.concatenate([actions, positions], axis=1), err_msg=name)
-        (frames, _), = tfrecords.iter_sequences([path], camera="image_main")
+        ((frames, _),) = tfrecords.iter_sequences([path], camera="image_main")
         np.testing.assert_array_equal(frames, main, err_msg=name)
 
 
@@ -154,7 +152,9 @@ def test_validate_file_can_be_named(dataset) -> None:
     for name in ("traj_2560_to_2815", "traj_2560_to_2815.tfrecords"):
         assert tfrecords.list_files(root, "validate", validate=name) == [base / "traj_2560_to_2815.tfrecords"]
     assert tfrecords.list_files(root, "train", validate="traj_2560_to_2815") == [
-        base / "traj_256_to_511.tfrecords", base / "traj_512_to_767.tfrecords"]
+        base / "traj_256_to_511.tfrecords",
+        base / "traj_512_to_767.tfrecords",
+    ]
     with pytest.raises(DataError, match="no file traj_9_to_9") as exc:
         tfrecords.list_files(root, "train", validate="traj_9_to_9")
     assert_one_line_naming(exc, base)

@@ -31,19 +31,46 @@ from cvae.trainer import train
 # helpers
 
 TINY: dict[str, str] = {
-    "model.arch": "dcgan", "model.width": "0.125", "model.g_dim": "16", "model.z_dim": "4", "model.rnn_size": "16",
-    "train.batch_size": "4", "train.niter": "3", "train.epoch_size": "2", "train.n_future": "3",
-    "train.progress": "false", "eval.n_future": "3", "eval.sequences": "8", "eval.batch_size": "8",
-    "eval.every": "1", "eval.gif_sequences": "2", "data.n_train": "16", "data.n_val": "8", "data.n_test": "8",
-    "tracking.enabled": "true", "tracking.system_metrics": "false", "run.threads": "1",
+    "model.arch": "dcgan",
+    "model.width": "0.125",
+    "model.g_dim": "16",
+    "model.z_dim": "4",
+    "model.rnn_size": "16",
+    "train.batch_size": "4",
+    "train.niter": "3",
+    "train.epoch_size": "2",
+    "train.n_future": "3",
+    "train.progress": "false",
+    "eval.n_future": "3",
+    "eval.sequences": "8",
+    "eval.batch_size": "8",
+    "eval.every": "1",
+    "eval.gif_sequences": "2",
+    "data.n_train": "16",
+    "data.n_val": "8",
+    "data.n_test": "8",
+    "tracking.enabled": "true",
+    "tracking.system_metrics": "false",
+    "run.threads": "1",
 }
 EPOCH_METRICS = ["train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr", "perf/seq_per_s"]
-EVAL_METRICS = ["val/psnr", "val/ssim", "val/psnr_copy_last", "val/psnr_moving", "val/psnr_moving_copy_last",
-                "val/cond_gain", "val/kld", "val/active_dims"]
+EVAL_METRICS = [
+    "val/psnr",
+    "val/ssim",
+    "val/psnr_copy_last",
+    "val/psnr_moving",
+    "val/psnr_moving_copy_last",
+    "val/cond_gain",
+    "val/kld",
+    "val/active_dims",
+]
 BEST_METRICS = ["best/val_psnr", "best/epoch"]
 REQUIRED_TAGS = ["dataset", "device", "torch", "mlflow", "command"]
-CVAE = [str(Path(sys.executable).with_name("cvae"))] if Path(sys.executable).with_name("cvae").exists() \
+CVAE = (
+    [str(Path(sys.executable).with_name("cvae"))]
+    if Path(sys.executable).with_name("cvae").exists()
     else [sys.executable, "-m", "cvae.cli"]
+)
 
 
 def as_args(overrides: dict[str, str]) -> list[str]:
@@ -162,8 +189,10 @@ def test_run_lands_complete_in_the_store(overrides: dict[str, str]) -> None:
 
     arts = artifact_paths(client, result.run_id)
     plots = [a for a in arts if a.startswith("plots/") and a.endswith(".png")]
-    assert sorted(plots) == [f"plots/{n}.png" for n in ("cond_gain", "diagnostics", "kl_weight", "loss", "per_step_psnr",
-                                                         "psnr", "psnr_moving", "tfr")]
+    assert sorted(plots) == [
+        f"plots/{n}.png"
+        for n in ("cond_gain", "diagnostics", "kl_weight", "loss", "per_step_psnr", "psnr", "psnr_moving", "tfr")
+    ]
     for epoch in (2, 3):
         assert f"samples/epoch_{epoch:04d}.gif" in arts and f"samples/epoch_{epoch:04d}_strip.png" in arts
     for name in ("per_step.csv", "kl_per_dim.csv", "config.yaml", "metrics.csv", "checkpoints/best.pt"):
@@ -176,13 +205,27 @@ def test_run_lands_complete_in_the_store(overrides: dict[str, str]) -> None:
 
     import mlflow.artifacts
 
-    gif = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="samples/epoch_0003.gif",
-                                              tracking_uri=tracking_uri(cfg), dst_path=str(Path(cfg.run.out_dir) / "dl"))
+    gif = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id,
+        artifact_path="samples/epoch_0003.gif",
+        tracking_uri=tracking_uri(cfg),
+        dst_path=str(Path(cfg.run.out_dir) / "dl"),
+    )
     frames = iio.imread(gif, index=None)
     assert frames.ndim == 4 and frames.shape[0] == cfg.eval.n_past + cfg.eval.n_future
-    csv_rows = Path(mlflow.artifacts.download_artifacts(
-        run_id=result.run_id, artifact_path="metrics.csv", tracking_uri=tracking_uri(cfg),
-        dst_path=str(Path(cfg.run.out_dir) / "dl"))).read_text().strip().splitlines()
+    csv_rows = (
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=result.run_id,
+                artifact_path="metrics.csv",
+                tracking_uri=tracking_uri(cfg),
+                dst_path=str(Path(cfg.run.out_dir) / "dl"),
+            )
+        )
+        .read_text()
+        .strip()
+        .splitlines()
+    )
     assert len(csv_rows) == 1 + niter  # the final metrics.csv, not an earlier epoch's
 
 
@@ -204,10 +247,12 @@ class KillAfterLogging(MlflowTracker):
 
 
 @pytest.mark.parametrize("stop_at", ["on_epoch", "before_logging", "after_logging"])
-def test_resume_continues_the_same_run(overrides: dict[str, str], stop_at: str,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_continues_the_same_run(
+    overrides: dict[str, str], stop_at: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = make_cfg(overrides)
     if stop_at == "on_epoch":  # a raising callback after epoch 1 (how a sweep prunes)
+
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             raise Stop(f"stop after epoch {epoch}")
 
@@ -285,8 +330,14 @@ def test_a_stopped_run_is_closed_wherever_the_stop_lands(overrides: dict[str, st
 def test_sigterm_closes_the_run_as_killed(tmp_path: Path, overrides: dict[str, str]) -> None:
     args = as_args({**overrides, "run.out_dir": "runs", "train.niter": "50", "eval.every": "5"})
     with (tmp_path / "out.log").open("w") as out:
-        proc = subprocess.Popen([*CVAE, "train", *args], cwd=tmp_path, env=clean_env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*CVAE, "train", *args],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # last.pt appears after epoch 1, by which time the run has long been created (and migrations are done)
         wait_for(lambda: any((tmp_path / "runs").glob("default/*/last.pt")), 90, "epoch 1", proc)
@@ -311,8 +362,14 @@ def test_unreachable_server_fails_fast_in_one_line(tmp_path: Path, overrides: di
     if via == "override":
         ov["tracking.uri"] = uri
     start = time.monotonic()
-    proc = subprocess.run([*CVAE, "train", *as_args(ov)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env=clean_env(**({"MLFLOW_TRACKING_URI": uri} if via == "env" else {})))
+    proc = subprocess.run(
+        [*CVAE, "train", *as_args(ov)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(**({"MLFLOW_TRACKING_URI": uri} if via == "env" else {})),
+    )
     seconds = time.monotonic() - start
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
@@ -333,8 +390,9 @@ def test_system_metrics_are_logged(overrides: dict[str, str], monkeypatch: pytes
     assert "system/system_memory_usage_megabytes" in metrics
 
 
-def test_disabled_tracking_writes_no_store(tmp_path: Path, overrides: dict[str, str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disabled_tracking_writes_no_store(
+    tmp_path: Path, overrides: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = make_cfg(overrides, tracking__enabled="false")
     tracker = make_tracker(cfg)
@@ -366,9 +424,20 @@ class MlflowServer:
     def __init__(self, backend: str, artifacts: Path, log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--workers", "1", "--backend-store-uri", backend,
-                    "--artifacts-destination", str(artifacts)]
+        self.cmd = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+        ]
         self.log = log
         self.proc: subprocess.Popen | None = None
 
@@ -381,8 +450,14 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> None:
         with self.log.open("a") as f:
-            self.proc = subprocess.Popen(self.cmd, cwd=self.log.parent, env=clean_env(), stdout=f,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=self.log.parent,
+                env=clean_env(),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(self.healthy, timeout, f"mlflow server on {self.url}", self.proc)
 
     def stop(self) -> None:
@@ -402,8 +477,9 @@ def mlflow_server(tmp_path: Path) -> Any:
 
 
 @pytest.mark.slow
-def test_training_against_an_http_server(tmp_path: Path, overrides: dict[str, str], mlflow_server: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_against_an_http_server(
+    tmp_path: Path, overrides: dict[str, str], mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow.artifacts
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -418,8 +494,12 @@ def test_training_against_an_http_server(tmp_path: Path, overrides: dict[str, st
     assert all(s == [1, 2] for k, s in metric_steps(client, result.run_id).items()), metric_steps(client, result.run_id)
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # nothing went to the local default store
 
-    gif = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="samples/epoch_0002.gif",
-                                              tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl"))
+    gif = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id,
+        artifact_path="samples/epoch_0002.gif",
+        tracking_uri=mlflow_server,
+        dst_path=str(tmp_path / "dl"),
+    )
     assert iio.imread(gif, index=None).ndim == 4
     # the endpoint the UI's artifact view uses
     query = urllib.parse.urlencode({"path": "samples/epoch_0002.gif", "run_uuid": result.run_id})

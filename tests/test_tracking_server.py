@@ -18,14 +18,16 @@ from typing import Any, Iterator
 import optuna
 import pytest
 from mlflow import MlflowClient
-
-from test_sweeps import CLEAN_ENV, sweep_cmd
 from test_reliability import long_spec
+from test_sweeps import CLEAN_ENV, sweep_cmd
 from test_tracking import MlflowServer
 
 PG_URL = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
-pytestmark = [pytest.mark.reliability, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 
 def _fresh_pg_database() -> str:
@@ -53,8 +55,9 @@ def _trials(storage: str, name: str) -> list[Any]:
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-def test_two_workers_log_through_a_server_that_restarts_mid_trial(tmp_path: Path, data_cache: Path,
-                                                                  server: MlflowServer) -> None:
+def test_two_workers_log_through_a_server_that_restarts_mid_trial(
+    tmp_path: Path, data_cache: Path, server: MlflowServer
+) -> None:
     niter = 10
     name = f"srv-{uuid.uuid4().hex[:6]}"
     spec = long_spec(tmp_path, data_cache, niter=niter, trials=2, name=name)
@@ -62,9 +65,15 @@ def test_two_workers_log_through_a_server_that_restarts_mid_trial(tmp_path: Path
     env = {**CLEAN_ENV, "MLFLOW_TRACKING_URI": server.url}
     log = tmp_path / "sweep.log"
     with log.open("w") as f:
-        sweep = subprocess.Popen(sweep_cmd(spec, "--workers", "2", "--storage", storage), cwd=tmp_path, env=env,
-                                 stdout=f, stderr=subprocess.STDOUT)
+        sweep = subprocess.Popen(
+            sweep_cmd(spec, "--workers", "2", "--storage", storage),
+            cwd=tmp_path,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def epochs() -> list[int]:
             if sweep.poll() is not None:
                 pytest.fail(f"sweep ended early:\n{log.read_text()[-3000:]}")
@@ -81,7 +90,9 @@ def test_two_workers_log_through_a_server_that_restarts_mid_trial(tmp_path: Path
         at_stop = max(epochs())
         deadline = time.monotonic() + 120
         while max(epochs(), default=0) < at_stop + 2:
-            assert time.monotonic() < deadline, f"training stalled while the server was down:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"training stalled while the server was down:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(0.5)
         server.start()
         assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]

@@ -17,9 +17,9 @@ from cvae import config as config_mod
 from cvae import trainer as trainer_mod
 from cvae.config import Config
 from cvae.data import load_split, to_tensors
+from cvae.evaluate import EVAL_SEED_OFFSET, Evaluator
 from cvae.metrics import psnr, ssim
 from cvae.model import CVAE, StepLoss
-from cvae.evaluate import EVAL_SEED_OFFSET, Evaluator
 from cvae.trainer import FORMAT_VERSION, METRIC_COLUMNS, Diverged, load_checkpoint, load_model, train
 
 # helpers
@@ -73,14 +73,22 @@ def test_evaluation_every_n_epochs_and_always_after_the_last(tiny_cfg: Config, t
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.gif")) == ["epoch_0002.gif", "epoch_0003.gif"]
 
 
-@pytest.mark.parametrize("plot_seconds, stop_after, drawn", [
-    (3600.0, None, [1, 4]),  # the first evaluation and the last
-    (0.0, None, [1, 2, 3, 4]),  # every evaluation once PLOT_SECONDS have passed
-    (3600.0, 2, [1, 2]),  # a stopped run's plots show where it stopped
-])
+@pytest.mark.parametrize(
+    "plot_seconds, stop_after, drawn",
+    [
+        (3600.0, None, [1, 4]),  # the first evaluation and the last
+        (0.0, None, [1, 2, 3, 4]),  # every evaluation once PLOT_SECONDS have passed
+        (3600.0, 2, [1, 2]),  # a stopped run's plots show where it stopped
+    ],
+)
 def test_plots_are_drawn_first_then_at_most_every_plot_seconds_and_at_the_end(
-        tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plot_seconds: float,
-        stop_after: int | None, drawn: list[int]) -> None:
+    tiny_cfg: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    plot_seconds: float,
+    stop_after: int | None,
+    drawn: list[int],
+) -> None:
     seen: list[int] = []
     draw = trainer_mod._draw_plots
 
@@ -176,8 +184,9 @@ def _nan_from_call(monkeypatch: pytest.MonkeyPatch, first_bad_call: int) -> None
     monkeypatch.setattr(CVAE, "forward", patched)
 
 
-def test_nan_loss_raises_diverged_and_keeps_the_last_good_epoch(tiny_cfg: Config, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_raises_diverged_and_keeps_the_last_good_epoch(
+    tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _nan_from_call(monkeypatch, first_bad_call=tiny_cfg.train.epoch_size + 2)  # epoch 2, iteration 2
     with pytest.raises(Diverged, match=r"^diverged at epoch 2, iteration 2$"):
         train(tiny_cfg, run_dir=tmp_path / "run")

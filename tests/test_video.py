@@ -107,7 +107,9 @@ def test_sequences_gif_grid(tmp_path):
     frames = iio.imread(path, index=None)[..., :3]
     assert frames.shape == (T, 2 * H + 2, 3 * W + 2 * 2, 3)
     # Fifth video sits in row 1, column 1; the empty sixth cell is white.
-    np.testing.assert_array_equal(frames[:, H + 2 :, W + 2 : 2 * W + 2],
-                                  np.broadcast_to(_u8(np.roll(COLOURS, 4, axis=0)[:T])[:, None, None], (T, H, W, 3)))
+    np.testing.assert_array_equal(
+        frames[:, H + 2 :, W + 2 : 2 * W + 2],
+        np.broadcast_to(_u8(np.roll(COLOURS, 4, axis=0)[:T])[:, None, None], (T, H, W, 3)),
+    )
     np.testing.assert_array_equal(frames[:, H + 2 :, 2 * (W + 2) :], 255)
     assert iio.immeta(path)["duration"] == 500

@@ -82,12 +82,17 @@ def _source(cfg: DataCfg, split: str) -> tuple[dict[str, Any], list[Path]]:
     from cvae.data import sources
 
     units = sources.units(cfg.name, cfg.root, split)
-    return {"kind": cfg.name, "root": str(Path(cfg.root).resolve()), "split": split,
-            "fingerprint": sources.fingerprint(cfg.name, cfg.root, units)}, units
+    return {
+        "kind": cfg.name,
+        "root": str(Path(cfg.root).resolve()),
+        "split": split,
+        "fingerprint": sources.fingerprint(cfg.name, cfg.root, units),
+    }, units
 
 
-def _read(cfg: DataCfg, split: str, units: list[Path], skip_bad: bool,
-          skipped: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _read(
+    cfg: DataCfg, split: str, units: list[Path], skip_bad: bool, skipped: list[str]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The split's sequences in order; damage raises, or with skip_bad is appended to `skipped`."""
     if cfg.name == "pushing":
         from cvae.data import pushing
@@ -189,5 +194,14 @@ def to_tensors(split: Split, idx: np.ndarray, n_frames: int) -> tuple[torch.Tens
     return to_model_input(*gather(split, idx, n_frames), torch.device("cpu"))
 
 
-__all__ = ["Split", "DataError", "DamagedData", "SPLITS", "load_split", "to_tensors", "cache_key",
-           "ensure_cache", "build_cache"]
+__all__ = [
+    "Split",
+    "DataError",
+    "DamagedData",
+    "SPLITS",
+    "load_split",
+    "to_tensors",
+    "cache_key",
+    "ensure_cache",
+    "build_cache",
+]

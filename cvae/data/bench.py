@@ -27,9 +27,17 @@ def _first(kind: sources.Kind, units: list[Path], n: int, seq_len: int) -> Itera
                 return
 
 
-def measure(root: str | Path, split: str = "train", sequences: int = 256, batch_size: int = 12,
-            n_frames: int = 12, seq_len: int = 30, threads: int = 1, seed: int = 0,
-            tmp_dir: str | Path | None = None) -> dict[str, Any]:
+def measure(
+    root: str | Path,
+    split: str = "train",
+    sequences: int = 256,
+    batch_size: int = 12,
+    n_frames: int = 12,
+    seq_len: int = 30,
+    threads: int = 1,
+    seed: int = 0,
+    tmp_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Read `sequences` sequences from root's split, cache them in a temp folder, draw random batches
     from that cache with to_tensors as the trainer does; both speeds and the settings used.
 
@@ -75,8 +83,14 @@ def measure(root: str | Path, split: str = "train", sequences: int = 256, batch_
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {
-        "root": str(root), "source": kind, "split": split, "sequences": n, "seq_len": seq_len,
-        "batch_size": batch_size, "n_frames": n_frames, "threads": threads,
+        "root": str(root),
+        "source": kind,
+        "split": split,
+        "sequences": n,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "n_frames": n_frames,
+        "threads": threads,
         "loader": "in-process to_tensors on the memory-mapped cache, as the trainer reads (no worker processes)",
         "source_seq_per_s": n / max(read_s, 1e-9),
         "cache_seq_per_s": -(-draws // batch_size) * batch_size / max(cache_s, 1e-9),

@@ -36,8 +36,9 @@ class _NpyWriter:
         """The .npy header for n items (numpy pads it to one length whatever n is)."""
         buffer = io.BytesIO()
         np.lib.format.write_array_header_1_0(
-            buffer, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                     "shape": (n, *self.item_shape)})
+            buffer,
+            {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n, *self.item_shape)},
+        )
         return buffer.getvalue()
 
     def append(self, item: np.ndarray) -> None:

@@ -53,8 +53,7 @@ def check_unit(kind: sources.Kind, unit: Path, seq_len: int) -> tuple[int, list[
     return good, bad
 
 
-def check(root: str | Path, seq_len: int = 30, workers: int = 1,
-          on_bad: Callable[[str], None] | None = None) -> Report:
+def check(root: str | Path, seq_len: int = 30, workers: int = 1, on_bad: Callable[[str], None] | None = None) -> Report:
     """Check every split under root; on_bad sees each damage message as soon as it is found."""
     start = time.perf_counter()
     root = Path(root)
@@ -88,8 +87,13 @@ def check(root: str | Path, seq_len: int = 30, workers: int = 1,
     return report
 
 
-def _collect(jobs: list[tuple[str, Path]], results: Iterable[tuple[int, list[str]]], report: Report,
-             found: Callable[[str, list[str]], None], bar: tqdm) -> None:
+def _collect(
+    jobs: list[tuple[str, Path]],
+    results: Iterable[tuple[int, list[str]]],
+    report: Report,
+    found: Callable[[str, list[str]], None],
+    bar: tqdm,
+) -> None:
     """Fold each unit's result into the report, in order."""
     for (split, _), (good, bad) in zip(jobs, results):
         report.sequences[split] += good

@@ -57,8 +57,9 @@ def _claim(dest: Path, settings: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"{dest} holds an earlier conversion with other settings: {diff}; choose another DEST")
         return data
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise DataError(f"{dest} is not empty and holds no {MARKER} of an earlier `cvae data convert`; "
-                        "choose an empty or new DEST")
+        raise DataError(
+            f"{dest} is not empty and holds no {MARKER} of an earlier `cvae data convert`; choose an empty or new DEST"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     data = {"format": MARKER_FORMAT, "settings": settings, "files": {}}
     cache.write_json(marker, data)
@@ -81,8 +82,9 @@ def _stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _jobs(src: Path, dest: Path, validate: str | None, skip_bad: bool,
-          report: Report, done: dict[str, Any]) -> list[tuple[str, Path, Path, list[int]]]:
+def _jobs(
+    src: Path, dest: Path, validate: str | None, skip_bad: bool, report: Report, done: dict[str, Any]
+) -> list[tuple[str, Path, Path, list[int]]]:
     """(split, source file, output folder, source stat) still to convert; finished ones count as kept."""
     jobs = []
     for split in sources.SPLITS:
@@ -105,8 +107,15 @@ def _jobs(src: Path, dest: Path, validate: str | None, skip_bad: bool,
     return jobs
 
 
-def _run_parallel(jobs: list[tuple[str, Path, Path, list[int]]], workers: int, camera: str, skip_bad: bool,
-                  seq_len: int, bar: tqdm, finished: Any) -> None:
+def _run_parallel(
+    jobs: list[tuple[str, Path, Path, list[int]]],
+    workers: int,
+    camera: str,
+    skip_bad: bool,
+    seq_len: int,
+    bar: tqdm,
+    finished: Any,
+) -> None:
     """convert_file over the jobs in worker processes; the first damage stops the rest (finished stay)."""
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures: dict[Future, tuple[str, Path, Path, list[int]]] = {
@@ -135,8 +144,9 @@ def _run_parallel(jobs: list[tuple[str, Path, Path, list[int]]], workers: int, c
 # public API
 
 
-def convert_file(src: Path, out: Path, camera: str, skip_bad: bool, seq_len: int = 30,
-                 progress: Any = None) -> tuple[int, list[str]]:
+def convert_file(
+    src: Path, out: Path, camera: str, skip_bad: bool, seq_len: int = 30, progress: Any = None
+) -> tuple[int, list[str]]:
     """One TFRecord file -> traj folder `out` (written aside, renamed when whole); (sequences, damage)."""
     tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.convert-tmp"
     tmp.mkdir(parents=True)
@@ -162,18 +172,32 @@ def convert_file(src: Path, out: Path, camera: str, skip_bad: bool, seq_len: int
     return written, bad
 
 
-def to_course(src: str | Path, dest: str | Path, camera: str = "aux1", validate: str | None = None,
-              skip_bad: bool = False, workers: int = 1, seq_len: int = 30) -> Report:
+def to_course(
+    src: str | Path,
+    dest: str | Path,
+    camera: str = "aux1",
+    validate: str | None = None,
+    skip_bad: bool = False,
+    workers: int = 1,
+    seq_len: int = 30,
+) -> Report:
     """The original TFRecords under src -> the course layout under dest (resumable, atomic per file)."""
     start = time.perf_counter()
     src, dest = Path(src), Path(dest)
     if camera not in CAMERAS:
         raise DataError(f"--camera {camera!r}: expected one of {', '.join(CAMERAS)}")
     if sources.detect(src) != "tfrecord":
-        raise DataError(f"{src} is not the original TFRecords ({tfrecords.DATASET_DIR}/{{train,test}}/*.tfrecords); "
-                        "--to course converts those")
-    settings = {"to": "course", "source": str(src.resolve()), "camera": camera, "validate": validate,
-                "seq_len": seq_len}
+        raise DataError(
+            f"{src} is not the original TFRecords ({tfrecords.DATASET_DIR}/{{train,test}}/*.tfrecords); "
+            "--to course converts those"
+        )
+    settings = {
+        "to": "course",
+        "source": str(src.resolve()),
+        "camera": camera,
+        "validate": validate,
+        "seq_len": seq_len,
+    }
     marker = _claim(dest, settings)
     _remove_temp_folders(dest)
     report = Report(dest=dest)

@@ -43,9 +43,17 @@ _SEQ_DIR = re.compile(r"^(\d+)$")
 _FRAME = re.compile(r"^(0|[1-9]\d*)\.png$")
 # '%.9g' prints any float32 with enough digits to parse back to the identical value
 _CSV_FMT = "%.9g"
-_MODES = {"L": "a grey image", "1": "a 1-bit image", "I": "a 32-bit grey image", "I;16": "a 16-bit grey image",
-          "LA": "a grey image with alpha", "RGBA": "an RGBA image (with alpha)", "P": "a palette image",
-          "PA": "a palette image with alpha", "CMYK": "a CMYK image"}
+_MODES = {
+    "L": "a grey image",
+    "1": "a 1-bit image",
+    "I": "a 32-bit grey image",
+    "I;16": "a 16-bit grey image",
+    "LA": "a grey image with alpha",
+    "RGBA": "an RGBA image (with alpha)",
+    "P": "a palette image",
+    "PA": "a palette image with alpha",
+    "CMYK": "a CMYK image",
+}
 
 
 # helpers
@@ -115,8 +123,10 @@ def _read_csv(path: Path, columns: int) -> np.ndarray:
             row = [float(cell) for cell in cells]
         except ValueError:
             if not rows:
-                raise _damaged(f"{path} line {number} is a header or not numbers ({line.strip()[:40]!r}); "
-                               "the course's CSV files have no header") from None
+                raise _damaged(
+                    f"{path} line {number} is a header or not numbers ({line.strip()[:40]!r}); "
+                    "the course's CSV files have no header"
+                ) from None
             bad = next(c for c in cells if not _is_number(c))
             raise _damaged(f"{path} line {number} holds {bad.strip()[:20]!r}, not a number") from None
         if len(row) != columns:
@@ -167,10 +177,13 @@ def _sequence_length(path: Path, frames: dict[int, str], rows: dict[str, int]) -
     actions, positions = rows[ACTIONS_CSV], rows[POSITIONS_CSV]
     if actions == positions != count:
         if actions < count:
-            raise _damaged(f"{path / f'{actions}.png'} is an extra frame: {ACTIONS_CSV} and {POSITIONS_CSV} "
-                           f"have {actions} rows (one per frame)")
-        raise _damaged(f"{path / f'{count}.png'} is missing: {ACTIONS_CSV} and {POSITIONS_CSV} have {actions} rows "
-                       "(one per frame)")
+            raise _damaged(
+                f"{path / f'{actions}.png'} is an extra frame: {ACTIONS_CSV} and {POSITIONS_CSV} "
+                f"have {actions} rows (one per frame)"
+            )
+        raise _damaged(
+            f"{path / f'{count}.png'} is missing: {ACTIONS_CSV} and {POSITIONS_CSV} have {actions} rows (one per frame)"
+        )
     for name, found in rows.items():
         if found != count:
             raise _damaged(f"{path / name} has {found} rows, expected {count} (one per frame)")

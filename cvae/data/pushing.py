@@ -246,9 +246,7 @@ def _step_objects(
     return clipped, vel
 
 
-def _simulate(
-    rng: np.random.Generator, scene: _Scene, seq_len: int, actions: np.ndarray | None = None
-) -> _Trajectory:
+def _simulate(rng: np.random.Generator, scene: _Scene, seq_len: int, actions: np.ndarray | None = None) -> _Trajectory:
     """Roll the arm and objects forward; plan actions with a waypoint controller unless given."""
     n, size = len(scene.ee0), scene.size
     s = size / 64

@@ -1,9 +1,10 @@
 """Small data sets in the exact BAIR TFRecord schema with real pixels, for tests and demos.
 
 The pixels and actions come from one real sequence (../shared/data/bair_sample, from thuml/iVideoGPT,
-MIT licence) where it is there, else from the built-in generator (see load); it has no end-effector positions, so a stand-in is made up: the running sum of the
-action's first three values plus a per-sequence offset. Sequence i is that sequence rolled by i frames
-in time (and mirrored when i is odd), so every sequence differs while every pixel stays real.
+MIT licence) where it is there, else from the built-in generator (see load); it has no end-effector positions,
+so a stand-in is made up: the running sum of the action's first three values plus a per-sequence offset.
+Sequence i is that sequence rolled by i frames in time (and mirrored when i is odd), so every sequence differs
+while every pixel stays real.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def load(path: str | Path = SAMPLE) -> dict[str, np.ndarray]:
         frames, cond = pushing.generate(2, seed=11)
         return {"aux1": frames[0], "main": frames[1], "action": cond[0, :, :4].copy()}
     with np.load(path) as data:
-        return {"aux1": data["aux1_image"].astype(np.uint8), "main": data["image"].astype(np.uint8),
-                "action": data["action"].astype(np.float32)}
+        return {
+            "aux1": data["aux1_image"].astype(np.uint8),
+            "main": data["image"].astype(np.uint8),
+            "action": data["action"].astype(np.float32),
+        }
 
 
 def sequences(n: int, start: int = 0, seq_len: int = 30, path: str | Path = SAMPLE) -> dict[str, np.ndarray]:
@@ -98,14 +102,23 @@ def _write_records(tmp: Path, data: dict[str, np.ndarray], rng: random.Random, s
         for s in range(len(data["aux1"])):
             entries = []
             for i in range(data["aux1"].shape[1]):
-                image = {cam: example_pb2.Feature(bytes_list=example_pb2.BytesList(value=[data[cam][s, i].tobytes()]))
-                         for cam in ("aux1", "main")}
-                entries += [(f"{i}/image_aux1/encoded", image["aux1"]), (f"{i}/image_main/encoded", image["main"]),
-                            # float32 values go in as they are: FloatList stores float32
-                            (f"{i}/action", example_pb2.Feature(float_list=example_pb2.FloatList(
-                                value=data["action"][s, i].tolist()))),
-                            (f"{i}/endeffector_pos", example_pb2.Feature(float_list=example_pb2.FloatList(
-                                value=data["position"][s, i].tolist())))]
+                image = {
+                    cam: example_pb2.Feature(bytes_list=example_pb2.BytesList(value=[data[cam][s, i].tobytes()]))
+                    for cam in ("aux1", "main")
+                }
+                entries += [
+                    (f"{i}/image_aux1/encoded", image["aux1"]),
+                    (f"{i}/image_main/encoded", image["main"]),
+                    # float32 values go in as they are: FloatList stores float32
+                    (
+                        f"{i}/action",
+                        example_pb2.Feature(float_list=example_pb2.FloatList(value=data["action"][s, i].tolist())),
+                    ),
+                    (
+                        f"{i}/endeffector_pos",
+                        example_pb2.Feature(float_list=example_pb2.FloatList(value=data["position"][s, i].tolist())),
+                    ),
+                ]
             if shuffle_keys is not None:
                 rng.shuffle(entries)
             writer.write_payload(_example(entries))

@@ -32,8 +32,10 @@ def detect(root: str | Path) -> Kind:
         return "tfrecord"
     if any((root / split).is_dir() for split in SPLITS):
         return "bair"
-    raise DataError(f"{root} is neither a course tree ({'/, '.join(SPLITS)}/ folders) "
-                    f"nor the original TFRecords ({tfrecords.DATASET_DIR}/{{train,test}}/*.tfrecords)")
+    raise DataError(
+        f"{root} is neither a course tree ({'/, '.join(SPLITS)}/ folders) "
+        f"nor the original TFRecords ({tfrecords.DATASET_DIR}/{{train,test}}/*.tfrecords)"
+    )
 
 
 def units(kind: Kind, root: str | Path, split: str, validate: str | None = None) -> list[Path]:

@@ -85,9 +85,7 @@ def _split_files(folder: Path) -> list[Path]:
     """traj_<n>_to_<m>.tfrecords files of one folder, sorted by n."""
     if not folder.is_dir():
         raise _damaged(f"{folder} is missing")
-    found = [
-        (int(m.group(1)), p) for p in folder.iterdir() if (m := _FILE.match(p.name)) and p.is_file()
-    ]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _FILE.match(p.name)) and p.is_file()]
     if not found:
         raise _damaged(f"{folder} is an empty split: it holds no traj_<n>_to_<m>.tfrecords files")
     return [p for _, p in sorted(found, key=lambda pair: pair[0])]
@@ -160,8 +158,12 @@ def is_dataset(root: str | Path) -> bool:
         base = _dataset_dir(Path(root))
     except DataError:
         return False
-    return any(_FILE.match(p.name) and p.is_file() for sub in ("train", "test") if (base / sub).is_dir()
-               for p in (base / sub).iterdir())
+    return any(
+        _FILE.match(p.name) and p.is_file()
+        for sub in ("train", "test")
+        if (base / sub).is_dir()
+        for p in (base / sub).iterdir()
+    )
 
 
 def iter_records(path: str | Path) -> Iterator[bytes | DamagedData]:
@@ -179,8 +181,9 @@ def iter_records(path: str | Path) -> Iterator[bytes | DamagedData]:
                 raise _damaged(f"{path} is corrupt at record {record} (its length field fails its checksum)")
             (length,) = _HEADER.unpack_from(header)
             if length > size - stream.tell():  # checked before reading: nothing huge is allocated
-                raise _damaged(f"{path} is truncated in record {record} (it needs {length} bytes, "
-                               f"{size - stream.tell()} are left)")
+                raise _damaged(
+                    f"{path} is truncated in record {record} (it needs {length} bytes, {size - stream.tell()} are left)"
+                )
             payload = _read_exact(stream, length, path, record)
             if _masked_crc(payload) != _read_exact(stream, _CRC_BYTES, path, record):
                 yield _damaged(f"{path} record {record} is corrupt (its data fails its checksum)")
@@ -218,9 +221,7 @@ def decode(
         for key, lo, hi in ((f"{i}/action", 0, 4), (f"{i}/endeffector_pos", 4, 7)):
             values = _feature(features, key, "float_list", path, record, seq_len)
             if len(values) != hi - lo:
-                raise _damaged(
-                    f"{path} record {record} key '{key}' has {len(values)} values, expected {hi - lo}"
-                )
+                raise _damaged(f"{path} record {record} key '{key}' has {len(values)} values, expected {hi - lo}")
             cond[i, lo:hi] = values
     if not np.isfinite(cond).all():
         i = int(np.flatnonzero(~np.isfinite(cond).all(axis=1))[0])
