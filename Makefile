@@ -89,11 +89,11 @@ report: $(STAMP) ## comparison report: make report [STUDY=demo] [STUDIES=a,b] ->
 confirm: $(STAMP) ## re-run the top K configurations with N fresh seeds: make confirm [STUDY=demo] [K=2] [SEEDS=3]
 	$(BIN)/cvae sweep $(STUDY) --confirm $(K) --seeds $(SEEDS) --workers $(WORKERS) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
 
-bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step, FLOP/s, data, eval) -> bench/results.json
+bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step, FLOP/s, data, eval) -> benchmarks/results/speed.json
 	$(BIN)/python -m benchmarks.run
 
-bench-decisions: $(STAMP) ## error rates of the demo's decision rule, 20,000 simulated studies per case (about 10 minutes) -> bench/decisions.json
+bench-decisions: $(STAMP) ## error rates of the demo's decision rule, 20,000 simulated studies per case (about 15 minutes) -> benchmarks/results/decisions.json
 	$(BIN)/python -m benchmarks.decisions $(ARGS)
 
-bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (12-15 minutes) -> bench/sweep.json
+bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (12-15 minutes) -> benchmarks/results/sweep.json
 	$(BIN)/python -m benchmarks.sweep

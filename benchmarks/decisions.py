@@ -5,8 +5,8 @@ noise fitted to the per-seed values a demo study measured (benchmarks/data/demo_
 `python -m benchmarks.decisions --measure STUDY_DB`): true main effects of 0, +-margin and 2 x margin under
 every noise model, the ones that hurt included (one-sided outliers, one side failing 10% or 30% of its runs, the
 study's own failures). Then the picks of sampled studies (sweeps/selection.py): races and fixed designs of the
-same configurations. Writes bench/decisions.json and prints the tables the README and docs/statistics.md show;
-exit 1 when a target fails.
+same configurations. Writes benchmarks/results/decisions.json and prints the tables the README and
+docs/statistics.md show; exit 1 when a target fails.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import outcome
-from sweeps import selection as sel
-from sweeps import simulate as sim
+from sweeps import outcome, selection as sel, simulate as sim
 from sweeps.design import config_id
 from sweeps.questions import main_effects
 from sweeps.spec import load_spec
 
 DATA = Path(__file__).resolve().parent / "data" / "demo_seeds.json"
-OUT = Path("bench") / "decisions.json"
+OUT = Path(__file__).resolve().parent / "results" / "decisions.json"
 STUDIES = 20_000
 SELECTION_STUDIES = 4_000
 CONFIGS = 6  # demo_tpe's trials

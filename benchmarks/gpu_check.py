@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.reference import reference_forward
 from cvae import config as config_mod
+from cvae.experiments import find_experiment
 from cvae.model import CVAE
 from cvae.step import eager_step, make_optimizer, make_step
 
@@ -49,7 +50,7 @@ def timed(fn, device: torch.device, repeats: int = REPEATS) -> dict[str, float]:
 
 def lab_cfg(extra: list[str]) -> config_mod.Config:
     small = ["model.width=0.125", "model.g_dim=32", "model.z_dim=8", "model.rnn_size=32"] if SMALL else []
-    return config_mod.load(config_mod.find_experiment("lab"), ["data.name=pushing"] + small + extra)
+    return config_mod.load(find_experiment("lab"), ["data.name=pushing"] + small + extra)
 
 
 def step_variants(device: torch.device, out: dict) -> None:
@@ -123,6 +124,7 @@ def graphed_trains_like_eager(device: torch.device, out: dict) -> None:
 
 
 def train_check(device: torch.device, out: dict) -> None:
+    # deferred: torch loads after the device is known
     from cvae.trainer import train
 
     epoch_size = 5 if SMALL else 400  # long enough that each branch's one-time graph capture is amortised

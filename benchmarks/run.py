@@ -5,10 +5,10 @@
   timed alternately in this process, median of REPS after warm-up, min and max kept; three sizes;
 - hardware: FLOPs per iteration of the full-size step (torch.utils.flop_counter), the FLOP/s it
   achieves, and the ratio to a float32 matmul peak measured in this run;
-- data: sequences/s from a course PNG tree against the memory-mapped cache (cvae.data.bench, the code
+- data: sequences/s from a course PNG tree against the memory-mapped cache (cvae.data.speed, the code
   of `cvae data bench`);
 - evaluation: sequences/s of the course protocol plus the diagnostics.
-Writes bench/results.json and prints PASS/FAIL per ratio target; exit 1 when a target fails.
+Writes benchmarks/results/speed.json and prints PASS/FAIL per ratio target; exit 1 when a target fails.
 `make bench-sweep` (benchmarks/sweep.py) measures what pruning saves in the TPE demo study.
 """
 
@@ -27,13 +27,17 @@ import torch
 
 from benchmarks.reference import reference_forward
 from cvae import config as config_mod
+from cvae.data import course, load_split
+from cvae.data.speed import measure
+from cvae.evaluate import Evaluator
+from cvae.experiments import find_experiment
 from cvae.host import keep_freed_memory
 from cvae.model import CVAE
 from cvae.step import eager_step, make_optimizer
 from cvae.trainer import frames_per_call
 
 REPS = 11
-OUT = Path("bench") / "results.json"
+OUT = Path(__file__).resolve().parent / "results" / "speed.json"
 TARGETS = {  # key in results -> (minimum, what it means)
     "train_step.vgg_full.ratio": (1.4, "full paper-size step vs the course-order step"),
     "train_step.demo.ratio": (2.0, "demo model step vs the course-order step"),
@@ -64,7 +68,7 @@ def _rates(times: list[float], n: int) -> dict[str, float]:
 
 
 def _cfg(exp: str, extra: dict[str, Any]) -> config_mod.Config:
-    return config_mod.load(config_mod.find_experiment(exp), {"data.name": "pushing", **extra})
+    return config_mod.load(find_experiment(exp), {"data.name": "pushing", **extra})
 
 
 def _steps(cfg: config_mod.Config, batch: int, seed: int = 0) -> dict[str, Callable[[], None]]:
@@ -166,11 +170,9 @@ def hardware(results: dict[str, Any]) -> None:
 
 def data(results: dict[str, Any]) -> None:
     """A course PNG tree written from the built-in data, read back through `cvae data bench`'s code."""
-    from cvae.data import course, load_split
-    from cvae.data.bench import measure
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
-        cfg = config_mod.load(config_mod.find_experiment("demo"), {"data.cache_dir": f"{tmp}/cache"})
+        cfg = config_mod.load(find_experiment("demo"), {"data.cache_dir": f"{tmp}/cache"})
         split = load_split(cfg.data, "validate")
         course.write_split(
             Path(tmp) / "tree", "train", np.asarray(split.frames[:256]), np.asarray(split.cond[:256]), start=512
@@ -192,11 +194,9 @@ def data(results: dict[str, Any]) -> None:
 
 
 def evaluation(results: dict[str, Any]) -> None:
-    from cvae.data import load_split
-    from cvae.evaluate import Evaluator
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
-        cfg = config_mod.load(config_mod.find_experiment("demo"), {"data.cache_dir": f"{tmp}/cache"})
+        cfg = config_mod.load(find_experiment("demo"), {"data.cache_dir": f"{tmp}/cache"})
         ev = Evaluator(cfg, load_split(cfg.data, "validate"), torch.device("cpu"))
         torch.manual_seed(0)
         model = CVAE(cfg.model)
@@ -232,7 +232,7 @@ def main() -> int:
     for part in (train_steps, hardware, data, evaluation):
         part(results)
     results["seconds"] = time.perf_counter() - start
-    sweep = Path("bench") / "sweep.json"
+    sweep = OUT.with_name("sweep.json")
     if sweep.is_file():
         results["sweep"] = json.loads(sweep.read_text())
     OUT.parent.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ the final value (the best over epochs, what the study ranks). A schedule acts la
 to decay at its epoch; Wu et al. 2018 on short-horizon bias), so an early epoch can rank configurations
 in another order than the end: a pruner must not decide at an epoch whose correlation is below
 MIN_RUNG_CORRELATION, and the shipped pruner's first rung (its warmup) is checked against that.
-Writes bench/sweep.json (make bench folds it into bench/results.json).
+Writes benchmarks/results/sweep.json (make bench folds it into benchmarks/results/speed.json).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import optuna
 import yaml
 
 from sweeps.spec import find_spec
+
+OUT = Path(__file__).resolve().parent / "results" / "sweep.json"
 
 TARGET_SAVED, TARGET_GAP_DB = 0.4, 0.3
 MIN_RUNG_CORRELATION = 0.5
@@ -153,8 +155,8 @@ def main() -> int:
             "note  demo_tpe ships no pruner (no epoch before the last ranks configurations like the end), "
             "so there is no saving to measure; its race over seeds is what saves runs"
         )
-    Path("bench").mkdir(exist_ok=True)
-    (Path("bench") / "sweep.json").write_text(json.dumps(out, indent=1) + "\n")
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=1) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1
 

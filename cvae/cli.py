@@ -1,4 +1,7 @@
-"""`cvae` command line: train, eval, schedules, data preview/export/convert/check/bench.
+"""The trainer's command line: train, eval, schedules, data preview/export/convert/check/bench.
+
+The `cvae` command itself is reports/cli.py, on top of every floor: it hands these commands to `main` here and
+the study's (sweep, worker, register, report) to sweeps.cli and reports.build.
 
 Every user mistake ends as one line on stderr and exit code 2; nothing is written before the
 config and data have been checked. `data check/convert/bench` exit 1 for damaged data instead.
@@ -12,12 +15,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from cvae import config as config_mod
 from cvae.atomic import WriteError, check_writable
 from cvae.config import Config, ConfigError
 from cvae.data.errors import DamagedData, DataError
+from cvae.experiments import find_experiment
 
 # helpers
 
@@ -36,7 +40,7 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 def load_config(args: list[str]) -> Config:
     """Experiment file + overrides -> validated Config."""
     exp, overrides = split_args(args)
-    return config_mod.load(config_mod.find_experiment(exp), overrides)
+    return config_mod.load(find_experiment(exp), overrides)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -56,8 +60,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         cfg = load_config(ns.args)  # before torch is imported: a mistake is reported at once
         check_writable(cfg.run.out_dir)  # a read-only folder is one line before any work
-    from cvae.tracking import make_tracker
-    from cvae.trainer import load_checkpoint, train
+    # deferred: MLflow loads only when tracking is on
+    from cvae.checkpoints import load_checkpoint
+    from cvae.mlflow_tracker import make_tracker
+    from cvae.trainer import train
 
     if ns.resume:
         cfg = config_mod.from_dict(load_checkpoint(run_dir / "last.pt")["config"])
@@ -75,6 +81,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_schedules(ns: argparse.Namespace) -> int:
     import numpy as np
 
+    # deferred: torch (and matplotlib) load only for the command that needs them
     from cvae.plots import schedule_plot
     from cvae.schedules import kl_beta, teacher_forcing_ratio
 
@@ -100,6 +107,7 @@ def cmd_schedules(ns: argparse.Namespace) -> int:
 def cmd_data_preview(ns: argparse.Namespace) -> int:
     import numpy as np
 
+    # deferred: the data readers (imageio, tfrecord) load only for the data commands
     from cvae.data import load_split, to_tensors
     from cvae.video import save_strip, sequences_gif
 
@@ -120,6 +128,7 @@ def cmd_data_preview(ns: argparse.Namespace) -> int:
 def cmd_data_export(ns: argparse.Namespace) -> int:
     import numpy as np
 
+    # deferred: the data readers (imageio, tfrecord) load only for the data commands
     from cvae.data import SPLITS, course, load_split
 
     cfg = load_config(ns.args)
@@ -135,10 +144,11 @@ def cmd_data_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from cvae import eval_cmd
+    # deferred: torch (and matplotlib) load only for the command that needs them
+    from cvae import scoring
 
-    plan = eval_cmd.plan(ns.target, split=ns.split, samples=ns.samples, horizon=ns.horizon, overrides=ns.overrides)
-    outcome = eval_cmd.run(plan, note=lambda message: print(f"cvae: note: {message}", file=sys.stderr))
+    plan = scoring.plan(ns.target, split=ns.split, samples=ns.samples, horizon=ns.horizon, overrides=ns.overrides)
+    outcome = scoring.run(plan, note=lambda message: print(f"cvae: note: {message}", file=sys.stderr))
     print(outcome.summary())
     if outcome.log_error:
         print(f"cvae: error: {outcome.log_error}", file=sys.stderr)
@@ -167,6 +177,7 @@ def _workers(n: int) -> int:
 
 
 def cmd_data_convert(ns: argparse.Namespace) -> int:
+    # deferred: the data readers (imageio, tfrecord) load only for the data commands
     from cvae.data import convert, sources
 
     if ns.to == "cache" and ns.camera != "aux1":
@@ -208,6 +219,7 @@ def cmd_data_convert(ns: argparse.Namespace) -> int:
 def cmd_data_check(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    # deferred: the data readers (imageio, tfrecord) load only for the data commands
     from cvae.data import check, sources
 
     report = check.check(
@@ -223,12 +235,13 @@ def cmd_data_check(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_bench(ns: argparse.Namespace) -> int:
-    from cvae.data import bench
+    # deferred: the data readers (imageio, tfrecord) load only for the data commands
+    from cvae.data import speed
 
     if ns.frames > 30:
         raise DataError(f"--frames {ns.frames}: BAIR sequences have 30 frames")
     try:
-        r = bench.measure(
+        r = speed.measure(
             ns.root, split=ns.split, sequences=ns.n, batch_size=ns.batch_size, n_frames=ns.frames, threads=ns.threads
         )
     except DamagedData as exc:
@@ -241,28 +254,14 @@ def cmd_data_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `cvae` console script."""
+def main(argv: list[str] | None = None, above: Sequence[tuple[str, str]] = ()) -> int:
+    """The trainer's commands (train, eval, schedules, data ...). `above`: (name, help) of the commands the
+    floors above add (sweep, report, ...), listed in the help; reports/cli.py runs those itself."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("sweep", "worker", "register"):
-        from sweeps.cli import main as sweep_main
-
-        if argv[0] == "sweep" and argv[1:2] == ["repair"]:  # `cvae sweep repair STUDY`
-            return sweep_main(["repair", *argv[2:]])
-        return sweep_main(argv)
-    if argv and argv[0] == "report":
-        from reports.build import main as report_main
-
-        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="cvae", description="SVG-style conditional VAE for robot-pushing video.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sweep", help="Optuna study over training settings: cvae sweep [STUDY] [--workers N] [--trials N]")
-    sub.add_parser("worker", help="join a running study as one more worker: cvae worker STUDY --storage URL")
-    sub.add_parser("sweep repair", help="close MLflow runs whose trial is no longer alive: cvae sweep repair STUDY")
-    sub.add_parser("report", help="comparison report of a study: cvae report [STUDY]")
-    sub.add_parser(
-        "register", help="the study's winner into MLflow's Model Registry as cvae-<study>: cvae register STUDY"
-    )
+    for name, text in above:
+        sub.add_parser(name, help=text)
 
     p = sub.add_parser("train", help="train one model: cvae train [EXPERIMENT] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="experiment (name or YAML path) then section.key=value overrides")
@@ -365,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cvae: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - Diverged and friends: one line, the run folder keeps last.pt
+        # deferred: torch (and matplotlib) load only for the command that needs them
         from cvae.trainer import Diverged
 
         if isinstance(exc, Diverged):

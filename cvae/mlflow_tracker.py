@@ -391,3 +391,8 @@ def registered_checkpoint(uri: str, cfg: Config, into: Path) -> Path:
         dest = folder / REGISTERED_CHECKPOINT
         shutil.copyfile(found[0], dest)
     return dest
+
+
+def make_tracker(cfg: Config) -> Tracker:
+    """The tracker the config asks for: MLflow, or the do-nothing Tracker when tracking is off."""
+    return MlflowTracker(cfg) if cfg.tracking.enabled else Tracker()

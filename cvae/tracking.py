@@ -40,12 +40,3 @@ def exit_status(exc: BaseException) -> str:
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return "KILLED"
     return getattr(exc, "tracking_status", "FAILED")
-
-
-def make_tracker(cfg: Config) -> Tracker:
-    """The tracker the config asks for."""
-    if not cfg.tracking.enabled:
-        return Tracker()
-    from cvae.mlflow_tracker import MlflowTracker
-
-    return MlflowTracker(cfg)

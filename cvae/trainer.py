@@ -14,14 +14,14 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from cvae import config as config_mod
-from cvae import faults
+from cvae import config as config_mod, faults
 from cvae.atomic import atomic_path, ensure_writable, write_text
+from cvae.checkpoints import FORMAT_VERSION, atomic_save, load_checkpoint, load_state
 from cvae.config import Config
 from cvae.data import load_split
 from cvae.data.batches import Batches
@@ -35,7 +35,6 @@ from cvae.step import load_optimizer, make_optimizer, make_step
 from cvae.tracking import Tracker, exit_status
 from cvae.video import save_gif, save_strip
 
-FORMAT_VERSION = 2  # 2: decoder stages hold their skip convolution apart (SkipStage)
 LOG_EVERY = 50  # iterations between looks at the device's running sums (progress bar, divergence check)
 # Plots are redrawn at the first evaluation, then at most this often, and at the end (or stop): drawing them
 # takes about 0.8 s of CPU, which at every evaluation was 3/4 of a seconds-long run (measured: 26 s vs 6 s for
@@ -134,71 +133,12 @@ def new_run_dir(cfg: Config) -> Path:
     return Path(cfg.run.out_dir) / cfg.run.name / f"{stamp}-{uuid.uuid4().hex[:4]}"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-        faults.point("checkpoint")  # the kill campaign's "while a checkpoint is written"
-
-
 def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
     """Per-epoch metrics; columns are stable, empty where an epoch had no evaluation."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-
-
-def _load_reason(e: Exception) -> str:
-    """The informative sentence of torch.load's refusal, without its advice about weights_only."""
-    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in str(e).splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(advice)]
-    if not lines:
-        return type(e).__name__
-    reason = lines[0].split(". ")[0].rstrip(".")[:160]
-    return f"code or objects that are not plain data: {reason}" if "Weights only" in str(e) else reason
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by this trainer (state dicts + config + version), read without running any pickle
-    code (`weights_only=True`: tensors and plain data only, which is all this trainer stores)."""
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise config_mod.ConfigError(f"{path}: checkpoint not found") from None
-    except Exception as e:  # noqa: BLE001 - pickle and zip errors vary; one line says what the file is not
-        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint that loads safely ({_load_reason(e)})") from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
-        raise config_mod.ConfigError(f"{path}: not a cvae checkpoint (no model state and format version)")
-    if ckpt["format_version"] != FORMAT_VERSION:
-        raise config_mod.ConfigError(
-            f"{path}: checkpoint format {ckpt['format_version']} is not {FORMAT_VERSION} "
-            "(written by another version of cvae-sweep)"
-        )
-    return ckpt
-
-
-def load_state(model: CVAE, state: dict[str, Any], path: Path) -> None:
-    """Load weights into `model`, or one line saying the checkpoint is for another model size."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line]
-        raise config_mod.ConfigError(
-            f"{path}: checkpoint is for another model ({(shapes or [str(e).splitlines()[0]])[0][:160]})"
-        ) from None
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CVAE, Config]:
-    """Model (eval mode) and config from best.pt / last.pt."""
-    ckpt = load_checkpoint(Path(path))
-    cfg = config_mod.from_dict(ckpt["config"])
-    model = CVAE(cfg.model)
-    load_state(model, ckpt["model"], Path(path))
-    return model.to(device).eval(), cfg
 
 
 def _write_samples(run_dir: Path, epoch: int, gt: torch.Tensor, pred: torch.Tensor) -> tuple[Path, Path]:

@@ -21,9 +21,15 @@ from typing import Any
 
 import optuna
 
+from cvae import config as config_mod
 from cvae.atomic import write_text as _atomic_text
 from cvae.config import Config, ConfigError, dump
-from reports import analysis, collect, figures, render
+from cvae.mlflow_tracker import make_client
+from cvae.schedules import kl_beta, teacher_forcing_ratio
+from reports import analysis, collect, comparisons, figures, render
+from sweeps.plan import seq_state
+from sweeps.spec import load_spec
+from sweeps.storage import existing_study, storage_url
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 MIN_TRIALS_FOR_IMPORTANCE = 10  # below this, importances of a few runs mostly describe seed noise
@@ -41,8 +47,6 @@ def _git_commit() -> str:
 
 def _load(name: str, storage: str | None, overrides: list[str]) -> tuple[Any, Config, str, optuna.Study]:
     """(spec, base config, storage url, study) of a study that exists."""
-    from sweeps.spec import load_spec
-    from sweeps.storage import existing_study, storage_url
 
     spec = load_spec(name, overrides, storage=storage)
     cfg = spec.base_config(overrides)
@@ -90,9 +94,6 @@ def _schedules(cfg: Config, results: dict[str, Any]) -> dict[str, dict[str, Any]
     """Each setting's KL weight (by fractional epoch) and teacher-forcing ratio (by epoch), from its config."""
     import numpy as np
 
-    from cvae import config as config_mod
-    from cvae.schedules import kl_beta, teacher_forcing_ratio
-
     out = {}
     for s in results["settings"]:
         c = config_mod.build({**cfg.flat(), **s["params"]})
@@ -109,7 +110,6 @@ def _log_to_parent(cfg: Config, study: optuna.Study, paths: list[Path]) -> None:
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not parent or not cfg.tracking.enabled:
         return
-    from cvae.mlflow_tracker import make_client
 
     client = make_client(cfg)
     for p in paths:
@@ -133,7 +133,6 @@ def _decided_through(study: optuna.Study, spec: Any) -> int:
     """The last look the study decided (a look in progress is not reported as decided); 1 for a fixed design."""
     if not (spec.sequential and spec.grid):
         return 1
-    from sweeps.plan import seq_state
 
     state = seq_state(study, spec)
     return state.look if state.done else state.look - 1
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {n: study_results(n, ns.storage, ns.overrides) for n in dict.fromkeys(names)}
         results, ctx = done[names[0]]
         if len(done) > 1:
-            results["cross_study"] = analysis.cross_study({n: r for n, (r, _) in done.items()})
+            results["cross_study"] = comparisons.cross_study({n: r for n, (r, _) in done.items()})
             results["answer"] = results["answer"] + [
                 analysis.verdict_line(c, results["study"]["metric"]) for c in results["cross_study"]
             ]

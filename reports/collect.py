@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 
 from cvae.config import Config
+from cvae.mlflow_tracker import make_client
 from sweeps import outcome
 
 
@@ -88,7 +89,6 @@ def curves_frame(cfg: Config, run_ids: list[str], metrics: tuple[str, ...] = CUR
     """Per-epoch history of each run from MLflow: columns run_id, metric, epoch, value."""
     if not cfg.tracking.enabled or not run_ids:
         return pd.DataFrame(columns=["run_id", "metric", "epoch", "value"])
-    from cvae.mlflow_tracker import make_client
 
     client = make_client(cfg)
     rows: list[dict[str, Any]] = []
@@ -123,8 +123,6 @@ def per_step_frame(cfg: Config, runs: pd.DataFrame) -> pd.DataFrame:
 def _download(cfg: Config, run_id: str, artifact: str) -> Path | None:
     import tempfile
 
-    from cvae.mlflow_tracker import make_client
-
     try:
         return Path(make_client(cfg).download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="cvae-report-")))
     except Exception:  # noqa: BLE001 - a run without the artifact (pruned early) simply has no per-step curve
@@ -135,7 +133,6 @@ def test_scores(cfg: Config, run_ids: list[str]) -> dict[str, float]:
     """run_id -> test/psnr for the runs that `cvae eval` scored on the test split (others are absent)."""
     if not cfg.tracking.enabled or not run_ids:
         return {}
-    from cvae.mlflow_tracker import make_client
 
     client = make_client(cfg)
     out = {}

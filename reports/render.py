@@ -7,198 +7,17 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
 from typing import Any
 
-from reports.words import MAX_RUNS_HINT
+from reports.tables import comparisons_table, confirm_table, failures_table, number, settings_table
 
 # helpers
-
-
-def _f(v: Any, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _ci(pair: Any, digits: int = 2) -> str:
-    return "-" if not pair or pair[0] is None else f"[{_f(pair[0], digits)}, {_f(pair[1], digits)}]"
 
 
 def _data_uri(path: Path) -> str:
     mime = {".png": "image/png", ".gif": "image/gif"}[path.suffix.lower()]
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-def _rate(s: dict[str, Any]) -> str:
-    """'2/5 (40%, 5-85%)': failed over results, the rate and its exact interval."""
-    if not s.get("results"):
-        return "-"
-    lo, hi = s["failure_ci"]
-    return f"{s['failed']}/{s['results']} ({100 * s['failure_rate']:.0f}%, {100 * lo:.0f}-{100 * hi:.0f}%)"
-
-
-def failures_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Per setting, its runs by outcome and its failure rate with an exact interval: the first thing to read."""
-    level = f"{results['thresholds']['level']:.0%}"
-    head = ["setting", "trained", "collapsed", "diverged", "pruned", "lost", f"fails ({level} exact interval)", "score"]
-    rows = [
-        [
-            s["label"],
-            *(str(s["outcomes"][k]) for k in ("trained", "collapsed", "diverged", "pruned", "lost")),
-            _rate(s),
-            _f(s.get("score")),
-        ]
-        for s in results["settings"]
-    ]
-    return head, rows
-
-
-def settings_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-setting table: the trained seeds' values, and the failed ones."""
-    head = [
-        "setting",
-        "config",
-        "trained n",
-        "mean",
-        "std",
-        "IQM",
-        f"{results['thresholds']['level']:.0%} interval",
-        "seeds: values",
-        "failed seeds",
-        "cond gain",
-        "score",
-    ]
-    rows = [
-        [
-            s["label"],
-            s["config_id"],
-            str(s["n"]),
-            _f(s.get("mean")),
-            _f(s.get("std"), 3),
-            _f(s.get("iqm")),
-            _ci(s.get("ci")),
-            ", ".join(f"{sd}: {_f(v)}" for sd, v in zip(s["seeds"], s["values"])),
-            ", ".join(f"{f['seed']}: {f['outcome']}" for f in s["failed_runs"]) or "-",
-            _f(s.get("cond_gain")),
-            _f(s.get("score")),
-        ]
-        for s in results["settings"]
-    ]
-    if any(s.get("test_psnr") is not None for s in results["settings"]):  # `cvae eval --split test` was run
-        head.append("test PSNR")
-        for row, s in zip(rows, results["settings"]):
-            row.append(_f(s.get("test_psnr")))
-    return head, rows
-
-
-def _runs_hint(c: dict[str, Any]) -> str:
-    n, need = c.get("runs_needed"), c.get("seeds_needed")
-    if c["verdict"] not in ("cannot tell yet", "open"):
-        return ""
-    if c["seeds"] >= c["max_seeds"] or need is None or need > c["max_seeds"]:
-        return "beyond the spec's maximum"
-    return (
-        "-" if n is None or not math.isfinite(n) else (f"> {MAX_RUNS_HINT}" if n > MAX_RUNS_HINT else f"{math.ceil(n)}")
-    )
-
-
-def _pairing(c: dict[str, Any]) -> str:
-    if not c.get("paired"):
-        return "unpaired" if c.get("test") != "not run" else "-"
-    corr = c.get("correlation")
-    if corr is None:  # two seeds: a correlation of +-1 and a width ratio say nothing a reader can use
-        return f"paired over {c['n_a']} seeds"
-    narrower = c.get("narrower")
-    change = (
-        ""
-        if narrower is None
-        else f", {100 * narrower:.0f}% narrower"
-        if narrower >= 0
-        else f", {-100 * narrower:.0f}% wider"
-    )  # little shared noise: the paired test's fewer df cost more
-    return f"paired (r={_f(corr)}{change})"
-
-
-def comparisons_table(cmps: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = [
-        "comparison",
-        "verdict",
-        "fails A vs B",
-        "p (failures)",
-        "look",
-        "runs",
-        "A - B",
-        "interval",
-        "pairing",
-        "P(A>B)",
-        "p (adjusted)",
-        "p (TOST)",
-        "equivalent within",
-        "sign-flip p",
-        "margin",
-        "more runs to decide",
-    ]
-    rows = [
-        [
-            c["name"],
-            _verdict(c),
-            _fails(c),
-            _f(c["failures"]["p_adjusted"], 3),
-            f"{c['look']} of {c['looks']}",
-            str(c["runs"]),
-            _f(c["diff"], 3),
-            _ci(c["interval"], 3),
-            _pairing(c),
-            _f(c["prob_improvement"]),
-            _f(c["p_adjusted"], 3),
-            _f(c.get("p_equivalence_adjusted"), 3),
-            "-" if c.get("equivalence_bound") is None else f"+-{c['equivalence_bound']:.2f}",
-            _f(c.get("sign_flip_p"), 3),
-            f"+-{c['margin_db']:g}",
-            _runs_hint(c),
-        ]
-        for c in cmps
-    ]
-    return head, rows
-
-
-def _verdict(c: dict[str, Any]) -> str:
-    notes = [n for n in (c.get("margin_note"), "fails more often" if c.get("decided_by") == "failures" else "") if n]
-    return c["verdict"] + (f" ({', '.join(notes)})" if notes else "")
-
-
-def _fails(c: dict[str, Any]) -> str:
-    f = c["failures"]
-    return f"{f['a']}/{f['results_a']} vs {f['b']}/{f['results_b']}"
-
-
-def confirm_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    head = [
-        "setting",
-        "search score (trained n)",
-        "confirmed score",
-        "confirmed trained mean (n)",
-        "interval",
-        "fails",
-        "confirmed - search",
-    ]
-    rows = [
-        [
-            c["label"],
-            f"{_f(c['search_score'])} ({c['search_n']})",
-            _f(c["score"]),
-            f"{_f(c['mean'])} ({c['n']})",
-            _ci(c["ci"]),
-            f"{c['failed']}/{c['results']}",
-            _f(c["shrinkage"]),
-        ]
-        for c in results["confirm"]
-    ]
-    return head, rows
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -254,7 +73,7 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
         f"Verdict rule: {th['verdict']}. Test: {th['test']}. Intervals of a difference: repeated t "
         f"intervals at 1 - {th['alpha']}, valid at whichever look the study stopped; of a setting: "
         f"{th['bootstrap']['method']}, {th['bootstrap']['reps']} resamples, seed {th['bootstrap']['seed']}. "
-        f"Seed-noise floor (pooled within-setting std): {_f(results['noise_floor'], 3)}."
+        f"Seed-noise floor (pooled within-setting std): {number(results['noise_floor'], 3)}."
     )
     out.append(("The answer", answer))
     out.append(("Every seed, per setting", [("table", *settings_table(results)), ("figure", "strip")]))
@@ -276,7 +95,7 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
                                 r["status"],
                                 str(r["target"]),
                                 r.get("against_label") or "-",
-                                _f(r.get("diff")),
+                                number(r.get("diff")),
                                 str(r["look"]) if r.get("against") else "-",
                             ]
                             for r in results["race"]
@@ -311,7 +130,7 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
                 *[
                     f"- trial {d['trial']} (configuration {d['config_id']}, seed {d['seed']}): {d['outcome']}"
                     + (
-                        f", {_f(d['value'])} dB, condition gain {_f(d['cond_gain'])} dB"
+                        f", {number(d['value'])} dB, condition gain {number(d['cond_gain'])} dB"
                         if d["outcome"] == "collapsed"
                         else f" ({d['reason'] or 'non-finite value'})"
                     )
@@ -329,10 +148,11 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
         (
             "Pruning and compute",
             [
-                f"{_f(comp['epochs_trained'], 0)} epochs trained of {_f(comp['epochs_planned'], 0)} planned; "
+                f"{number(comp['epochs_trained'], 0)} epochs trained of {number(comp['epochs_planned'], 0)} planned; "
                 "pruning saved "
-                f"{_f(comp['epochs_saved_by_pruning'], 0)} epochs ({_f(100 * (comp['saved_fraction'] or 0), 0)}%); "
-                f"{_f(comp['worker_hours'], 2)} worker-hours.",
+                f"{number(comp['epochs_saved_by_pruning'], 0)} epochs "
+                f"({number(100 * (comp['saved_fraction'] or 0), 0)}%); "
+                f"{number(comp['worker_hours'], 2)} worker-hours.",
                 *lost,
             ],
         )
@@ -353,7 +173,8 @@ def _sections(results: dict[str, Any], figures: dict[str, Path], media: dict[str
     if results.get("cross_study"):
         out.append(("Across studies", [("table", *comparisons_table(results["cross_study"]))]))
     prov = results.get("provenance", {})
-    out.append(("Provenance", [f"- {k}: `{v}`" for k, v in prov.items() if not isinstance(v, (dict, list))]))
+    shown = [f"- {k}: `{v}`" for k, v in prov.items() if not isinstance(v, (dict, list))]
+    out.append(("Provenance", shown))
     return out
 
 

@@ -23,8 +23,9 @@ import optuna
 from cvae.atomic import WriteError
 from cvae.config import Config, ConfigError
 from cvae.data import DataError
-from sweeps import coordinator, local, plan, storage
+from sweeps import coordinator, emit, local, plan, ray_launch, storage
 from sweeps.progress import Progress
+from sweeps.ray_launch import tracking_env
 from sweeps.spec import SpecError, StudySpec, find_spec, load_spec
 from sweeps.summary import summary
 from sweeps.worker import worker_loop
@@ -79,6 +80,26 @@ def main(argv: list[str] | None = None) -> int:
         help="write a SLURM script for this study instead of running it (sweeps/emit.py)",
     )
     p.add_argument("--array", type=int, default=4, help="with --emit: workers (array tasks, or Ray worker nodes)")
+    p.add_argument("--time", default="", help="with --emit: the job's time limit (02:00:00, 1-12:00:00)")
+    p.add_argument("--partition", default="", help="with --emit: the SLURM partition")
+    p.add_argument("--account", default="", help="with --emit: the SLURM account")
+    p.add_argument("--mem", default="", help="with --emit: memory per node, like 16G")
+    p.add_argument(
+        "--gpus-per-node", default=None, help="with --emit ray-slurm: each node's GPUs, all for its Ray worker (1)"
+    )
+    p.add_argument(
+        "--setup",
+        default=None,
+        metavar="CMD",
+        help="with --emit: run on every node before cvae (default: activate the .venv beside the project)",
+    )
+    p.add_argument(
+        "--secrets",
+        default="",
+        metavar="FILE",
+        help="with --emit: a 0600 file the script sources for OPTUNA_STORAGE / MLFLOW_TRACKING_URI with passwords",
+    )
+    p.add_argument("--exclusive", action="store_true", help="with --emit: ask SLURM for whole nodes")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, section.key=value")
     ns = p.parse_intermixed_args(argv)
@@ -93,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         if ns.workers < 1 or (ns.trials is not None and ns.trials < 1) or ns.cpus_per_worker < 1 or ns.array < 1:
             raise SpecError("--workers, --trials, --cpus-per-worker and --array must be positive")
         if ns.ray is not None:
-            from sweeps import ray_launch
-
             ray_launch.import_ray()  # before anything is created: one line when Ray is not installed
         if ns.confirm is not None and (ns.confirm < 1 or ns.seeds < 2):
             raise SpecError("--confirm K needs K >= 1 and --seeds N >= 2 (one seed cannot confirm anything)")
@@ -102,16 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         url = storage.storage_url(cfg, ns.storage)
         threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.workers)
         if ns.emit is not None:
-            from sweeps import emit
-            from sweeps.ray_launch import tracking_env
-
-            tracking = (
-                tracking_env(cfg).get("MLFLOW_TRACKING_URI", "")
-                if cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-                else ""
+            given = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+            # the URI given, "" when none is (ray-slurm then starts a server), None when tracking is off
+            tracking = (tracking_env(cfg)["MLFLOW_TRACKING_URI"] if given else "") if cfg.tracking.enabled else None
+            job = emit.Job(
+                kind=ns.emit,
+                array=ns.array,
+                time=ns.time,
+                partition=ns.partition,
+                account=ns.account,
+                mem=ns.mem,
+                gpus_per_node=emit.whole("--gpus-per-node", ns.gpus_per_node),
+                setup=ns.setup,
+                secrets=ns.secrets,
+                exclusive=ns.exclusive,
             )
             study_arg = str(Path(ns.study).resolve()) if Path(ns.study).is_file() else ns.study
-            path = emit.write(ns.emit, spec.name, study_arg, url, tracking, ns.overrides, ns.array, Path.cwd())
+            path = emit.write(spec.name, study_arg, url, tracking, ns.overrides, job, Path.cwd())
             print(f"wrote {path}: sbatch {path.name}")
             return 0
         if ns.mode == "worker":
@@ -157,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         tick = lambda: progress.tick(study)  # noqa: E731
         try:
             if ns.ray is not None:
-                from sweeps import ray_launch
-
                 code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, ns.ray, ns.cpus_per_worker, study, tick)
             else:
                 code = local.run_workers(ns.study, ns.overrides, url, ns.workers, threads, tick)

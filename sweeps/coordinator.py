@@ -87,6 +87,7 @@ def prepare(
     finally:
         lock.release()
     if cfg.tracking.enabled:
+        # deferred: MLflow loads only when tracking is on
         from cvae.mlflow_tracker import artifact_root, ensure_experiment, make_client
 
         client = make_client(cfg)
@@ -121,6 +122,7 @@ def finish_parent(study: optuna.Study, spec: StudySpec, cfg: Config, status: str
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not parent or not cfg.tracking.enabled:
         return
+    # deferred: MLflow loads only when tracking is on
     from cvae.mlflow_tracker import make_client
 
     client = make_client(cfg)
@@ -140,6 +142,7 @@ def finish_parent(study: optuna.Study, spec: StudySpec, cfg: Config, status: str
 
 
 def register_line(study: optuna.Study, spec: StudySpec, cfg: Config) -> str:
+    # deferred: torch and MLflow's model flavours load only to register the winner
     from sweeps.registry import register
 
     name, version, w = register(study, spec, cfg)

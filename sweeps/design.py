@@ -134,7 +134,7 @@ def search_configs(runs: Iterable[Run]) -> set[str]:
 
 
 def results(runs: Iterable[Run], phase: str = SEARCH) -> dict[tuple[str, int], float]:
-    """(config_id, seed_index) -> result of every run of a phase that is one (sweeps.sequential.Values): a trained
+    """(config_id, seed_index) -> result of every run of a phase that is one (sweeps.evidence.Values): a trained
     run's value, NaN for a collapsed or diverged one."""
     out = {}
     for r in sorted(runs, key=lambda r: r.number):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from sweeps import outcome, racing, sequential
+from sweeps import looks, outcome, racing, sequential
 from sweeps.design import (
     CONFIRM,
     SEARCH,
@@ -79,10 +79,10 @@ def best_config(
     return ranked[0] if ranked else None
 
 
-def seq_state(study: optuna.Study, spec: StudySpec, attrs: dict | None = None) -> sequential.State:
+def seq_state(study: optuna.Study, spec: StudySpec, attrs: dict | None = None) -> looks.State:
     """The sequential design's look and seed targets as stored on the study (look 1 when none is stored)."""
     raw = (attrs if attrs is not None else study.user_attrs).get("sequential")
-    return sequential.State.from_json(raw, [config_id(p) for p in spec.design], spec.plan)
+    return looks.State.from_json(raw, [config_id(p) for p in spec.design], spec.plan)
 
 
 def questions_of(spec: StudySpec) -> list[Question]:
@@ -99,7 +99,7 @@ def enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
     return len(todo)
 
 
-def look_line(state: sequential.State, decisions: dict[str, sequential.Decision], spec: StudySpec) -> str:
+def look_line(state: looks.State, decisions: dict[str, sequential.Decision], spec: StudySpec) -> str:
     """'look 1 (3 seeds): kl.mode: cyclical vs monotonic equivalent, ... -> 4 configurations get seed 4'."""
     done = state.done
     look = state.look if done else state.look - 1
@@ -114,7 +114,7 @@ def look_line(state: sequential.State, decisions: dict[str, sequential.Decision]
 
 
 def advance_look(study: optuna.Study, spec: StudySpec) -> int:
-    """A sequential study whose current look has all its runs: decide the look (sweeps.sequential.advance), store
+    """A sequential study whose current look has all its runs: decide the look (sweeps.looks.advance), store
     the new look and seed targets, queue its runs; returns how many were queued. Call under the ask lock."""
     if not spec.sequential or not spec.grid:  # a sampled study with a seed range races instead (advance_race)
         return 0
@@ -125,7 +125,7 @@ def advance_look(study: optuna.Study, spec: StudySpec) -> int:
     busy = any(r.outcome == outcome.PENDING and r.phase == SEARCH for r in runs)
     if busy or missing_runs(spec.design, spec.seeds, runs, state.targets) or lost_runs(runs):
         return 0
-    new, decisions = sequential.advance(questions_of(spec), results(runs), spec.plan, state)
+    new, decisions = looks.advance(questions_of(spec), results(runs), spec.plan, state)
     study.set_user_attr("sequential", new.as_json())
     print(look_line(new, decisions, spec), flush=True)
     return enqueue_grid(study, spec)

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from sweeps.evidence import Values
 from sweeps.questions import setting_pair
-from sweeps.sequential import BETTER, CANNOT_TELL, EQUIVALENT, WORSE, Plan, Values, decide_look
+from sweeps.sequential import BETTER, CANNOT_TELL, EQUIVALENT, WORSE, Plan, decide_look
 
 RACING, LEADS, OUT, TIED, UNDECIDED = "racing", "leads", "out", "tied", "undecided"
 

@@ -127,6 +127,7 @@ def _node_name() -> str:
 
 def tracking_env(cfg: Any) -> dict[str, str]:
     """The MLflow tracking URI every task must log to (the driver's, resolved to an absolute one)."""
+    # deferred: MLflow loads only when tracking is on
     from cvae.mlflow_tracker import tracking_uri
 
     return {"MLFLOW_TRACKING_URI": tracking_uri(cfg)} if cfg.tracking.enabled else {}

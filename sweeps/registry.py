@@ -23,7 +23,10 @@ import optuna
 import torch
 from torch import nn
 
+from cvae.checkpoints import load_model
 from cvae.config import Config, ConfigError
+from cvae.data import pushing
+from cvae.mlflow_tracker import make_client, tracking_uri
 from sweeps import outcome
 from sweeps.design import SEARCH
 from sweeps.plan import best_config
@@ -114,7 +117,6 @@ def _checkpoint(w: dict[str, Any], client: Any, into: Path) -> Path:
 def example(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Two sequences of the built-in data as (frames, cond) in the predictor's input layout (two, not one: the
     exported graph then keeps the batch size free)."""
-    from cvae.data import pushing
 
     e = cfg.eval
     frames, cond = pushing.generate(2, seed=0, seq_len=e.n_past + e.n_future)
@@ -127,9 +129,6 @@ def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, st
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
-
-    from cvae.mlflow_tracker import make_client, tracking_uri
-    from cvae.trainer import load_model
 
     if not cfg.tracking.enabled:
         raise ConfigError("registering needs MLflow tracking (tracking.enabled=true)")

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import racing
-from sweeps import sequential as seq
+from sweeps import racing, sequential as seq
 from sweeps.design import rank, scored
 
 ROUNDS = 30  # race passes per new configuration, at most (a decision hands out seeds the next one waits on)

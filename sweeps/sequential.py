@@ -31,22 +31,19 @@ After the last look an open question is "cannot tell yet".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from sweeps import boundary, stats
+from sweeps.evidence import Evidence, Values, evidence
 from sweeps.questions import Question
 
 BETTER, WORSE, EQUIVALENT, OPEN, CANNOT_TELL = "better", "worse", "equivalent", "open", "cannot tell yet"
 BY_FAILURES, BY_VALUES = "failures", "values"
 PAIRED_FAILURES, BOSCHLOO = "exact test on discordant seeds", "Boschloo exact test"
 PAIRED_MIN_SEEDS = 3  # the value test pairs seeds from 3 (a paired t on 2 seeds has 1 degree of freedom)
-
-Values = Mapping[tuple[str, int], float]
-"""(config_id, seed_index) -> the run's result: its value when it trained, NaN (outcome.FAILURE) when it
-collapsed or diverged. Runs that are not results (pruned, lost, pending) are absent."""
 
 
 @dataclass(frozen=True)
@@ -146,76 +143,6 @@ class Decision:
 # evidence
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """A question's results at one look, as its three tests read them."""
-
-    seeds: list[int]
-    """seeds on which both sides of at least one cell trained: the value test's pairs"""
-    a: np.ndarray
-    b: np.ndarray
-    """per such seed, each side's mean over the cells where both trained"""
-    all_a: np.ndarray
-    all_b: np.ndarray
-    """every trained value of each side, for the unpaired fallback"""
-    counted: np.ndarray
-    """per seed on which both sides of a cell have a result, the mean over those cells of A - B with failures
-    counted (a failure against a trained run: a margin worse; both failed: 0): what equivalence is judged on"""
-    results: int
-    """seeds on which both sides of a cell have a result: the failure test's pairs"""
-    failed_a: int
-    failed_b: int
-    results_a: int
-    results_b: int
-    more_a: int
-    more_b: int
-    """seeds on which side A failed more of its cells than side B, and the other way"""
-
-
-def evidence(q: Question, values: Values, seeds: int, plan: Plan) -> Evidence:
-    """The question's results at seeds < `seeds`."""
-    worse = -plan.margin if plan.maximize else plan.margin  # A - B when A failed and B trained
-    ks, pa, pb, counted = [], [], [], []
-    more_a = more_b = both = 0
-    for k in range(seeds):
-        cells = [(values[(a, k)], values[(b, k)]) for a, b in q.cells if (a, k) in values and (b, k) in values]
-        if not cells:
-            continue
-        both += 1
-        fa, fb = sum(math.isnan(x) for x, _ in cells), sum(math.isnan(y) for _, y in cells)
-        more_a, more_b = more_a + (fa > fb), more_b + (fb > fa)
-        counted.append(sum(_counted(x, y, worse) for x, y in cells) / len(cells))
-        trained = [(x, y) for x, y in cells if not (math.isnan(x) or math.isnan(y))]
-        if trained:
-            ks.append(k)
-            pa.append(sum(x for x, _ in trained) / len(trained))
-            pb.append(sum(y for _, y in trained) / len(trained))
-    side = lambda cs: [values[(c, k)] for c in cs for k in range(seeds) if (c, k) in values]  # noqa: E731
-    va, vb = side(q.side_a), side(q.side_b)
-    return Evidence(
-        seeds=ks,
-        a=np.array(pa, dtype=float),
-        b=np.array(pb, dtype=float),
-        all_a=np.array([v for v in va if not math.isnan(v)], dtype=float),
-        all_b=np.array([v for v in vb if not math.isnan(v)], dtype=float),
-        counted=np.array(counted, dtype=float),
-        results=both,
-        failed_a=sum(math.isnan(v) for v in va),
-        failed_b=sum(math.isnan(v) for v in vb),
-        results_a=len(va),
-        results_b=len(vb),
-        more_a=more_a,
-        more_b=more_b,
-    )
-
-
-def _counted(x: float, y: float, worse: float) -> float:
-    """A - B of one cell on one seed with failures counted: a failure is a margin worse than a trained run."""
-    if math.isnan(x) or math.isnan(y):
-        return 0.0 if math.isnan(x) and math.isnan(y) else (worse if math.isnan(x) else -worse)
-    return x - y
-
-
 def measure(q: Question, values: Values, plan: Plan, look: int) -> Decision:
     """The look's numbers for one question (no verdict yet: OPEN); the family's adjustment and the verdict come
     from decide_look."""
@@ -280,7 +207,7 @@ def _measure(
     q: Question, values: Values, plan: Plan, look: int
 ) -> tuple[Decision, stats.Estimate | None, stats.Estimate | None, float]:
     n = plan.looks[look - 1]
-    ev = evidence(q, values, n, plan)
+    ev = evidence(q, values, n, plan.margin, plan.maximize)
     va, vb = ev.all_a, ev.all_b
     fail, p_fail_min = _failures(q, ev, plan, look)
     equiv, e_eq = _equivalence(ev, plan, look)
@@ -420,60 +347,3 @@ def decide_look(
             )
         out[q.name] = d
     return {q.name: out[q.name] for q in qs}
-
-
-def replay(questions: Iterable[Question], values: Values, plan: Plan, through: int) -> dict[str, Decision]:
-    """The decisions after looks 1..through, made as the coordinator made them, one look at a time."""
-    qs = list(questions)
-    decisions: dict[str, Decision] = {}
-    for look in range(1, through + 1):
-        decisions = decide_look(qs, values, plan, look, decisions)
-        if not any(d.verdict == OPEN for d in decisions.values()):
-            break
-    return decisions
-
-
-def open_configs(questions: Iterable[Question], decisions: Mapping[str, Decision]) -> set[str]:
-    """Configurations in at least one open question: the ones the next look gives more seeds."""
-    out: set[str] = set()
-    for q in questions:
-        if decisions.get(q.name) is None or decisions[q.name].verdict == OPEN:
-            out |= q.configs
-    return out
-
-
-@dataclass(frozen=True)
-class State:
-    """Where a sequential study stands: the look in progress, and each configuration's seed target."""
-
-    look: int = 1
-    targets: dict[str, int] = field(default_factory=dict)
-    done: bool = False
-    """the last look was decided: every question closed, or no seeds left to add"""
-
-    def as_json(self) -> dict[str, Any]:
-        return {"look": self.look, "targets": dict(sorted(self.targets.items())), "done": self.done}
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any] | None, configs: Iterable[str], plan: Plan) -> "State":
-        if not raw:
-            return cls(look=1, targets={c: plan.looks[0] for c in configs})
-        targets = {c: int(n) for c, n in raw.get("targets", {}).items()}
-        for c in configs:  # a configuration the state never saw (e.g. a grid cut by --trials) starts at look 1
-            targets.setdefault(c, plan.looks[0])
-        return cls(look=int(raw["look"]), targets=targets, done=bool(raw.get("done", False)))
-
-
-def advance(
-    questions: Iterable[Question], values: Values, plan: Plan, state: State
-) -> tuple[State, dict[str, Decision]]:
-    """After look `state.look` is complete: decide it, and either give the open questions' configurations the
-    next look's seeds or mark the study done. Returns the new state and the decisions so far."""
-    qs = list(questions)
-    decisions = replay(qs, values, plan, state.look)
-    grow = open_configs(qs, decisions)
-    if not grow or state.look >= len(plan.looks):
-        return replace(state, done=True), decisions
-    nxt = state.look + 1
-    targets = {c: (plan.looks[nxt - 1] if c in grow else n) for c, n in state.targets.items()}
-    return State(look=nxt, targets=targets, done=False), decisions

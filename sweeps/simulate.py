@@ -2,7 +2,7 @@
 
 A simulated study is what `make sweep` does with the noise replaced by draws: seed k of every configuration
 is drawn at once (one row, so the correlations between configurations that share a seed are kept), the
-configurations' true means differ by chosen main effects, and `sequential.advance` decides each look and
+configurations' true means differ by chosen main effects, and `looks.advance` decides each look and
 hands out the next look's seeds exactly as the coordinator does. A drawn NaN is a failed run (collapsed or
 diverged): it costs its run and enters the decisions as a failure, as a real one does. Noise models, fitted to
 measured per-seed values of a study (`fit`: trained runs' residuals; its collapsed runs as failures):
@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sweeps import sequential as seq
+from sweeps import looks, sequential as seq
 from sweeps.questions import Question, main_effects
 from sweeps.stats import failure_interval
 
@@ -166,13 +166,13 @@ def study(
     order = list(noise.configs)
     rows = noise.draw(kind, rng, plan.looks[-1])  # seed k's row, drawn up front: the same as drawing it when needed
     values: dict[tuple[str, int], float] = {}
-    state = seq.State.from_json(None, order, plan)
+    state = looks.State.from_json(None, order, plan)
     while True:
         for c, target in state.targets.items():
             j = order.index(c)
             for k in range(target):
                 values.setdefault((c, k), means[c] + rows[k, j])  # NaN + mean stays NaN: a failure
-        state, decisions = seq.advance(questions, values, plan, state)
+        state, decisions = looks.advance(questions, values, plan, state)
         if state.done:
             return decisions, len(values)
 

@@ -16,12 +16,15 @@ from typing import Any
 import yaml
 
 from cvae import config as config_mod
-from cvae.config import Config, ConfigError, find_experiment, find_yaml
+from cvae.config import Config, ConfigError
+from cvae.experiments import find_experiment, find_yaml
+from sweeps.design import grid_points
+from sweeps.sequential import Plan
+from sweeps.spec_fields import Dist, SpecError, corners, parse_dist, parse_seeds, req
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
-DIST_TYPES = ("int", "float", "categorical")
 TOP_KEYS = {
     "name",
     "description",
@@ -57,22 +60,6 @@ IDENTITY_FREE = (
 # A run whose val/cond_gain (true minus shuffled actions and positions, at its best epoch) is below this
 # ignores its condition: it is tagged degenerate and the report ranks it apart.
 DEGENERATE_BELOW_DB = 0.25
-
-
-class SpecError(ConfigError):
-    """A user-facing problem in a study spec; one line naming the field."""
-
-
-@dataclass(frozen=True)
-class Dist:
-    """One search dimension: int/float (optionally log) in [low, high], or categorical choices."""
-
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,14 +102,12 @@ class StudySpec:
     @property
     def plan(self) -> Any:
         """The decision rule (sweeps.sequential.Plan): looks, margin."""
-        from sweeps.sequential import Plan
 
         return Plan(looks=self.looks or (self.seeds,), margin=self.margin_db, maximize=self.direction == "maximize")
 
     @property
     def design(self) -> list[dict[str, Any]]:
         """The grid's configurations in run order (empty for sampled studies); `trials` may cut it short."""
-        from sweeps.design import grid_points
 
         return grid_points(self.grid)[: self.trials] if self.grid else []
 
@@ -159,77 +144,6 @@ class StudySpec:
 # helpers
 
 
-def _req(cond: bool, msg: str) -> None:
-    if not cond:
-        raise SpecError(msg)
-
-
-def _number(where: str, v: Any) -> float:
-    _req(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where}: expected a number, got {v!r}")
-    return float(v)
-
-
-def _parse_dist(path: str, raw: Any) -> Dist:
-    where = f"space.{path}"
-    if isinstance(raw, list):
-        raw = {"type": "categorical", "choices": raw}
-    _req(isinstance(raw, dict), f"{where}: expected a mapping like {{type: float, low: .., high: ..}}")
-    unknown = set(raw) - {"type", "low", "high", "log", "step", "choices"}
-    _req(not unknown, f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    kind = raw.get("type")
-    _req(kind in DIST_TYPES, f"{where}.type: {kind!r} is not one of {', '.join(DIST_TYPES)}")
-    if kind == "categorical":
-        choices = raw.get("choices")
-        _req(isinstance(choices, list) and len(choices) > 0, f"{where}.choices: expected a non-empty list")
-        return Dist(type=kind, choices=tuple(choices))
-    _req("low" in raw and "high" in raw, f"{where}: int/float need low and high")
-    low, high = _number(f"{where}.low", raw["low"]), _number(f"{where}.high", raw["high"])
-    if kind == "int":
-        _req(low.is_integer() and high.is_integer(), f"{where}: int bounds must be integers, got {low}, {high}")
-    _req(low < high if kind == "float" else low <= high, f"{where}: empty range [{raw['low']}, {raw['high']}]")
-    log = raw.get("log", False)
-    _req(isinstance(log, bool), f"{where}.log: expected true/false")
-    _req(not log or low > 0, f"{where}: log scale needs low > 0, got {raw['low']}")
-    step = raw.get("step")
-    if step is not None:
-        _req(_number(f"{where}.step", step) > 0, f"{where}.step: must be positive")
-        _req(kind == "float" or float(step).is_integer(), f"{where}.step: int steps must be integers, got {step}")
-        _req(not log, f"{where}: log and step cannot be combined")  # Optuna refuses it at the first trial
-    return Dist(type=kind, low=low, high=high, log=log, step=step)
-
-
-def _parse_seeds(raw: Any) -> tuple[int, tuple[int, ...]]:
-    """`seeds: 3` (one look) or `seeds: {min: 3, max: 5, step: 1}` (looks at 3, 4, 5 seeds) -> (first, looks)."""
-    if isinstance(raw, dict):
-        unknown = set(raw) - {"min", "max", "step"}
-        _req(not unknown, f"seeds: unknown field(s) {', '.join(sorted(unknown))} (expected min, max, step)")
-        vals = {k: raw.get(k, 1 if k == "step" else None) for k in ("min", "max", "step")}
-        for k, v in vals.items():
-            _req(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                f"seeds.{k}: expected a positive integer, got {v!r}",
-            )
-        lo, hi, step = vals["min"], vals["max"], vals["step"]
-        _req(lo >= 2, f"seeds.min: a sequential design needs at least 2 seeds at its first look, got {lo}")
-        _req(hi > lo, f"seeds: max ({hi}) must be above min ({lo}); for a fixed number write `seeds: {lo}`")
-        looks = list(range(lo, hi + 1, step))
-        if looks[-1] != hi:
-            looks.append(hi)
-        return lo, tuple(looks)
-    _req(
-        isinstance(raw, int) and not isinstance(raw, bool) and raw > 0,
-        f"seeds: expected a positive integer or {{min: 3, max: 6}}, got {raw!r}",
-    )
-    return raw, ()
-
-
-def _corners(d: Dist) -> list[Any]:
-    """Values whose config must validate: bounds or every choice."""
-    if d.type == "categorical":
-        return list(d.choices)
-    return [int(d.low), int(d.high)] if d.type == "int" else [d.low, d.high]
-
-
 def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
     """Every searched path exists in the config and every bound/choice gives a valid config."""
     try:
@@ -240,12 +154,12 @@ def _check_paths(spec: StudySpec, extra: list[str] | None) -> None:
         raise SpecError(f"study {spec.name}: base config: {e}") from None
     defaults = Config().flat()
     known = set(defaults)
-    dims = {k: _corners(d) for k, d in spec.space.items()} | {k: list(v) for k, v in spec.grid.items()}
+    dims = {k: corners(d) for k, d in spec.space.items()} | {k: list(v) for k, v in spec.grid.items()}
     for path, values in dims.items():
         where = "grid" if path in spec.grid else "space"
-        _req(path in known, f"{where}.{path}: unknown config path")
+        req(path in known, f"{where}.{path}: unknown config path")
         # bounds alone would validate (1.0 -> 1) while a sampled 2.5 fails mid-sweep
-        _req(
+        req(
             where == "grid" or spec.space[path].type != "float" or type(defaults[path]) is not int,
             f"space.{path}: an integer setting; use type: int",
         )
@@ -296,43 +210,41 @@ def load_spec(
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise SpecError(f"{path}: not valid YAML") from None
-    _req(isinstance(raw, dict), f"{path}: expected a mapping")
+    req(isinstance(raw, dict), f"{path}: expected a mapping")
     unknown = set(raw) - TOP_KEYS
-    _req(not unknown, f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
-    _req(isinstance(raw.get("experiment"), str), f"{path}: experiment: expected the base experiment's name")
+    req(not unknown, f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    req(isinstance(raw.get("experiment"), str), f"{path}: experiment: expected the base experiment's name")
     overrides = raw.get("overrides") or {}
-    _req(isinstance(overrides, dict), "overrides: expected a mapping of section.key: value")
+    req(isinstance(overrides, dict), "overrides: expected a mapping of section.key: value")
 
     objective = raw.get("objective") or {}
-    _req(isinstance(objective, dict), "objective: expected {metric: val/psnr, direction: maximize}")
+    req(isinstance(objective, dict), "objective: expected {metric: val/psnr, direction: maximize}")
     metric = objective.get("metric", "val/psnr")
-    _req(
-        metric in ("val/psnr", "val/ssim", "val/psnr_best"), f"objective.metric: {metric!r} is not a validation metric"
-    )
+    req(metric in ("val/psnr", "val/ssim", "val/psnr_best"), f"objective.metric: {metric!r} is not a validation metric")
     direction = objective.get("direction", "maximize")
-    _req(direction in ("maximize", "minimize"), f"objective.direction: {direction!r} is not maximize or minimize")
+    req(direction in ("maximize", "minimize"), f"objective.direction: {direction!r} is not maximize or minimize")
 
     sampler = raw.get("sampler") or {}
     sampler = {"type": sampler} if isinstance(sampler, str) else sampler
-    _req(isinstance(sampler, dict), "sampler: expected a mapping like {type: tpe, seed: 1}")
+    req(isinstance(sampler, dict), "sampler: expected a mapping like {type: tpe, seed: 1}")
     s_type = sampler.get("type", "tpe")
-    _req(s_type in SAMPLERS, f"sampler.type: {s_type!r} is not one of {', '.join(SAMPLERS)}")
+    req(s_type in SAMPLERS, f"sampler.type: {s_type!r} is not one of {', '.join(SAMPLERS)}")
     pruner = raw.get("pruner") or {}
     pruner = {"type": pruner} if isinstance(pruner, str) else pruner
-    _req(isinstance(pruner, dict), "pruner: expected a mapping like {type: median, warmup_epochs: 5}")
+    req(isinstance(pruner, dict), "pruner: expected a mapping like {type: median, warmup_epochs: 5}")
     p_type = pruner.get("type", "none")
-    _req(p_type in PRUNERS, f"pruner.type: {p_type!r} is not one of {', '.join(PRUNERS)}")
+    req(p_type in PRUNERS, f"pruner.type: {p_type!r} is not one of {', '.join(PRUNERS)}")
 
     space_raw = raw.get("space") or {}
     grid_raw = raw.get("grid") or {}
-    _req(isinstance(space_raw, dict) and isinstance(grid_raw, dict), "space/grid: expected mappings")
+    req(isinstance(space_raw, dict) and isinstance(grid_raw, dict), "space/grid: expected mappings")
     if s_type == "grid":
-        _req(bool(grid_raw) and not space_raw, "sampler grid needs a `grid:` (path: [values]) and no `space:`")
+        req(bool(grid_raw) and not space_raw, "sampler grid needs a `grid:` (path: [values]) and no `space:`")
         for k, v in grid_raw.items():
-            _req(isinstance(v, list) and len(v) > 0, f"grid.{k}: expected a non-empty list of values")
+            req(isinstance(v, list) and len(v) > 0, f"grid.{k}: expected a non-empty list of values")
     else:
-        _req(bool(space_raw) and not grid_raw, f"sampler {s_type} needs a `space:` and no `grid:`")
-    space = {k: _parse_dist(k, v) for k, v in space_raw.items()}
+        req(bool(space_raw) and not grid_raw, f"sampler {s_type} needs a `space:` and no `grid:`")
+    space = {k: parse_dist(k, v) for k, v in space_raw.items()}
     grid = {k: tuple(v) for k, v in grid_raw.items()}
     n_grid = 1
     for v in grid.values():
@@ -341,31 +253,31 @@ def load_spec(
     n_trials = trials if trials is not None else raw.get("trials", n_grid if grid else 10)
     if grid:
         n_trials = min(n_trials, n_grid) if isinstance(n_trials, int) and not isinstance(n_trials, bool) else n_trials
-    seeds, looks = _parse_seeds(raw.get("seeds", 1))
-    _req(
+    seeds, looks = parse_seeds(raw.get("seeds", 1))
+    req(
         not looks or s_type != "grid" or p_type == "none",
         f"pruner.type: {p_type} with a sequential design: each "
         "look needs every run of its configurations (use pruner: none)",
     )
     # a race's first test at 2 seeds is a t on 1 degree of freedom, where the winner's curse is largest: the
     # selection simulation (docs/statistics.md) is run from 3
-    _req(
+    req(
         not looks or s_type == "grid" or seeds >= RACE_MIN_SEEDS,
         f"seeds.min: a race (sampler {s_type} with a seed range) tests from {RACE_MIN_SEEDS} seeds a side, got {seeds}",
     )
     margin = raw.get("margin_db", MARGIN_DB)
-    _req(
+    req(
         isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 0,
         f"margin_db: expected a positive number of dB (the smallest difference that matters), got {margin!r}",
     )
     for key, v in (("trials", n_trials), ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
-        _req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
+        req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
     degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
-    _req(
+    req(
         isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
         f"degenerate_below: expected a number of dB, got {degenerate_below!r}",
     )
-    _req(
+    req(
         not (p_type in ("hyperband", "successive_halving") and (seeds > 1 or looks)),
         f"pruner.type: {p_type} judges single runs; with seeds > 1 use median (it judges configurations) or none",
     )
@@ -376,7 +288,7 @@ def load_spec(
         "pruner.startup_trials": pruner.get("startup_trials", 2),
     }
     for key, v in ints.items():
-        _req(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{key}: expected an integer >= 0, got {v!r}")
+        req(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{key}: expected an integer >= 0, got {v!r}")
 
     spec = StudySpec(
         name=str(raw.get("name", path.stem)),

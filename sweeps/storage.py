@@ -35,6 +35,7 @@ def _close_lost_runs(cfg: Config) -> Any:
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         ids = trial.user_attrs.get("mlflow_run_ids", [])
         if ids and cfg.tracking.enabled:
+            # deferred: MLflow loads only when tracking is on
             from cvae.mlflow_tracker import make_client
 
             client = make_client(cfg)
@@ -104,6 +105,7 @@ def repair(study: optuna.Study, cfg: Config, client: Any = None) -> list[tuple[i
     if not cfg.tracking.enabled:
         return []
     if client is None:
+        # deferred: MLflow loads only when tracking is on
         from cvae.mlflow_tracker import make_client
 
         client = make_client(cfg)

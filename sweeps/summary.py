@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from sweeps import outcome, plan, sequential
+from sweeps import looks, outcome, plan, sequential
 from sweeps.design import CONFIRM, SEARCH, Run, lost_runs, results, scores
 from sweeps.questions import Question
 from sweeps.spec import StudySpec
@@ -75,7 +75,7 @@ def _verdicts(study: optuna.Study, spec: StudySpec, runs: list[Run]) -> list[str
     if not through:
         return []
     questions = plan.questions_of(spec)
-    decisions = sequential.replay(questions, results(runs), spec.plan, through)
+    decisions = looks.replay(questions, results(runs), spec.plan, through)
     lines = [f"verdicts after look {through} of {len(spec.plan.looks)}:"]
     for q in questions:
         name, d = q.name, decisions[q.name]

@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_config import BAD_OVERRIDES
+from helpers import BAD_OVERRIDES, run_cvae
 
 from cvae import config as config_mod
+from cvae.checkpoints import load_checkpoint
 from cvae.data import SPLITS, course, load_split
-from cvae.trainer import METRIC_COLUMNS, load_checkpoint, train
+from cvae.trainer import METRIC_COLUMNS, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,15 +65,6 @@ DOCUMENTED_COLUMNS = [
 ]
 
 # helpers
-
-
-def cvae(*args: str, cwd: Path, prelude: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run `cvae ARGS` in cwd; `prelude` is Python run first in the same process (to patch things)."""
-    if prelude:
-        cmd = [sys.executable, "-c", f"{prelude}\nimport sys\nfrom cvae.cli import main\nsys.exit(main(sys.argv[1:]))"]
-    else:
-        cmd = [sys.executable, "-m", "cvae.cli"]
-    return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def _files(folder: Path) -> set[str]:
@@ -136,7 +127,7 @@ def bad_runs(
             (cwd / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         jobs[p.id] = (args, cwd, _files(cwd))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        procs = dict(zip(jobs, pool.map(lambda job: cvae(*job[0], cwd=job[1]), jobs.values())))
+        procs = dict(zip(jobs, pool.map(lambda job: run_cvae(*job[0], cwd=job[1]), jobs.values())))
     return {k: (procs[k], jobs[k][1], jobs[k][2]) for k in jobs}
 
 
@@ -155,7 +146,7 @@ def test_resume_refuses_extra_arguments(tiny_cfg: config_mod.Config, tmp_path: P
     run = tmp_path / "run"
     train(config_mod.build({**tiny_cfg.flat(), "train.niter": 1}), run_dir=run)
     before = _files(run)
-    proc = cvae("train", "--resume", str(run), "train.lr=0.1", cwd=tmp_path)
+    proc = run_cvae("train", "--resume", str(run), "train.lr=0.1", cwd=tmp_path)
     assert "--resume" in _error_line(proc)
     assert _files(run) == before
 
@@ -165,7 +156,7 @@ def test_resume_refuses_extra_arguments(tiny_cfg: config_mod.Config, tmp_path: P
 
 def test_train_writes_a_complete_run_folder(tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
     start = time.perf_counter()
-    proc = cvae("train", *tiny_args, cwd=tmp_path)
+    proc = run_cvae("train", *tiny_args, cwd=tmp_path)
     print(f"cvae train (tiny, {tiny_cfg.train.niter} epochs): {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr
     match = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
@@ -221,7 +212,7 @@ def test_train_resume(tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(Stop):
         train(tiny_cfg, run_dir=run, on_epoch=stop)
-    proc = cvae("train", "--resume", str(run), cwd=tmp_path)
+    proc = run_cvae("train", "--resume", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert SUMMARY.match(proc.stdout.strip().splitlines()[-1]).group(1) == str(run)
     with (run / "metrics.csv").open() as f:
@@ -239,10 +230,10 @@ def test_resume_from_another_folder_finds_the_run_s_own_store(tiny_args: list[st
         "train.niter=1",
         "tracking.enabled=true",
     ]
-    proc = cvae("train", *args, cwd=start)
+    proc = run_cvae("train", *args, cwd=start)
     assert proc.returncode == 0, proc.stderr
     run = Path(SUMMARY.match(proc.stdout.strip().splitlines()[-1]).group(1))
-    proc = cvae("train", "--resume", str(start / run), cwd=elsewhere)
+    proc = run_cvae("train", "--resume", str(start / run), cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert not any(elsewhere.iterdir())  # no second store, no second run folder
     from mlflow import MlflowClient
@@ -265,7 +256,7 @@ def test_diverged_run_exits_nonzero_with_one_line(
         f"    return dataclasses.replace(t, mse=t.mse * float('nan')) if _n[0] > {tiny_cfg.train.epoch_size} else t\n"
         "CVAE.forward = _nan"
     )
-    proc = cvae("train", *tiny_args, cwd=tmp_path, prelude=prelude)
+    proc = run_cvae("train", *tiny_args, cwd=tmp_path, prelude=prelude)
     assert proc.returncode not in (0, 2), proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -278,7 +269,7 @@ def test_diverged_run_exits_nonzero_with_one_line(
 
 
 def test_schedules_demo_writes_a_png(tmp_path: Path) -> None:
-    proc = cvae("schedules", "demo", "--out", "x.png", cwd=tmp_path)
+    proc = run_cvae("schedules", "demo", "--out", "x.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert _is_png(tmp_path / "x.png")
     assert iio.imread(tmp_path / "x.png").ndim == 3
@@ -286,7 +277,7 @@ def test_schedules_demo_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_data_preview_writes_a_gif_and_a_png(tiny_args: list[str], tmp_path: Path) -> None:
-    proc = cvae("data", "preview", *tiny_args, "--out", "d", cwd=tmp_path)
+    proc = run_cvae("data", "preview", *tiny_args, "--out", "d", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     gifs, pngs = list((tmp_path / "d").glob("*.gif")), list((tmp_path / "d").glob("*.png"))
     assert len(gifs) == 1 and len(pngs) == 1
@@ -296,15 +287,15 @@ def test_data_preview_writes_a_gif_and_a_png(tiny_args: list[str], tmp_path: Pat
 
 def test_overrides_are_taken_after_options_too(tiny_args: list[str], tmp_path: Path) -> None:
     # `cvae data preview demo -n 4 data.seed=3`: an override after an option
-    proc = cvae("data", "preview", "-n", "2", "--out", "d", *tiny_args, "data.seed=3", cwd=tmp_path)
+    proc = run_cvae("data", "preview", "-n", "2", "--out", "d", *tiny_args, "data.seed=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "d").glob("*.gif"))
-    bad = cvae("data", "preview", "-n", "2", "--nope", *tiny_args, cwd=tmp_path)
+    bad = run_cvae("data", "preview", "-n", "2", "--nope", *tiny_args, cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
 
 
 def test_data_export_round_trips_pixel_exact(tiny_args: list[str], tiny_cfg: config_mod.Config, tmp_path: Path) -> None:
-    proc = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
+    proc = run_cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for split in SPLITS:
         cached = load_split(tiny_cfg.data, split)
@@ -318,6 +309,6 @@ def test_data_export_round_trips_pixel_exact(tiny_args: list[str], tiny_cfg: con
     assert (tmp_path / "d" / "validate" / "traj_256_to_511.tfrecords").is_dir()
 
     before = _files(tmp_path / "d")
-    again = cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
+    again = run_cvae("data", "export", *tiny_args, "--out", "d", cwd=tmp_path)
     assert "--force" in _error_line(again)
     assert _files(tmp_path / "d") == before

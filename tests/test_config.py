@@ -7,29 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import BAD_OVERRIDES
 
 from cvae import config as config_mod
 from cvae.config import SECTIONS, Config, ConfigError, RunCfg
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-# Bad overrides and a piece of the key the one-line message must name; test_cli.py runs them too.
-BAD_OVERRIDES = [
-    pytest.param(["foo.bar=1"], "foo", id="unknown-section"),
-    pytest.param(["train.foo=1"], "train.foo", id="unknown-key"),
-    pytest.param(["train.lr=abc"], "train.lr", id="lr-not-a-number"),
-    pytest.param(["train.batch_size=1.5"], "train.batch_size", id="batch-size-not-an-int"),
-    pytest.param(["run.amp=maybe"], "run.amp", id="amp-not-a-bool"),
-    pytest.param(["kl.mode=sometimes"], "kl.mode", id="bad-literal"),
-    pytest.param(["tf.ratio=1.5"], "tf.ratio", id="tf-ratio-above-1"),
-    pytest.param(["tf.ratio=-0.1"], "tf.ratio", id="tf-ratio-negative"),
-    pytest.param(["train.n_future=29"], "train.n_future", id="too-many-frames"),
-    pytest.param(["train.batch_size=0"], "train.batch_size", id="batch-size-zero"),
-    pytest.param(["model.z_dim=-1"], "model.z_dim", id="z-dim-negative"),
-    pytest.param(["train.niter=0"], "train.niter", id="niter-zero"),
-    pytest.param(["trainlr=0.1"], "trainlr", id="override-without-section"),
-    pytest.param(["train.niter=1", "train.lr"], "train.lr", id="override-without-equals"),
-]
 
 # helpers
 

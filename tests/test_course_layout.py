@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import bair_samples
+from helpers import bair_samples
 
 from cvae.data import course
 from cvae.data.errors import DataError

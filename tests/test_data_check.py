@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cvae.cli import main
-from cvae.data import bench, check, sample
+from cvae.data import check, sample, speed
 
 LAYOUT = {"train/traj_256_to_511": 1, "train/traj_512_to_767": 2, "train/traj_768_to_1023": 2, "test/traj_0_to_255": 1}
 
@@ -64,7 +64,7 @@ def test_check_of_a_folder_that_is_no_data_set(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("kind", ["tfrecord", "bair"])
 def test_bench_measures_source_and_cache(trees: dict[str, Path], kind: str) -> None:
-    result = bench.measure(trees[kind], sequences=3, batch_size=2, n_frames=4)
+    result = speed.measure(trees[kind], sequences=3, batch_size=2, n_frames=4)
     assert result["source"] == kind and result["sequences"] == 3
     assert result["source_seq_per_s"] > 0 and result["cache_seq_per_s"] > 0
     assert (result["batch_size"], result["n_frames"], result["seq_len"]) == (2, 4, 30)

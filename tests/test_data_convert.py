@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cvae
 
 from cvae.cli import main
 from cvae.config import DataCfg
@@ -251,7 +251,7 @@ def test_course_tree_to_cache_to_batches_equals_the_png_loader(converted: Path, 
 def test_cli_smoke_as_a_subprocess(source, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "cvae.cli", "data", "convert", str(source[0]), str(tmp_path / "d"), "--workers", "1"],
+        cvae("data", "convert", str(source[0]), str(tmp_path / "d"), "--workers", "1"),
         capture_output=True,
         text=True,
         env=env,

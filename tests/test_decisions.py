@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import decisions as bench
-from sweeps import selection as sel
-from sweeps import sequential as seq
-from sweeps import simulate as sim
+from sweeps import evidence, selection as sel, sequential as seq, simulate as sim
 from sweeps.questions import main_effects
 
 NAN = math.nan
@@ -54,7 +52,7 @@ def test_true_means_make_each_main_effect_equal_its_effect(demo):
     means = sim.true_means(configs, effects)
     vals = {(c, k): m for c, m in means.items() for k in range(3)}
     for q in main_effects(configs):
-        ev = seq.evidence(q, vals, 3, plan)
+        ev = evidence.evidence(q, vals, 3, plan.margin)
         assert (ev.a - ev.b).mean() == pytest.approx(effects[q.factor])
 
 

@@ -10,11 +10,8 @@ one torch thread (two OpenMP threads thrash on a shared 2-core machine; the save
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +20,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import run_cvae
 
 from cvae import config as config_mod
+from cvae.checkpoints import load_checkpoint
 from cvae.cli import main
 from cvae.data import course, sample
-from cvae.eval_cmd import eval_config, result_tag
-from cvae.trainer import load_checkpoint
+from cvae.scoring import eval_config, result_tag
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"train/traj_256_to_511": 4, "train/traj_512_to_767": 4, "test/traj_0_to_255": 6}  # 256_to_511 = validate
@@ -58,19 +56,6 @@ SCALARS = [
 
 
 # helpers
-
-
-def cvae(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`cvae ARGS` as a user runs it, without a user's MLflow server."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, "-m", "cvae.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def snapshot(*folders: Path) -> dict[Path, tuple[int, int]]:
@@ -114,7 +99,7 @@ def trained(fixture_root: Path) -> Path:
     """The issue's training command on the fixture, MLflow on; returns its run folder."""
     base = fixture_root.parent
     start = time.perf_counter()
-    proc = cvae(
+    proc = run_cvae(
         "train",
         REPO / "experiments/lab.yaml",
         f"data.root={fixture_root}",
@@ -141,7 +126,7 @@ def test_eval_of_a_trained_run_writes_and_logs_the_course_scores(trained: Path, 
     run_id = load_checkpoint(trained / "best.pt")["run_id"]
     assert client.get_run(run_id).info.status == "FINISHED"
     start = time.perf_counter()
-    proc = cvae("eval", trained, "--split", "test", cwd=fixture_root.parent)
+    proc = run_cvae("eval", trained, "--split", "test", cwd=fixture_root.parent)
     print(f"cvae eval --split test: {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr
     assert "note" not in proc.stderr, proc.stderr  # MLflow took the scores

@@ -14,12 +14,13 @@ from cvae.host import keep_freed_memory
 SCRIPT = """
 import resource, sys, torch
 from cvae import config
+from cvae.experiments import find_experiment
 from cvae.host import keep_freed_memory
 from cvae.model import CVAE
 from cvae.step import eager_step, make_optimizer
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-cfg = config.load(config.find_experiment("demo"), {})
+cfg = config.load(find_experiment("demo"), {})
 torch.manual_seed(0)
 model = CVAE(cfg.model)
 model.frames_per_call = 128

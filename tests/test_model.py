@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
@@ -22,7 +23,7 @@ from cvae.modules import (
 )
 from cvae.trainer import frames_per_call
 
-TINY_MODEL = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16)
+TINY_MODEL = {k.split(".")[1]: v for k, v in TINY.items() if k.startswith("model.") and k != "model.arch"}
 N_PAST, N_FUTURE = 2, 3
 
 # helpers

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cvae.data import pushing
+from cvae.data import pushing, scenes
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,9 @@ def batch():
     return pushing._generate(64, 0, 30, 64)
 
 
-def _replay(scene: pushing._Scene, actions: np.ndarray, seed: int) -> tuple[np.ndarray, pushing._Trajectory]:
+def _replay(scene: scenes.Scene, actions: np.ndarray, seed: int) -> tuple[np.ndarray, scenes.Trajectory]:
     """Frames and trajectory of a scene driven open-loop by given actions."""
-    traj = pushing._simulate(np.random.default_rng(seed), scene, actions.shape[1], actions=actions)
+    traj = scenes.simulate(np.random.default_rng(seed), scene, actions.shape[1], actions=actions)
     return pushing._render(scene, traj), traj
 
 
@@ -69,16 +69,16 @@ def test_actions_move_the_gripper(batch):
 
 def test_exact_actions_without_slip_give_exact_moves():
     rng = np.random.default_rng(3)
-    scene = pushing._sample_scene(rng, 16, 64)
-    actions = pushing._simulate(rng, scene, 12).actions
+    scene = scenes.sample_scene(rng, 16, 64)
+    actions = scenes.simulate(rng, scene, 12).actions
     exact = dataclasses.replace(scene, arm_gain=np.ones(16), slip=np.zeros(16))
     _, traj = _replay(exact, actions, 0)
     step = np.diff(traj.ee, axis=1)
-    lo, hi = pushing._bounds(64, pushing.GRIP_RADIUS)
+    lo, hi = scenes.bounds(64, scenes.GRIP_RADIUS)
     inside = (traj.ee[:, 1:, :2] > lo + 0.5).all(-1) & (traj.ee[:, 1:, :2] < hi - 0.5).all(-1)  # not clipped
-    expect = actions[:, :-1, :2] * pushing.ACTION_PX
+    expect = actions[:, :-1, :2] * scenes.ACTION_PX
     assert np.allclose(step[..., :2][inside], expect[inside], atol=1e-4)
-    assert np.allclose(step[..., 2], actions[:, :-1, 2] * pushing.ACTION_Z, atol=1e-4)
+    assert np.allclose(step[..., 2], actions[:, :-1, 2] * scenes.ACTION_Z, atol=1e-4)
 
 
 def test_objects_get_pushed(batch):
@@ -87,15 +87,15 @@ def test_objects_get_pushed(batch):
     pushed = (np.where(scene.obj_active, travel, 0.0) > 2.0).any(axis=1)
     assert pushed.mean() > 0.3
     # objects stay on the table
-    lo, hi = pushing._bounds(64, scene.obj_r)
+    lo, hi = scenes.bounds(64, scene.obj_r)
     pos = traj.obj_pos
     assert (pos >= lo[:, None, :, None] - 1e-9).all() and (pos <= hi[:, None, :, None] + 1e-9).all()
 
 
 def test_hidden_parameters_change_the_future():
     rng = np.random.default_rng(7)
-    scene = pushing._sample_scene(rng, 32, 64)
-    actions = pushing._simulate(rng, scene, 30).actions
+    scene = scenes.sample_scene(rng, 32, 64)
+    actions = scenes.simulate(rng, scene, 30).actions
     frames_a, traj_a = _replay(scene, actions, 0)
     # same layout, looks and actions; other friction, push gain, deflection and slip
     hidden = np.random.default_rng(8)
@@ -118,7 +118,7 @@ def test_hidden_parameters_change_the_future():
 
 def test_nothing_moves_without_actions():
     rng = np.random.default_rng(4)
-    scene = dataclasses.replace(pushing._sample_scene(rng, 8, 64), slip=np.zeros(8))
+    scene = dataclasses.replace(scenes.sample_scene(rng, 8, 64), slip=np.zeros(8))
     actions = np.zeros((8, 10, 4), dtype=np.float32)
     actions[..., 3] = scene.grip0[:, None]
     frames, _ = _replay(scene, actions, 0)
@@ -146,7 +146,7 @@ def test_background_is_static_away_from_the_arm_and_objects(batch):
 
 def test_grip_changes_the_look():
     rng = np.random.default_rng(9)
-    scene = dataclasses.replace(pushing._sample_scene(rng, 4, 64), slip=np.zeros(4))
+    scene = dataclasses.replace(scenes.sample_scene(rng, 4, 64), slip=np.zeros(4))
     actions = np.zeros((4, 3, 4), dtype=np.float32)
     actions[:, 0, 3], actions[:, 1, 3] = 1.0, -1.0  # closed in frame 1, open in frame 2
     frames, traj = _replay(scene, actions, 0)
@@ -156,8 +156,8 @@ def test_grip_changes_the_look():
 
 def test_rendering_does_not_depend_on_chunking():
     rng = np.random.default_rng(11)
-    scene = pushing._sample_scene(rng, 20, 32)
-    traj = pushing._simulate(rng, scene, 6)
+    scene = scenes.sample_scene(rng, 20, 32)
+    traj = scenes.simulate(rng, scene, 6)
     assert np.array_equal(pushing._render(scene, traj, chunk=7), pushing._render(scene, traj, chunk=128))
 
 

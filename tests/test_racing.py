@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeps import racing
-from sweeps import sequential as seq
+from sweeps import racing, sequential as seq
 
 # helpers
 

@@ -20,34 +20,13 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from helpers import CLEAN_ENV, TINY, cvae
 from mlflow import MlflowClient
 
-from sweeps import emit, ray_launch
+from sweeps import ray_launch
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 PG = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
-TINY: dict[str, Any] = {
-    "model.arch": "dcgan",
-    "model.width": 0.125,
-    "model.g_dim": 16,
-    "model.z_dim": 4,
-    "model.rnn_size": 16,
-    "train.batch_size": 4,
-    "train.niter": 3,
-    "train.epoch_size": 6,
-    "train.n_future": 3,
-    "train.progress": False,
-    "eval.n_future": 3,
-    "eval.sequences": 8,
-    "eval.batch_size": 8,
-    "eval.every": 1,
-    "eval.gif_sequences": 1,
-    "data.n_train": 16,
-    "data.n_val": 8,
-    "data.n_test": 8,
-    "tracking.system_metrics": False,
-}
 
 # helpers
 
@@ -66,7 +45,14 @@ def write_spec(folder: Path, data_cache: Path, name: str) -> Path:
                 "heartbeat_seconds": 2,
                 "degenerate_below": -100.0,
                 "grid": {"kl.mode": ["monotonic", "cyclical"]},
-                "overrides": {**TINY, "run.out_dir": str(folder / "runs"), "data.cache_dir": str(data_cache)},
+                # three epochs of six iterations: a run long enough for a node to be lost in its middle
+                "overrides": {
+                    **TINY,
+                    "train.niter": 3,
+                    "train.epoch_size": 6,
+                    "run.out_dir": str(folder / "runs"),
+                    "data.cache_dir": str(data_cache),
+                },
             }
         )
     )
@@ -116,51 +102,6 @@ def test_sqlite_is_refused_across_machines_and_allowed_on_one():
     ray_launch.check_storage("postgresql://u@h/db", two)
 
 
-def test_emitted_slurm_scripts_hold_what_they_must_and_parse(tmp_path: Path):
-    path = emit.write(
-        "slurm", "demo", "demo", "postgresql://u@db/x", "http://mlflow:5000", ["train.lr=0.001"], 8, tmp_path
-    )
-    text = path.read_text()
-    for want in (
-        "#SBATCH --array=0-7",
-        "#SBATCH --gres=gpu:1",
-        "#SBATCH --requeue",
-        "export OPTUNA_STORAGE=",
-        "export MLFLOW_TRACKING_URI=http://mlflow:5000",
-        "srun cvae sweep demo --workers 1",
-        "srun cvae worker demo",
-        '--worker-index "$SLURM_ARRAY_TASK_ID" -- train.lr=0.001',
-    ):
-        assert want in text, want
-    ray_path = emit.write("ray-slurm", "demo", "demo", "postgresql://u@db/x", "", [], 3, tmp_path)
-    ray_text = ray_path.read_text()
-    for want in (
-        "#SBATCH --nodes=3",
-        "ray start --head",
-        'ray start --address="$head_ip:$port"',
-        'cvae sweep demo --ray "$head_ip:$port" --storage "$OPTUNA_STORAGE"',
-        "MLFLOW_TRACKING_URI",
-    ):
-        assert want in ray_text, want
-    for p in (path, ray_path):
-        assert subprocess.run(["bash", "-n", str(p)], capture_output=True).returncode == 0
-        assert os.access(p, os.X_OK)
-    with pytest.raises(ray_launch.ConfigError, match="SQLite file"):
-        emit.slurm("demo", "sqlite:////x/optuna.db", "", [], 2, "/tmp")
-
-
-def test_emit_from_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-):
-    from sweeps import cli as cli_mod
-
-    monkeypatch.chdir(tmp_path)
-    assert cli_mod.main(["sweep", "demo", "--emit", "slurm", "--array", "2", "--storage", "postgresql://u@h/d"]) == 0
-    assert (tmp_path / "demo.slurm.sh").is_file() and "sbatch demo.slurm.sh" in capsys.readouterr().out
-    assert cli_mod.main(["sweep", "demo", "--emit", "slurm"]) == 2  # SQLite: one line
-    assert "SQLite file" in capsys.readouterr().err
-
-
 def test_without_ray_installed_ray_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
@@ -189,7 +130,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
     ref_dir.mkdir()
     ref_spec = write_spec(ref_dir, data_cache, "rayref")
     out = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "sweep", str(ref_spec), "--threads", "1"],
+        cvae("sweep", str(ref_spec), "--threads", "1"),
         cwd=ref_dir,
         env=CLEAN_ENV,
         capture_output=True,
@@ -209,7 +150,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
         log = work / "sweep.log"
         with log.open("w") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sweeps.cli", "sweep", str(spec), "--ray", cluster.address],
+                cvae("sweep", str(spec), "--ray", cluster.address),
                 cwd=work,
                 env=CLEAN_ENV,
                 stdout=fh,
@@ -322,7 +263,7 @@ def test_ray_start_two_nodes_and_sweep_spreads_over_both(tmp_path: Path, data_ca
         spec = write_spec(tmp_path, data_cache, name)
         storage = ["--storage", PG] if PG else []  # PostgreSQL in CI; the nodes share this machine's disk otherwise
         out = subprocess.run(
-            [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--ray", f"127.0.0.1:{port}", *storage],
+            cvae("sweep", str(spec), "--ray", f"127.0.0.1:{port}", *storage),
             cwd=tmp_path,
             env=CLEAN_ENV,
             capture_output=True,

@@ -14,36 +14,13 @@ import pytest
 import torch
 import yaml
 from browser import chromium_path, ci, open_url
+from helpers import TINY, MlflowServer
 from mlflow import MlflowClient
-from test_tracking import MlflowServer
 
 from cvae import cli
-from sweeps import cli as cli_mod
-from sweeps import registry
-from sweeps import spec as spec_mod
+from sweeps import cli as cli_mod, registry, spec as spec_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-TINY = {
-    "model.arch": "dcgan",
-    "model.width": 0.125,
-    "model.g_dim": 16,
-    "model.z_dim": 4,
-    "model.rnn_size": 16,
-    "train.batch_size": 4,
-    "train.niter": 2,
-    "train.epoch_size": 2,
-    "train.n_future": 3,
-    "train.progress": False,
-    "eval.n_future": 3,
-    "eval.sequences": 8,
-    "eval.batch_size": 8,
-    "eval.every": 1,
-    "eval.gif_sequences": 1,
-    "data.n_train": 16,
-    "data.n_val": 8,
-    "data.n_test": 8,
-    "tracking.system_metrics": False,
-}
 
 
 @pytest.mark.slow

@@ -17,15 +17,16 @@ from typing import Any
 import psutil
 import pytest
 import torch
-import yaml
-from test_sweeps import (
+from helpers import (
     CLEAN_ENV,
-    TINY,
     check_trial_run,
     child_runs,
+    cvae,
     load_study,
+    long_spec,
     mlflow_client,
     run_cli,
+    running_with_a_run,
     states,
     sweep_cmd,
     wait_until,
@@ -33,41 +34,14 @@ from test_sweeps import (
 )
 
 from cvae import config as config_mod
+from cvae.checkpoints import FORMAT_VERSION, load_checkpoint, load_model
 from cvae.config import ConfigError
-from cvae.trainer import FORMAT_VERSION, load_checkpoint, load_model, train
-from sweeps import cli as cli_mod
-from sweeps import local as local_mod
+from cvae.trainer import train
+from sweeps import cli as cli_mod, local as local_mod
 
 pytestmark = [pytest.mark.reliability, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 # helpers
-
-
-def long_spec(tmp_path: Path, data_cache: Path, niter: int = 25, heartbeat: int = 1, **fields: Any) -> Path:
-    """A study whose runs last long enough (about 10 s) to be stopped in the middle."""
-    exp = tmp_path / "exp.yaml"
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in {**TINY, "train.niter": niter}.items():
-        section, _, k = key.partition(".")
-        nested.setdefault(section, {})[k] = value
-    exp.write_text(yaml.safe_dump(nested))
-    return write_spec(
-        tmp_path,
-        data_cache,
-        experiment=str(exp),
-        heartbeat_seconds=heartbeat,
-        overrides={"run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)},
-        **fields,
-    )
-
-
-def running_with_a_run(tmp_path: Path, n: int = 1) -> bool:
-    """At least n runs are training and have reported an epoch. The store is only opened once n runs have
-    written a checkpoint: opening it earlier could race the coordinator creating its tables."""
-    if len(list((tmp_path / "runs" / "tiny").glob("trial-*/last.pt"))) < n:
-        return False
-    trials = load_study(tmp_path).get_trials()
-    return sum(t.state.name == "RUNNING" and "epochs_run" in t.user_attrs for t in trials) >= n
 
 
 def lingering(procs: list[psutil.Process]) -> str:
@@ -96,13 +70,18 @@ def test_a_stop_ends_every_process_closes_its_runs_and_a_rerun_continues(
     tmp_path: Path, data_cache: Path, how: str
 ) -> None:
     """SIGTERM to the coordinator, or a terminal's Ctrl-C (SIGINT to every process of the group, and then the
-    coordinator's own SIGTERM reaches the workers while they close their runs)."""
-    spec = long_spec(tmp_path, data_cache, trials=2)
+    coordinator's own SIGTERM reaches the workers while they close their runs). Both runs are held in their
+    second epoch (CVAE_FAULTS_HOLD) until the stop, so neither can finish first on a loaded machine."""
+    spec = long_spec(tmp_path, data_cache, niter=4, trials=2)
     cmd = sweep_cmd(spec, "--workers", "2")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (marks / "hold").touch()
+    held = {**CLEAN_ENV, "CVAE_FAULTS_HOLD": "train:3", "CVAE_FAULTS_DIR": str(marks)}  # epoch 2's 1st step
     log = tmp_path / "first.log"
     with log.open("w") as f:
         coordinator = subprocess.Popen(
-            cmd, cwd=tmp_path, env=CLEAN_ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=tmp_path, env=held, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         wait_until(lambda: running_with_a_run(tmp_path, 2), coordinator, log, timeout=300)
@@ -362,7 +341,7 @@ def test_repair_closes_runs_whose_trial_is_over(
     run_id = trial.user_attrs["mlflow_run_id"]
     client.update_run(run_id, status="RUNNING")  # an orphan: its trial finished, the run was never closed
     capsys.readouterr()
-    from cvae.cli import main
+    from reports.cli import main  # `cvae sweep repair` as the top command dispatches it
 
     assert main(["sweep", "repair", str(spec)]) == 0
     out = capsys.readouterr().out
@@ -428,7 +407,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_still_loads(
 ) -> None:
     args = [a for a in tiny_args if not a.startswith(("run.out_dir=", "train.niter="))]
     proc = subprocess.run(
-        [sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}", "train.niter=50"],
+        cvae("train", *args, f"run.out_dir={small_disk}", "train.niter=50"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -449,7 +428,7 @@ def test_a_read_only_run_folder_is_one_line_and_writes_nothing(
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     args = [a for a in tiny_args if not a.startswith("run.out_dir=")]
     proc = subprocess.run(
-        [sys.executable, "-m", "cvae.cli", "train", *args, f"run.out_dir={small_disk}/runs"],
+        cvae("train", *args, f"run.out_dir={small_disk}/runs"),
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -7,7 +7,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
@@ -15,36 +14,14 @@ import pandas as pd
 import pytest
 import yaml
 from browser import chromium_path, ci, external_references, open_page
+from helpers import TINY
 from mlflow import MlflowClient
 
-from reports import analysis
-from reports import build as build_mod
-from sweeps import cli as cli_mod
-from sweeps import outcome, sequential, stats
+from reports import analysis, build as build_mod, comparisons
+from sweeps import cli as cli_mod, outcome, sequential, stats
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-TINY: dict[str, Any] = {
-    "model.arch": "dcgan",
-    "model.width": 0.125,
-    "model.g_dim": 16,
-    "model.z_dim": 4,
-    "model.rnn_size": 16,
-    "train.batch_size": 4,
-    "train.niter": 2,
-    "train.epoch_size": 2,
-    "train.n_future": 3,
-    "train.progress": False,
-    "eval.n_future": 3,
-    "eval.sequences": 8,
-    "eval.batch_size": 8,
-    "eval.every": 1,
-    "eval.gif_sequences": 1,
-    "data.n_train": 16,
-    "data.n_val": 8,
-    "data.n_test": 8,
-    "tracking.system_metrics": False,
-}
 INFO = {
     "name": "hand",
     "description": "",
@@ -385,7 +362,7 @@ def test_cross_study_compares_the_best_setting_of_each_study() -> None:
         {**INFO, "name": "learned"},
         reps=500,
     )
-    (c,) = analysis.cross_study({"fixed": fixed, "learned": learned})
+    (c,) = comparisons.cross_study({"fixed": fixed, "learned": learned})
     assert c["a"].startswith("fixed: ") and c["b"] == "learned: kl.mode=monotonic"  # what varies in its study
     # the same run seeds (1, 2, 3) in both studies: paired, d = [-0.6, -0.65, -0.6]
     assert c["paired"] and c["diff"] == pytest.approx(-0.6 - 0.05 / 3) and c["prob_improvement"] == 0.0

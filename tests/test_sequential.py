@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sweeps import sequential as seq
-from sweeps import stats
+from sweeps import evidence, looks, sequential as seq, stats
 from sweeps.design import config_id, grid_points
 from sweeps.questions import Question, main_effects, setting_pair
 
@@ -63,14 +62,14 @@ def test_evidence_averages_the_cells_of_each_seed_and_skips_missing_pairs():
             (4, "monotonic"): [22.0, 22.0, 20.0],
         }
     )
-    ev = seq.evidence(q(KL), vals, 3, seq.Plan(looks=(3,), margin=1.0))
+    ev = evidence.evidence(q(KL), vals, 3, margin=1.0)
     # seed 0: cells (24-23) and (22-22); seed 1: (25-24.5), (23-22); seed 2: only tf=4 has both sides
     assert ev.seeds == [0, 1, 2]
     assert ev.a.tolist() == [23.0, 24.0, 21.0] and ev.b.tolist() == [22.5, 23.25, 20.0]
     assert sorted(ev.all_a.tolist()) == [21.0, 22.0, 23.0, 24.0, 25.0, 26.0] and len(ev.all_b) == 5
     assert (ev.failed_a, ev.failed_b, ev.more_a, ev.more_b, ev.results) == (0, 0, 0, 0, 3)
     assert ev.counted.tolist() == pytest.approx((ev.a - ev.b).tolist())  # nothing failed: the same differences
-    assert seq.evidence(q(KL), vals, 2, seq.Plan(looks=(2,), margin=1.0)).seeds == [0, 1]
+    assert evidence.evidence(q(KL), vals, 2, margin=1.0).seeds == [0, 1]
 
 
 # verdicts at one look
@@ -164,24 +163,24 @@ def test_open_questions_grow_only_their_configurations_and_the_last_look_closes_
     vals = {(c, k): m + noise[i, k] for i, (c, m) in enumerate(((c1, 30.0), (c2, 20.0), (c3, 20.02))) for k in range(8)}
     plan = seq.Plan(looks=(3, 5, 8), margin=0.005)
     questions = main_effects(three)
-    state = seq.State.from_json(None, list(three), plan)
+    state = looks.State.from_json(None, list(three), plan)
     assert state.targets == {c1: 3, c2: 3, c3: 3} and state.look == 1
-    state, decisions = seq.advance(questions, vals, plan, state)
+    state, decisions = looks.advance(questions, vals, plan, state)
     # 1 vs 2 and 1 vs 3 differ by 10 dB: decided at look 1; 2 vs 3 (0.02 dB apart, margin 0.005) stays open
     assert decisions["x: 1 vs 2"].verdict == seq.BETTER and decisions["x: 2 vs 3"].verdict == seq.OPEN
     assert state.look == 2 and state.targets == {c1: 3, c2: 5, c3: 5} and not state.done
-    state, decisions = seq.advance(questions, vals, plan, state)
-    state, decisions = seq.advance(questions, vals, plan, state) if not state.done else (state, decisions)
+    state, decisions = looks.advance(questions, vals, plan, state)
+    state, decisions = looks.advance(questions, vals, plan, state) if not state.done else (state, decisions)
     assert state.done and decisions["x: 1 vs 2"].look == 1
     assert decisions["x: 2 vs 3"].verdict in (seq.WORSE, seq.CANNOT_TELL)
     # the decisions replayed from scratch are the ones made look by look
-    assert seq.replay(questions, vals, plan, state.look) == decisions
+    assert looks.replay(questions, vals, plan, state.look) == decisions
 
 
 def test_state_round_trips_and_a_rerun_continues_the_same_look():
     plan = seq.Plan(looks=(3, 4, 5), margin=1.0)
-    state = seq.State(look=2, targets={"a": 4, "b": 3}, done=False)
-    again = seq.State.from_json(state.as_json(), ["a", "b", "c"], plan)
+    state = looks.State(look=2, targets={"a": 4, "b": 3}, done=False)
+    again = looks.State.from_json(state.as_json(), ["a", "b", "c"], plan)
     assert again.look == 2 and again.targets == {"a": 4, "b": 3, "c": 3} and not again.done
 
 
@@ -206,9 +205,9 @@ def _race_of(a: list[float], b: list[float]) -> tuple[Question, dict[tuple[str, 
 
 
 def _final(question: Question, vals: dict[tuple[str, int], float], plan: seq.Plan = PAIR) -> seq.Decision:
-    state = seq.State.from_json(None, sorted(question.configs), plan)
+    state = looks.State.from_json(None, sorted(question.configs), plan)
     while not state.done:
-        state, decisions = seq.advance([question], vals, plan, state)
+        state, decisions = looks.advance([question], vals, plan, state)
     return decisions[question.name]
 
 

@@ -9,149 +9,46 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import optuna
 import psutil
 import pytest
 import yaml
-from mlflow import MlflowClient
+from helpers import (
+    CLEAN_ENV,
+    SMALL_SPACE,
+    TINY,
+    check_trial_run,
+    child_runs,
+    cvae,
+    load_study,
+    mlflow_client,
+    one_line_error,
+    run_cli,
+    states,
+    sweep_cmd,
+    wait_until,
+    write_spec,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import (
     cli as cli_mod,
-)
-from sweeps import (
     coordinator as coordinator_mod,
-)
-from sweeps import (
     local as local_mod,
-)
-from sweeps import (
     plan as plan_mod,
-)
-from sweeps import (
     space as space_mod,
-)
-from sweeps import (
     storage as storage_mod,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-# A trial of a couple of seconds on one CPU thread (tracking on: the MLflow side is under test).
-TINY: dict[str, Any] = {
-    "model.arch": "dcgan",
-    "model.width": 0.125,
-    "model.g_dim": 16,
-    "model.z_dim": 4,
-    "model.rnn_size": 16,
-    "train.batch_size": 4,
-    "train.niter": 2,
-    "train.epoch_size": 2,
-    "train.n_future": 3,
-    "train.progress": False,
-    "eval.n_future": 3,
-    "eval.sequences": 8,
-    "eval.batch_size": 8,
-    "eval.every": 1,
-    "eval.gif_sequences": 1,
-    "data.n_train": 16,
-    "data.n_val": 8,
-    "data.n_test": 8,
-    "tracking.system_metrics": False,
-}
-SMALL_SPACE = {
-    "kl.ratio": {"type": "float", "low": 0.25, "high": 1.0},
-    "train.lr": {"type": "float", "low": 0.001, "high": 0.004, "log": True},
-}
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
 
 # helpers
-
-
-def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: Any) -> Path:
-    """A study spec in tmp_path on the demo experiment with TINY overrides; `fields` replace top-level keys."""
-    overrides = {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
-    # a 4-iteration model cannot learn its condition (cond_gain 0): these tests are about the sweep's mechanics, so
-    # every finished run counts as trained unless a test asks for the real threshold
-    raw: dict[str, Any] = {
-        "name": name,
-        "experiment": "demo",
-        "overrides": overrides,
-        "trials": 2,
-        "sampler": {"type": "random", "seed": 1},
-        "pruner": {"type": "none"},
-        "heartbeat_seconds": 5,
-        "space": SMALL_SPACE,
-        "degenerate_below": -100.0,
-    }
-    raw.update(fields)
-    raw = {k: v for k, v in raw.items() if v is not None}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def sweep_cmd(spec: Path, *args: str) -> list[str]:
-    """`cvae sweep SPEC ...` (one torch thread per worker: a loaded 2-core box is 10x slower with two)."""
-    return [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--threads", "1", *args]
-
-
-def run_cli(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, env=CLEAN_ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def load_study(tmp_path: Path, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
-
-
-def mlflow_client(tmp_path: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-
-
-def child_runs(client: MlflowClient, study: optuna.Study) -> dict[str, Any]:
-    """run_id -> run for every run of the study's MLflow experiment except the parent."""
-    exp = client.get_experiment_by_name(study.study_name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = study.user_attrs["mlflow_parent_run_id"]
-    return {r.info.run_id: r for r in runs if r.info.run_id != parent}
-
-
-def check_trial_run(client: MlflowClient, study: optuna.Study, trial: FrozenTrial, status: str) -> Any:
-    """The trial's MLflow run: a child of the study's parent run, tagged with study and trial, in `status`."""
-    run = client.get_run(trial.user_attrs["mlflow_run_id"])
-    tags = run.data.tags
-    assert tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
-    assert tags["optuna.study"] == study.study_name and tags["optuna.trial"] == str(trial.number)
-    assert run.info.status == status, (trial.number, trial.state, run.info.status, tags.get("ended_by"))
-    for path, value in trial.params.items():
-        assert run.data.params[path] == str(value)
-    return run
-
-
-def states(study: optuna.Study) -> list[str]:
-    return [t.state.name for t in study.get_trials()]
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cvae: error: "), err
-    return lines[0]
-
-
-def wait_until(cond: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"sweep ended early (rc {proc.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 # fixtures
@@ -543,9 +440,7 @@ def test_lab_grid_runs_one_full_size_trial_on_cpu(tmp_path: Path, data_cache: Pa
         "tracking.system_metrics=false",
     ]
     cmd = [
-        sys.executable,
-        "-m",
-        "cvae.cli",
+        *cvae(),
         "sweep",
         "lab_grid",
         "--workers",

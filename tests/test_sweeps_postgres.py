@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import cvae
 
 from sweeps.lock import AskLock
 
@@ -60,7 +60,7 @@ def test_two_workers_share_a_postgres_study(tmp_path: Path, tiny_overrides: dict
         )
     )
     out = subprocess.run(
-        [sys.executable, "-m", "cvae.cli", "sweep", str(spec), "--workers", "2", "--threads", "1", "--storage", URL],
+        cvae("sweep", str(spec), "--workers", "2", "--threads", "1", "--storage", URL),
         cwd=tmp_path,
         capture_output=True,
         text=True,

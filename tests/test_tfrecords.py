@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bair_samples
+from helpers import bair_samples
 from tfrecord.writer import TFRecordWriter
 
 from cvae.data import tfrecords

@@ -4,12 +4,9 @@ resume, SIGTERM, an unreachable server and the do-nothing tracker."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -19,40 +16,17 @@ from typing import Any
 import imageio.v3 as iio
 import pytest
 import torch
+from helpers import CVAE, TINY, MlflowServer, as_args, clean_env, free_port, stop, wait_for
 from mlflow import MlflowClient
 
-from cvae import config as config_mod
-from cvae import trainer as trainer_mod
+from cvae import config as config_mod, trainer as trainer_mod
 from cvae.config import Config
-from cvae.mlflow_tracker import MlflowTracker, experiment_name, tracking_uri
-from cvae.tracking import Tracker, make_tracker
+from cvae.mlflow_tracker import MlflowTracker, experiment_name, make_tracker, tracking_uri
+from cvae.tracking import Tracker
 from cvae.trainer import train
 
 # helpers
 
-TINY: dict[str, str] = {
-    "model.arch": "dcgan",
-    "model.width": "0.125",
-    "model.g_dim": "16",
-    "model.z_dim": "4",
-    "model.rnn_size": "16",
-    "train.batch_size": "4",
-    "train.niter": "3",
-    "train.epoch_size": "2",
-    "train.n_future": "3",
-    "train.progress": "false",
-    "eval.n_future": "3",
-    "eval.sequences": "8",
-    "eval.batch_size": "8",
-    "eval.every": "1",
-    "eval.gif_sequences": "2",
-    "data.n_train": "16",
-    "data.n_val": "8",
-    "data.n_test": "8",
-    "tracking.enabled": "true",
-    "tracking.system_metrics": "false",
-    "run.threads": "1",
-}
 EPOCH_METRICS = ["train/loss", "train/mse", "train/kld", "sched/beta", "sched/tfr", "train/lr", "perf/seq_per_s"]
 EVAL_METRICS = [
     "val/psnr",
@@ -66,33 +40,11 @@ EVAL_METRICS = [
 ]
 BEST_METRICS = ["best/val_psnr", "best/epoch"]
 REQUIRED_TAGS = ["dataset", "device", "torch", "mlflow", "command"]
-CVAE = (
-    [str(Path(sys.executable).with_name("cvae"))]
-    if Path(sys.executable).with_name("cvae").exists()
-    else [sys.executable, "-m", "cvae.cli"]
-)
-
-
-def as_args(overrides: dict[str, str]) -> list[str]:
-    return [f"{k}={v}" for k, v in overrides.items()]
 
 
 def make_cfg(overrides: dict[str, str], **extra: str) -> Config:
     """overrides + extra keyword overrides, `section__key` standing for `section.key`."""
     return config_mod.load(None, {**overrides, **{k.replace("__", "."): v for k, v in extra.items()}})
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without a user's MLflow server, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return env | extra
 
 
 def metric_steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
@@ -116,31 +68,6 @@ def only_run(client: MlflowClient, cfg: Config) -> Any:
     return runs[0]
 
 
-def wait_for(cond: Any, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process this test started, and what it spawned (its own process group), and reap it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # `mlflow server` leaves job-runner children behind for a while
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 # fixtures
 
 
@@ -152,7 +79,16 @@ def no_user_server(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def overrides(tmp_path: Path, data_cache: Path) -> dict[str, str]:
-    return {**TINY, "run.out_dir": str(tmp_path / "runs"), "data.cache_dir": str(data_cache)}
+    # three epochs, two GIF sequences, tracking on: the MLflow side is under test
+    return {
+        **TINY,
+        "train.niter": 3,
+        "eval.gif_sequences": 2,
+        "tracking.enabled": True,
+        "run.threads": 1,
+        "run.out_dir": str(tmp_path / "runs"),
+        "data.cache_dir": str(data_cache),
+    }
 
 
 # tests
@@ -416,53 +352,6 @@ def test_log_model_is_loadable(overrides: dict[str, str], monkeypatch: pytest.Mo
     best = torch.load(result.run_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
     assert set(model.state_dict()) == set(best)
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
-
-
-class MlflowServer:
-    """A real `mlflow server` on a free loopback port; stop() and start() again keep its port and its store."""
-
-    def __init__(self, backend: str, artifacts: Path, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(artifacts),
-        ]
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 120) -> None:
-        with self.log.open("a") as f:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                cwd=self.log.parent,
-                env=clean_env(),
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(self.healthy, timeout, f"mlflow server on {self.url}", self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
 
 
 @pytest.fixture

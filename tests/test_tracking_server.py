@@ -17,10 +17,8 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
+from helpers import CLEAN_ENV, MlflowServer, long_spec, sweep_cmd
 from mlflow import MlflowClient
-from test_reliability import long_spec
-from test_sweeps import CLEAN_ENV, sweep_cmd
-from test_tracking import MlflowServer
 
 PG_URL = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
 pytestmark = [

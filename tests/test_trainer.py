@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from cvae import config as config_mod
-from cvae import trainer as trainer_mod
+from cvae import config as config_mod, trainer as trainer_mod
+from cvae.checkpoints import FORMAT_VERSION, load_checkpoint, load_model
 from cvae.config import Config
 from cvae.data import load_split, to_tensors
 from cvae.evaluate import EVAL_SEED_OFFSET, Evaluator
+from cvae.experiments import find_experiment
 from cvae.metrics import psnr, ssim
 from cvae.model import CVAE, StepLoss
-from cvae.trainer import FORMAT_VERSION, METRIC_COLUMNS, Diverged, load_checkpoint, load_model, train
+from cvae.trainer import METRIC_COLUMNS, Diverged, train
 
 # helpers
 
@@ -350,7 +351,7 @@ def test_the_optimizer_keeps_its_own_flags_when_it_resumes_a_state_saved_elsewhe
     with this process's flags and the saved moments, and steps as Adam does."""
     from cvae.step import load_optimizer, make_optimizer
 
-    cfg = config_mod.load(config_mod.find_experiment("demo"), {"model.width": 0.125, "model.rnn_size": 8})
+    cfg = config_mod.load(find_experiment("demo"), {"model.width": 0.125, "model.rnn_size": 8})
     torch.manual_seed(0)
     model = CVAE(cfg.model)
     opt = make_optimizer(model, 1e-3, 0.9, capturable=False)

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from cvae.config import DataCfg
 from cvae.data import cache
 from cvae.data.errors import DamagedData, DataError
+from cvae.data.split import Split
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the data commands start without it
     import torch
@@ -34,20 +34,6 @@ SPLITS = ("train", "validate", "test")
 CACHE_VERSION = cache.FORMAT
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Split:
-    frames: np.ndarray
-    cond: np.ndarray
-    cond_mean: np.ndarray | None = None
-    """data.cond_norm: the training split's per-dimension mean of the 7 condition values (already
-    subtracted from `cond`), else None."""
-    cond_std: np.ndarray | None = None
-    """data.cond_norm: the training split's per-dimension standard deviation (`cond` is divided by it)."""
-
-    def __len__(self) -> int:
-        return self.frames.shape[0]
 
 
 # helpers
@@ -65,6 +51,7 @@ def _n_for(cfg: DataCfg, split: str) -> int:
 def cache_key(cfg: DataCfg, split: str) -> str:
     """Folder name that changes whenever the cached content would."""
     if cfg.name == "pushing":
+        # deferred: a source's reader loads only when that source is read
         from cvae.data import pushing
 
         return f"pushing-v{CACHE_VERSION}.{pushing.VERSION}-{split}-n{_n_for(cfg, split)}-s{cfg.seed}-T{cfg.seq_len}"
@@ -76,9 +63,11 @@ def cache_key(cfg: DataCfg, split: str) -> str:
 def _source(cfg: DataCfg, split: str) -> tuple[dict[str, Any], list[Path]]:
     """(the manifest's description of the source, the units to read) for one split."""
     if cfg.name == "pushing":
+        # deferred: a source's reader loads only when that source is read
         from cvae.data import pushing
 
         return {"kind": "pushing", "version": pushing.VERSION, "seed": cfg.seed, "n": _n_for(cfg, split)}, []
+    # deferred: a source's reader loads only when that source is read
     from cvae.data import sources
 
     units = sources.units(cfg.name, cfg.root, split)
@@ -95,11 +84,13 @@ def _read(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The split's sequences in order; damage raises, or with skip_bad is appended to `skipped`."""
     if cfg.name == "pushing":
+        # deferred: a source's reader loads only when that source is read
         from cvae.data import pushing
 
         frames, cond = pushing.generate(_n_for(cfg, split), _split_seed(cfg.seed, split), seq_len=cfg.seq_len)
         yield from zip(frames, cond)
         return
+    # deferred: a source's reader loads only when that source is read
     from cvae.data import sources
 
     total = sum(sources.count(cfg.name, unit) for unit in units)
@@ -159,6 +150,7 @@ def ensure_cache(cfg: DataCfg, split: str, skip_bad: bool = False) -> tuple[Path
         if not Path(cfg.root).exists():
             log.warning(f"cvae: {cfg.root} is gone; using its cache {folder} as built")
             return folder, manifest, False
+        # deferred: a source's reader loads only when that source is read
         from cvae.data import sources
 
         source, _ = _source(cfg, split)
@@ -187,9 +179,9 @@ def load_split(cfg: DataCfg, split: str) -> Split:
 
 def to_tensors(split: Split, idx: np.ndarray, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences `idx`, first n_frames: x (B, T, 3, 64, 64) float in [0, 1], cond (B, T, 7), on the CPU."""
-    import torch
+    import torch  # deferred: the data commands run without torch
 
-    from cvae.data.batches import gather, to_model_input
+    from cvae.data.batches import gather, to_model_input  # deferred with torch, which it imports
 
     return to_model_input(*gather(split, idx, n_frames), torch.device("cpu"))
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cvae.data import Split
+from cvae.data.split import Split
 
 PREFETCH = 3  # batches read ahead
 

@@ -17,6 +17,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from cvae.atomic import write_text
+
 FORMAT = 2  # bump when the cache's content or layout changes: old caches are then rebuilt
 MANIFEST = "manifest.json"
 FRAMES = "frames.npy"
@@ -125,7 +127,6 @@ def write(
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temp sibling + os.replace)."""
-    from cvae.atomic import write_text
 
     write_text(path, json.dumps(data, indent=1) + "\n")
 

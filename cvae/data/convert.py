@@ -21,7 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cvae.data import cache, course, sources, tfrecords
+from cvae.config import DataCfg
+from cvae.data import cache, course, ensure_cache, sources, tfrecords
 from cvae.data.errors import DamagedData, DataError
 
 MARKER = ".cvae-convert.json"
@@ -223,8 +224,6 @@ def to_course(
 
 def to_cache(src: str | Path, dest: str | Path, skip_bad: bool = False, seq_len: int = 30) -> Report:
     """Any source (TFRecords or course tree) -> its cache folders under dest, one per split."""
-    from cvae.config import DataCfg
-    from cvae.data import ensure_cache
 
     start = time.perf_counter()
     src, dest = Path(src), Path(dest)

@@ -18,6 +18,7 @@ from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
 
 from cvae.atomic import atomic_path
+from cvae.data import pushing
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/bair_sample/bair_sample.npz"
 
@@ -27,8 +28,6 @@ def load(path: str | Path = SAMPLE) -> dict[str, np.ndarray]:
     clone with no ../shared beside it) a stand-in in the same layout: two sequences of the built-in generator
     as the two cameras and the first one's actions, so every test that uses it runs anywhere."""
     if Path(path) == SAMPLE and not SAMPLE.is_file():
-        from cvae.data import pushing
-
         frames, cond = pushing.generate(2, seed=11)
         return {"aux1": frames[0], "main": frames[1], "action": cond[0, :, :4].copy()}
     with np.load(path) as data:

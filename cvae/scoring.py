@@ -12,7 +12,6 @@ the scores is a note, not a failure.
 
 from __future__ import annotations
 
-import math
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,13 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from cvae import config as config_mod
 from cvae.config import Config, ConfigError
 from cvae.data import SPLITS
+from cvae.scoring_files import output_paths, report_data, write_outputs
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
-    from cvae.evaluate import Evaluation
-
-FORMAT_VERSION = 1
 CHECKPOINT = "best.pt"
 # sections whose overrides cannot change an evaluation: the weights fix the model, the rest is training
 _TRAINING_ONLY = "training settings have no effect on an evaluation (its protocol is eval.*, --horizon, --samples)"
@@ -112,7 +109,8 @@ def find_checkpoint(target: str | Path) -> Path:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by the trainer, or a one-line ConfigError saying why the file is not one."""
-    from cvae.trainer import load_checkpoint
+    # deferred: torch (and matplotlib) load only for the command that needs them
+    from cvae.checkpoints import load_checkpoint
 
     try:
         state = load_checkpoint(path)
@@ -183,6 +181,7 @@ def plan(
     n_future = parse_count("--horizon", None if horizon is None else str(horizon))
     overrides_ = check_overrides(overrides or [])
     if str(target).startswith("models:/"):  # a version of the study's winner in MLflow's Model Registry
+        # deferred: MLflow loads only when tracking is on
         from cvae.mlflow_tracker import registered_checkpoint
 
         base = config_mod.build({**config_mod.Config().flat(), **overrides_})
@@ -206,44 +205,11 @@ def plan(
 # outputs
 
 
-def output_paths(out_dir: Path, tag: str) -> dict[str, Path]:
-    """Where one evaluation's files go."""
-    stem = out_dir / f"eval_{tag}"
-    return {
-        "json": stem.with_suffix(".json"),
-        "plot": out_dir / f"eval_{tag}_per_step.png",
-        "gif": stem.with_suffix(".gif"),
-        "strip": out_dir / f"eval_{tag}_strip.png",
-    }
-
-
-def _number(v: float) -> float | None:
-    """JSON has no NaN: a frame without moving pixels gives null."""
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _numbers(a: np.ndarray) -> list[float | None] | list[int]:
-    return [int(x) for x in a] if a.dtype.kind in "iu" else [_number(x) for x in a]
-
-
-def report_data(ev: Evaluation, settings: dict[str, Any]) -> dict[str, Any]:
-    """Everything eval_<tag>.json holds: scalars, per-step arrays, KL diagnostics and the settings used."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "settings": settings,
-        "metrics": {k: _number(v) for k, v in ev.metrics.items()},
-        "per_step": {k: _numbers(v) for k, v in ev.per_step.items()},
-        "kld_step": _numbers(ev.kld_step),
-        "kld_dim": _numbers(ev.kld_dim),
-        "mu_var": _numbers(ev.mu_var),
-    }
-
-
 def settings_of(p: Plan, sequences: int, split_size: int, device: str) -> dict[str, Any]:
     """The settings behind the numbers, for the JSON file."""
     import torch
 
+    # deferred: torch (and matplotlib) load only for the command that needs them
     from cvae.evaluate import EVAL_SEED_OFFSET
 
     e, d = p.cfg.eval, p.cfg.data
@@ -271,42 +237,6 @@ def settings_of(p: Plan, sequences: int, split_size: int, device: str) -> dict[s
     }
 
 
-def per_step_figure(per_step: dict[str, np.ndarray], samples: int, path: Path, title: str) -> Path:
-    """PSNR and SSIM per predicted frame: model, copy-last and (samples > 1) best of N by SSIM."""
-    import matplotlib.pyplot as plt
-
-    from cvae.plots import save_figure  # picks the headless backend before pyplot is imported
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric, unit in zip(axes, ("psnr", "ssim"), ("dB", "SSIM")):
-        lines = {"model": (metric, "-"), "copy last frame": (f"{metric}_copy_last", "-")}
-        if samples > 1:  # dashed: an untrained model's samples coincide with sample 0
-            lines[f"best of {samples} (by SSIM)"] = (f"{metric}_best", "--")
-        for label, (key, style) in lines.items():
-            ax.plot(per_step["frame"], per_step[key], style, marker="o", ms=3, label=label)
-        ax.set(title=f"{metric.upper()} per frame", xlabel="frame index (predicted frames only)", ylabel=unit)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-def write_outputs(ev: Evaluation, data: dict[str, Any], paths: dict[str, Path], title: str) -> dict[str, Path]:
-    """JSON, per-step plot and (when there are GIF sequences) GIF + strip, each written atomically."""
-    from cvae.data.cache import write_json
-    from cvae.video import save_gif, save_strip
-
-    written = {"json": paths["json"]}
-    write_json(paths["json"], data)
-    written["plot"] = per_step_figure(ev.per_step, data["settings"]["samples"], paths["plot"], title)
-    gt, pred = ev.gif
-    if len(gt):
-        columns = [v for pair in zip(gt, pred) for v in pair]  # ground truth | prediction, per sequence
-        written["gif"] = save_gif(paths["gif"], columns)
-        written["strip"] = save_strip(paths["strip"], columns)
-    return written
-
-
 # MLflow
 
 
@@ -325,6 +255,7 @@ def tracking_target(cfg: Config, run_id: str | None) -> tuple[RunTarget | None, 
         return None, "tracking.enabled=false"
     if not run_id:
         return None, "the checkpoint holds no MLflow run id"
+    # deferred: MLflow loads only when tracking is on
     from cvae.mlflow_tracker import make_client, tracking_uri
 
     uri = tracking_uri(cfg)
@@ -362,6 +293,7 @@ def run(p: Plan, note: Callable[[str], None] = lambda message: None) -> Outcome:
     """Evaluate a checked plan, write its files, log them to the training's MLflow run."""
     import torch
 
+    # deferred: torch (and matplotlib) load only for the command that needs them
     from cvae.data import load_split
     from cvae.evaluate import Evaluator
     from cvae.model import CVAE
@@ -398,4 +330,4 @@ def run(p: Plan, note: Callable[[str], None] = lambda message: None) -> Outcome:
     return outcome
 
 
-__all__ = ["Plan", "Outcome", "plan", "run", "eval_config", "result_tag", "tracking_target", "output_paths"]
+__all__ = ["Plan", "Outcome", "plan", "run", "eval_config", "result_tag", "tracking_target"]
