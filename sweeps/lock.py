@@ -1,7 +1,10 @@
 """A study-wide lock around "is there a trial left? then ask for it", so parallel workers never overshoot.
 
-SQLite: an flock on a file beside the database. PostgreSQL: a session advisory lock. Other storages
-run without one (Optuna alone may then start a trial or two past the target).
+SQLite: an flock on a file beside the database. A journal: an flock on a file beside the journal (across machines
+this needs a shared filesystem whose flock reaches every client: NFSv4, Lustre mounted with -o flock; the kernel
+drops a dead holder's lock, where a lock file would need a grace period that can break a slow holder's).
+PostgreSQL: a session advisory lock. Other storages (a gRPC proxy) run without one (Optuna alone may then start a
+trial or two past the target).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import fcntl
 import zlib
 from pathlib import Path
 from typing import Any
+
+from sweeps.backends import journal_path
 
 
 class AskLock:
@@ -21,8 +26,10 @@ class AskLock:
         self._conn: Any = None
 
     def acquire(self) -> None:
-        if self.url.startswith("sqlite:///"):
-            path = Path(self.url.removeprefix("sqlite:///") + ".lock")
+        journal = journal_path(self.url)
+        if self.url.startswith("sqlite:///") or journal is not None:
+            # a journal's: not <journal>.lock, the lock file Optuna's own append lock creates and deletes
+            path = Path(f"{journal}.ask.lock") if journal else Path(self.url.removeprefix("sqlite:///") + ".lock")
             self._fh = path.open("a")
             fcntl.flock(self._fh, fcntl.LOCK_EX)
         elif self.url.startswith("postgresql"):

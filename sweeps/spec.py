@@ -183,9 +183,14 @@ def stored_spec(name: str, storage: str | None = None) -> Path | None:
         url = f"sqlite:///{db.resolve()}"
     elif url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return None
+    # deferred: Optuna's storages load only to look a study up
+    from sweeps.backends import journal_path, open_url
+
+    if (journal := journal_path(url)) is not None and not journal.is_file():
+        return None
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        path = optuna.load_study(study_name=name, storage=url).user_attrs.get("spec_path")
+        path = optuna.load_study(study_name=name, storage=open_url(url)).user_attrs.get("spec_path")
     except Exception:  # noqa: BLE001 - no such study, or a storage that does not answer: not found either way
         return None
     return Path(path) if path and Path(path).is_file() else None

@@ -1,7 +1,9 @@
 """The study's storage: opening it (schema races between processes), finding a study, closing orphaned runs.
 
-An Optuna RDB storage (SQLite on one machine, PostgreSQL across machines) with heartbeats, so a lost worker's
-trial is failed and retried (`_close_lost_runs`); `repair` closes the MLflow runs that outlived their trial.
+An Optuna RDB storage (SQLite on one machine, PostgreSQL across machines), a journal file (journal:///path, on a
+shared filesystem) or a gRPC storage proxy (grpc://host:port), all with heartbeats (the journal's and the proxy's
+are ours, sweeps.backends), so a lost worker's trial is failed and retried (`_close_lost_runs`); `repair` closes
+the MLflow runs that outlived their trial. docs/storages.md says which storage when.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cvae.config import Config, ConfigError
+from sweeps import backends
 from sweeps.spec import SpecError, StudySpec
 
 MAX_RETRY = 2
@@ -23,8 +26,10 @@ STORAGE_ATTEMPTS = 5  # opening a study storage whose schema another process is 
 
 
 def storage_url(cfg: Config, storage: str | None) -> str:
-    """--storage / $OPTUNA_STORAGE, else a SQLite file under run.out_dir."""
+    """--storage / $OPTUNA_STORAGE, else a SQLite file under run.out_dir; a relative journal path made absolute."""
     url = storage or os.environ.get("OPTUNA_STORAGE", "")
+    if (path := backends.journal_path(url)) is not None:
+        return f"{backends.JOURNAL}{path}"  # the same file for workers started in other folders or on other nodes
     return url or f"sqlite:///{Path(cfg.run.out_dir).resolve() / 'optuna.db'}"
 
 
@@ -59,8 +64,19 @@ def _schema_race(e: Exception) -> bool:
     )
 
 
-def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats; SQLite waits on locks instead of failing when workers collide."""
+def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.BaseStorage:
+    """The study's storage with heartbeats: RDB (SQLite waits on locks instead of failing when workers collide),
+    a journal file or a gRPC proxy (sweeps.backends: our beat, the same stale-trial callback)."""
+    grace = 3 * spec.heartbeat_seconds
+    if (path := backends.journal_path(url)) is not None:
+        return backends.journal(path, url).beat_every(spec.heartbeat_seconds, grace, _close_lost_runs(cfg))
+    if (address := backends.grpc_address(url)) is not None:
+        if spec.sequential or spec.racing:  # their looks and races are decided under the ask lock
+            raise ConfigError(
+                f"study storage {url}: a {'racing' if spec.racing else 'sequential'} study needs the study-wide "
+                "ask lock, which a gRPC proxy cannot give; give the proxy's postgresql://... or a journal:///..."
+            )
+        return backends.grpc(*address).beat_every(spec.heartbeat_seconds, grace, _close_lost_runs(cfg))
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +86,7 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBS
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=spec.heartbeat_seconds,
-                grace_period=3 * spec.heartbeat_seconds,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=_close_lost_runs(cfg),
             )
         except Exception as e:  # noqa: BLE001 - driver errors vary; the user needs one line
@@ -84,10 +100,12 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.RDBS
 
 def existing_study(spec: StudySpec, url: str, storage: Any = None) -> optuna.Study:
     """The study as stored, or one line saying there is none (and nothing created, not even a SQLite file)."""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    sqlite = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    path = backends.journal_path(url) or sqlite
+    if path is not None and not path.is_file():
         raise SpecError(f"no study {spec.name} in {url} (no such file): run `make sweep STUDY={spec.name}` first")
     try:
-        return optuna.load_study(study_name=spec.name, storage=storage or url)
+        return optuna.load_study(study_name=spec.name, storage=storage or backends.open_url(url))
     except KeyError:
         raise SpecError(f"no study {spec.name} in {url}: run `make sweep STUDY={spec.name}` first") from None
 
