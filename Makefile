@@ -24,7 +24,7 @@ OUT ?= runs
 warn_exposed = case '$(HOST)' in 127.0.0.1|localhost|::1) ;; *) echo "warning: HOST=$(HOST) exposes this server, without authentication, to every machine that can reach this one" >&2;; esac
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test lint sweep worker ui dashboard report confirm bench bench-sweep bench-decisions schedules preview clean
+.PHONY: help install train eval test lint sweep worker ui dashboard report confirm bench bench-sweep bench-decisions bench-memory schedules preview clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ bench: $(STAMP) ## speed as side-by-side ratios (train step vs course-order step
 
 bench-decisions: $(STAMP) ## error rates of the demo's decision rule, 20,000 simulated studies per case (about 15 minutes) -> benchmarks/results/decisions.json
 	$(BIN)/python -m benchmarks.decisions $(ARGS)
+
+bench-memory: $(STAMP) ## peak memory of one trial per experiment (demo, lab; GPU memory on CUDA), for --gpus-per-worker -> benchmarks/results/memory.json
+	$(BIN)/python -m benchmarks.memory
 
 bench-sweep: $(STAMP) ## what pruning saves in the TPE demo study, two sampler seeds (12-15 minutes) -> benchmarks/results/sweep.json
 	$(BIN)/python -m benchmarks.sweep

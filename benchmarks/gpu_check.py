@@ -145,6 +145,9 @@ def train_check(device: torch.device, out: dict) -> None:
     if SMALL:
         extra += ["eval.sequences=16", "data.n_train=32", "data.n_val=16"]
     cfg = lab_cfg(extra)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the step variants before ran in this process
     t = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t
@@ -161,6 +164,9 @@ def train_check(device: torch.device, out: dict) -> None:
         "psnr_moving": h[-1].get("val/psnr_moving"),
         "psnr_moving_copy_last": h[-1].get("val/psnr_moving_copy_last"),
     }
+    if device.type == "cuda":  # one lab-size trial's GPU memory: how many fit on one GPU (--gpus-per-worker)
+        out["train"]["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["train"]["cuda_peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     print("train", out["train"], flush=True)
 
 

@@ -212,10 +212,14 @@ def train(
     *,
     run_dir: Path | None = None,
     resume: bool = False,
+    new_run: bool = False,
     tracker: Tracker | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Result:
-    """Train per cfg; returns the best validation PSNR. `on_epoch` may raise to stop (sweeps prune that way)."""
+    """Train per cfg; returns the best validation PSNR. `on_epoch` may raise to stop (sweeps prune that way).
+
+    resume: continue from run_dir/last.pt, in the tracker run it names; with new_run, in a new tracker run
+    (a retried sweep trial's own, its run folder a copy of the lost one's) that first gets the epochs so far."""
     tracker = tracker or Tracker()
     t, e = cfg.train, cfg.eval
     if cfg.run.threads:
@@ -250,7 +254,7 @@ def train(
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        history, run_id = ckpt["history"], ckpt.get("run_id")
+        history, run_id = ckpt["history"], None if new_run else ckpt.get("run_id")
         best_psnr, best_epoch, start_epoch = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["epoch"] + 1
     run_dir = ensure_writable(Path(run_dir) if run_dir is not None else new_run_dir(cfg))
     write_text(run_dir / "config.yaml", config_mod.dump(cfg))
@@ -263,6 +267,10 @@ def train(
         # inside the try: a stop that lands while (or right after) the run is opened still closes it
         tracker.start(cfg, run_dir, resume_run_id=run_id)
         tracker.set_tags({"device": str(device), "params": str(count_parameters(model))})
+        if resume and new_run:  # the new run's curves start at epoch 1 like any other's
+            tracker.set_tags({"resumed_at_epoch": str(start_epoch - 1)})
+            for row in history:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         for epoch in range(start_epoch, t.niter + 1):
             tfr = teacher_forcing_ratio(epoch, cfg.tf, t.niter)
             # the epoch's draws up front: the sampler's state at the epoch's end is what a resume needs,

@@ -74,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray on a cluster without GPUs (default 1)")
     p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="with --ray: GPUs per worker (default: 1 when the cluster has GPUs); a fraction packs small models "
+        "(0.25 = four per GPU; docs/scaling.md); give it for an autoscaling GPU cluster that starts empty",
+    )
+    p.add_argument(
+        "--max-workers", type=int, default=0, help="with --ray: at most this many workers (default: as many as useful)"
+    )
+    p.add_argument(
         "--emit",
         choices=["slurm", "ray-slurm"],
         default=None,
@@ -113,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.workers < 1 or (ns.trials is not None and ns.trials < 1) or ns.cpus_per_worker < 1 or ns.array < 1:
             raise SpecError("--workers, --trials, --cpus-per-worker and --array must be positive")
+        g = ns.gpus_per_worker
+        if (g is not None and not (0 < g <= 1 or (g > 1 and g.is_integer()))) or ns.max_workers < 0:
+            raise SpecError("--gpus-per-worker must be a fraction in (0, 1] or a whole number; --max-workers >= 0")
         if ns.ray is not None:
             ray_launch.import_ray()  # before anything is created: one line when Ray is not installed
         if ns.confirm is not None and (ns.confirm < 1 or ns.seeds < 2):
@@ -183,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         tick = lambda: progress.tick(study)  # noqa: E731
         try:
             if ns.ray is not None:
-                code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, ns.ray, ns.cpus_per_worker, study, tick)
+                where = ray_launch.Placement(ns.ray, ns.cpus_per_worker, ns.gpus_per_worker, ns.max_workers)
+                code = ray_launch.run(ns.study, spec, cfg, ns.overrides, url, where, study, tick)
             else:
                 code = local.run_workers(ns.study, ns.overrides, url, ns.workers, threads, tick)
         except (KeyboardInterrupt, SystemExit):

@@ -19,6 +19,7 @@ from cvae.config import Config
 from cvae.data import load_split
 from sweeps import plan, space
 from sweeps.lock import AskLock
+from sweeps.provenance import code_fingerprint
 from sweeps.spec import SpecError, StudySpec
 from sweeps.storage import make_storage, repair
 
@@ -72,6 +73,14 @@ def prepare(
     if spec_path is not None:
         study.set_user_attr("spec_path", str(spec_path))  # `cvae report NAME` finds a study started from a path
     study.set_user_attr("fingerprint", spec.fingerprint(extra))
+    code = code_fingerprint()
+    if study.user_attrs.get("code", code) != code:
+        print(
+            f"study {spec.name}: the code changed since its last runs ({study.user_attrs['code']} -> {code}); "
+            "the runs from now on are this code's",
+            flush=True,
+        )
+    study.set_user_attr("code", code)  # workers with other code refuse to take its trials
     study.set_user_attr("n_trials", spec.trials)
     study.set_user_attr("seeds", spec.seeds)
     lock = AskLock(url, spec.name)

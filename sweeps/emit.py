@@ -118,7 +118,7 @@ def _environment(url: str, tracking: str | None, job: Job, nodes: int) -> list[s
     if url.startswith("sqlite"):
         raise ConfigError(
             f"--emit: study storage {url} is a SQLite file, which the machines of a SLURM job cannot "
-            "share; give --storage postgresql://user@host/db"
+            "share; give --storage postgresql://user@host/db or journal:///shared/study.log"
         )
     lines = [
         'die() { echo "cvae-sweep: $*" >&2; exit 2; }',

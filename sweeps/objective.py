@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ import optuna
 from optuna.trial import TrialState
 
 from cvae import faults
+from cvae.checkpoints import load_checkpoint
 from cvae.config import Config
 from cvae.mlflow_tracker import MlflowTracker
 from cvae.tracking import Tracker
 from cvae.trainer import Diverged, train
 from sweeps.design import SEARCH, config_id, run_seed, sibling_seeds
+from sweeps.provenance import code_fingerprint
 from sweeps.space import trial_params
 from sweeps.spec import StudySpec
 
@@ -99,6 +102,29 @@ def _config_pruned(trial: optuna.Trial, cid: str) -> bool:
     )
 
 
+def _continue_lost(trial: optuna.Trial, run_dir: Path) -> bool:
+    """A retry of a lost run (sweeps.plan.requeue_lost, or Optuna's heartbeat retry) continues from the lost run's
+    last.pt when its folder is on a disk this node reaches (a shared disk, or the same machine): the folder is
+    copied into this trial's, and the trial records the epoch it resumed at. Else it starts over."""
+    # the heartbeat's retry (optuna's RetryFailedTrialCallback) names the trials it retried, the last one last;
+    # it copies the lost trial's user attributes, so `retry_of` is only this trial's own when it has no history
+    trials = trial.study.get_trials(deepcopy=False)
+    history = trials[trial.number].system_attrs.get("retry_history") or []
+    lost = history[-1] if history else trial.user_attrs.get("retry_of")
+    if lost is None:
+        return False
+    old = trials[int(lost)]
+    src = Path(str(old.user_attrs.get("run_dir", "")))
+    if not old.user_attrs.get("run_dir") or not (src / "last.pt").is_file() or src.resolve() == run_dir.resolve():
+        trial.set_user_attr("resumed_at_epoch", 0)  # from the start (a retry inherits its lost trial's attributes)
+        return False
+    shutil.copytree(src, run_dir, dirs_exist_ok=True)
+    epoch = int(load_checkpoint(run_dir / "last.pt")["epoch"])
+    trial.set_user_attr("resumed_from", str(src))
+    trial.set_user_attr("resumed_at_epoch", epoch)
+    return True
+
+
 class _TrialTracker(MlflowTracker):
     """Records the MLflow run id on the trial the moment the run exists."""
 
@@ -136,6 +162,8 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
             "seed_index": str(k),
             "phase": phase,
             "node": os.environ.get("CVAE_NODE") or socket.gethostname(),
+            "code": code_fingerprint(),
+            "code_path": str(Path(__file__).resolve().parents[1]),  # where this worker's code came from
         }  # CVAE_NODE: the Ray launcher's
         tracker: Tracker = _TrialTracker(cfg, trial, ctx.parent_run_id, tags) if cfg.tracking.enabled else Tracker()
 
@@ -149,8 +177,9 @@ def make_objective(ctx: Context) -> Callable[[optuna.Trial], float]:
             if epoch < cfg.train.niter and trial.should_prune():  # at the last epoch nothing is left to save
                 raise Pruned(f"pruned at epoch {epoch}: {spec.metric}={row[spec.metric]:.3f}")
 
+        resumed = _continue_lost(trial, run_dir)
         try:
-            result = train(cfg, run_dir=run_dir, tracker=tracker, on_epoch=on_epoch)
+            result = train(cfg, run_dir=run_dir, resume=resumed, new_run=True, tracker=tracker, on_epoch=on_epoch)
         except Pruned as e:
             raise optuna.TrialPruned(str(e)) from None
         except Diverged as e:

@@ -244,3 +244,16 @@ def unfinished(study: optuna.Study, spec: StudySpec) -> bool:
             lanes, _ = race_lanes(study, spec)
             short |= any(lane.status == racing.RACING for lane in lanes.values())
     return bool(c[TrialState.WAITING] or c[TrialState.RUNNING]) or short or bool(lost_runs(runs))
+
+
+def wanted_workers(study: optuna.Study, spec: StudySpec) -> int:
+    """How many workers the study can keep busy now: its queued and running runs, its lost runs (queued again
+    at the end of a round) and, in a sampled study, the first seeds of the configurations not started yet. What a
+    cluster's autoscaler is asked for (sweeps.ray_launch)."""
+    c = counts(study)
+    runs = runs_of(study)
+    n = c[TrialState.WAITING] + c[TrialState.RUNNING] + len(lost_runs(runs))
+    if not spec.grid:
+        left = int(study.user_attrs.get("n_trials", spec.trials)) - len(search_configs(runs))
+        n += max(0, left) * spec.seeds
+    return n

@@ -2,10 +2,12 @@
 
 The winner is the study's pick (sweeps.plan.best_config: the best score, failures counted a margin below the
 worst trained run, among configurations with a trained run, in a race of those not shown worse) and, of its
-trained runs, the one with the best value. Its best checkpoint is logged to that run in MLflow's PyTorch
-flavour (the course's prediction as one exported graph, torch.export: no pickled code; a signature of
-tensors and an input example from the built-in data), with the checkpoint itself beside it, and registered
-as a new version of `cvae-<study>`, tagged with the study, configuration, seed, value and condition gain.
+trained runs, the one with the best value. Its best checkpoint becomes one exported graph (torch.export: the
+course's prediction, no pickled code), logged to that run as an MLflow model with two flavours on that one file:
+python_function from code (sweeps/pyfunc_model.py, which imports neither cvae nor sweeps: `mlflow models serve`
+serves it without this project) and pytorch (`mlflow.pytorch.load_model` gives the graph as a module); a signature
+of tensors, an input example from the built-in data, and the checkpoint itself beside it. It is registered as a
+new version of `cvae-<study>`, tagged with the study, configuration, seed, value and condition gain.
 `cvae eval models:/cvae-<study>/latest` evaluates that checkpoint.
 """
 
@@ -33,6 +35,9 @@ from sweeps.plan import best_config
 from sweeps.spec import StudySpec
 
 CHECKPOINT_FILE = "best.pt"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+"""the served model's code (MLflow's models from code): it runs the exported graph and imports no project module"""
+PROGRAM_FILE = "model.pt2"  # the name MLflow's pytorch flavour loads from its model_data folder
 
 
 @contextmanager
@@ -124,11 +129,74 @@ def example(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), cond.astype(np.float32)
 
 
+def export(predictor: Predictor, frames: np.ndarray, cond: np.ndarray, path: Path) -> None:
+    """torch.export the predictor on an example to a .pt2 file, the batch size left free (one for both inputs, down
+    to a single sequence)."""
+    batch = torch.export.Dim("batch", min=1)
+    logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
+    program = torch.export.export(
+        predictor, (torch.from_numpy(frames), torch.from_numpy(cond)), dynamic_shapes=({0: batch}, {0: batch})
+    )
+    torch.export.save(program, path)
+
+
+class _PyfuncAndPytorch:
+    """The flavour Model.log saves the winner with: MLflow's python_function from code (MODEL_CODE on the artifact
+    "program") and its pytorch flavour on that same .pt2 file, in one MLmodel (mlflow.pytorch.log_model adds no
+    python_function to a graph of two inputs)."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        import mlflow
+
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+        program = Path(mlflow_model.flavors["python_function"]["artifacts"]["program"]["path"])
+        assert program.name == PROGRAM_FILE, f"MLflow saved the program as {program}"  # what the flavour loads
+        mlflow_model.add_flavor(
+            "pytorch", model_data=str(program.parent), pytorch_version=str(torch.__version__), code=None
+        )
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_model(ckpt: Path, name: str, into: Path) -> Any:
+    """Log a best.pt to the active MLflow run as the servable predictor (see the module's docstring), the checkpoint
+    beside it, and register it as a new version of `name`; returns MLflow's ModelInfo. `into`: a scratch folder."""
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    model, mcfg = load_model(ckpt)
+    frames, cond = example(mcfg)
+    export(Predictor(model.eval(), mcfg.eval.n_past, mcfg.eval.n_future), frames, cond, into / PROGRAM_FILE)
+    signature = ModelSignature(
+        inputs=Schema(
+            [
+                TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
+                TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond"),
+            ]
+        ),
+        outputs=Schema(
+            [TensorSpec(np.dtype("float32"), (-1, mcfg.eval.n_future, *frames.shape[2:]), "predicted_frames")]
+        ),
+        params=ParamSchema([ParamSpec("seed", "long", 0)]),  # z's draw: the same request, the same frames
+    )
+    # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
+    return Model.log(
+        artifact_path=None,  # deprecated for name, still a required argument
+        name="model",
+        flavor=_PyfuncAndPytorch,
+        python_model=str(MODEL_CODE),
+        artifacts={"program": str(into / PROGRAM_FILE), "checkpoint": str(ckpt)},
+        signature=signature,
+        input_example=({"frames": frames[:1], "cond": cond[:1]}, {"seed": 0}),  # one sequence: a small example
+        registered_model_name=name,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+    )
+
+
 def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, str, dict[str, Any]]:
-    """Log the winner's best checkpoint as a PyTorch model and register it; returns (name, version, winner)."""
+    """Log the winner's best checkpoint as a servable model (log_model) and register it; returns (name, version,
+    winner)."""
     import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     if not cfg.tracking.enabled:
         raise ConfigError("registering needs MLflow tracking (tracking.enabled=true)")
@@ -137,36 +205,12 @@ def register(study: optuna.Study, spec: StudySpec, cfg: Config) -> tuple[str, st
     name = model_name(spec.name)
     with tempfile.TemporaryDirectory(prefix="cvae-register-") as tmp:
         ckpt = _checkpoint(w, client, Path(tmp))
-        model, mcfg = load_model(ckpt)
-        predictor = Predictor(model.eval(), mcfg.eval.n_past, mcfg.eval.n_future)
-        frames, cond = example(mcfg)
-        with torch.no_grad():
-            out = predictor(torch.from_numpy(frames), torch.from_numpy(cond)).numpy()
-        signature = ModelSignature(
-            inputs=Schema(
-                [
-                    TensorSpec(np.dtype("float32"), (-1, *frames.shape[1:]), "frames"),
-                    TensorSpec(np.dtype("float32"), (-1, *cond.shape[1:]), "cond"),
-                ]
-            ),
-            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "predicted_frames")]),
-        )
-        logging.getLogger("torch._export").setLevel(logging.ERROR)  # shape-specialisation chatter of the export
         status = client.get_run(w["run_id"]).info.status if w["run_id"] else "FINISHED"
         with (
             tracking(tracking_uri(cfg)),
             mlflow.start_run(run_id=w["run_id"]) if w["run_id"] else mlflow.start_run(run_name=f"{name} winner"),
         ):
-            # stated requirements: MLflow's own inference imports the model in a subprocess (seconds per study)
-            info = mlflow.pytorch.log_model(
-                predictor,
-                name="model",
-                signature=signature,
-                input_example=(frames, cond),
-                extra_files=[str(ckpt)],
-                registered_model_name=name,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
+            info = log_model(ckpt, name, Path(tmp))
     if w["run_id"] and status != "FINISHED":  # logging reopened the run: it keeps the status it had (e.g. repaired)
         client.set_terminated(w["run_id"], status=status)
     version = str(info.registered_model_version)

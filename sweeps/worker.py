@@ -13,6 +13,7 @@ from sweeps import outcome, plan, space
 from sweeps.design import SEARCH, search_configs
 from sweeps.lock import AskLock
 from sweeps.objective import Context, make_objective
+from sweeps.provenance import code_mismatch
 from sweeps.spec import SpecError, StudySpec
 from sweeps.storage import MAX_RETRY, make_storage
 
@@ -46,6 +47,9 @@ def worker_loop(spec: StudySpec, cfg: Config, extra: list[str], url: str, index:
         sampler=space.make_sampler(spec, index, start),
         pruner=space.make_pruner(spec, cfg.train.niter),
     )
+    refusal = code_mismatch(study.user_attrs.get("code"), spec.name)
+    if refusal:
+        raise SpecError(refusal)
     lock = AskLock(url, spec.name)
     ctx = Context(
         spec=spec,

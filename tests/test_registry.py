@@ -1,5 +1,6 @@
 """The study's winner in MLflow's Model Registry: registered at the end of a sweep, loaded by its models:/ URI,
-evaluated by `cvae eval models:/...`, and shown under Models by the MLflow UI (Chromium, screenshot kept)."""
+evaluated by `cvae eval models:/...`, and shown under Models by the MLflow UI (Chromium, screenshot kept); served
+as MLflow serves models in test_serving.py."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def test_the_winner_is_registered_loaded_by_uri_and_evaluated(
         info = mlflow.models.get_model_info("models:/cvae-reg/1")
     assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaks into the runs that follow
     assert [s.name for s in info.signature.inputs.inputs] == ["frames", "cond"]
+    assert {"python_function", "pytorch"} <= set(info.flavors)  # servable: test_serving.py serves one
     frames, cond = np.zeros((3, 2, 3, 64, 64), np.float32), np.zeros((3, 5, 7), np.float32)
     assert tuple(model(torch.from_numpy(frames), torch.from_numpy(cond)).shape) == (3, 3, 3, 64, 64)  # any batch
 
