@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "FAILED"
         coordinator.finish_parent(study, spec, cfg, status)
         print(summary(study, spec))
-        if status == "FINISHED" and cfg.tracking.enabled and ns.confirm is None:
+        if status == "FINISHED" and cfg.tracking.enabled and ns.confirm is None and spec.register:
             try:  # the study's answer is in; its winner goes to the Model Registry
                 print(coordinator.register_line(study, spec, cfg))
             except (ConfigError, OSError) as e:

@@ -40,19 +40,32 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 PROGRAM_FILE = "model.pt2"  # the name MLflow's pytorch flavour loads from its model_data folder
 
 
+QUIET_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
 @contextmanager
 def tracking(uri: str) -> Iterator[None]:
     """MLflow's fluent API on `uri` for a while: mlflow.set_tracking_uri also writes $MLFLOW_TRACKING_URI, which
-    would send every later run of this process (a test session, a notebook) to this store; both are restored."""
+    would send every later run of this process (a test session, a notebook) to this store; both are restored, as are
+    MLflow's progress bars and its pyfunc log level, quiet meanwhile."""
     import mlflow
     from mlflow.tracking import _tracking_service
 
     utils = _tracking_service.utils
     saved, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    bar, chatter = os.environ.get(QUIET_BAR), logging.getLogger("mlflow.pyfunc")
+    level = chatter.level
+    os.environ[QUIET_BAR] = "false"  # MLflow's download bars while it checks the logged model, in the sweep's output
+    chatter.setLevel(logging.WARNING)  # "Validating input example against model signature"
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
+        chatter.setLevel(level)
+        if bar is None:
+            os.environ.pop(QUIET_BAR, None)
+        else:
+            os.environ[QUIET_BAR] = bar
         if hasattr(utils, "_tracking_uri"):
             utils._tracking_uri = saved
         if env is None:

@@ -40,6 +40,7 @@ TOP_KEYS = {
     "heartbeat_seconds",
     "degenerate_below",
     "margin_db",
+    "register",
 }
 RACE_MIN_SEEDS = 3
 # The smallest difference that matters when a spec does not say: one grading bar of the course (>= 25 dB full
@@ -85,6 +86,8 @@ class StudySpec:
     looks: tuple[int, ...] = ()
     """seeds per configuration at each look of a sequential design; () = `seeds` at one look"""
     margin_db: float = MARGIN_DB
+    register: bool = True
+    """put the winner in MLflow's Model Registry when the study finishes (`cvae register NAME` does it later)"""
 
     @property
     def sequential(self) -> bool:
@@ -277,6 +280,8 @@ def load_spec(
     )
     for key, v in (("trials", n_trials), ("heartbeat_seconds", raw.get("heartbeat_seconds", 10))):
         req(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{key}: expected a positive integer, got {v!r}")
+    register = raw.get("register", True)
+    req(isinstance(register, bool), f"register: expected true or false, got {register!r}")
     degenerate_below = raw.get("degenerate_below", DEGENERATE_BELOW_DB)
     req(
         isinstance(degenerate_below, (int, float)) and not isinstance(degenerate_below, bool),
@@ -316,6 +321,7 @@ def load_spec(
         degenerate_below=float(degenerate_below),
         looks=looks,
         margin_db=float(margin),
+        register=register,
     )
     _check_paths(spec, extra)
     return spec

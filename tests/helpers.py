@@ -107,6 +107,7 @@ def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: A
         "heartbeat_seconds": 5,
         "space": SMALL_SPACE,
         "degenerate_below": -100.0,
+        "register": False,  # registering exports the winner (seconds a study): tests/test_registry.py covers it
     }
     raw.update(fields)
     raw = {k: v for k, v in raw.items() if v is not None}

@@ -44,6 +44,7 @@ def write_spec(folder: Path, data_cache: Path, name: str, out_dir: str | None = 
                 "pruner": {"type": "none"},
                 "heartbeat_seconds": 2,
                 "degenerate_below": -100.0,
+                "register": False,
                 "grid": {"kl.mode": ["monotonic", "cyclical"]},
                 # three epochs of six iterations: a run long enough for a node to be lost in its middle
                 "overrides": {

@@ -156,6 +156,7 @@ BAD_SPECS = {
     "seed range with an unknown field": ({"seeds": {"min": 3, "most": 5}}, "seeds: unknown field(s) most"),
     "seeds not a number": ({"seeds": "three"}, "seeds: expected a positive integer or"),
     "margin of zero": ({"margin_db": 0}, "margin_db: expected a positive number of dB"),
+    "register not a boolean": ({"register": "yes"}, "register: expected true or false"),
     "sequential grid with pruning": (
         {
             "sampler": {"type": "grid"},
@@ -348,6 +349,7 @@ def test_grid_with_two_workers_covers_each_point_once(tmp_path: Path, data_cache
     spec = write_spec(tmp_path, data_cache, sampler={"type": "grid", "seed": 3}, space=None, grid=grid, trials=None)
     out = run_cli(sweep_cmd(spec, "--workers", "2"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "registered the winner" not in out.stdout  # the spec says register: false
     study = load_study(tmp_path)
     assert states(study) == ["COMPLETE"] * 4
     points = sorted((t.params["kl.mode"], t.params["tf.start_decay_epoch"]) for t in study.get_trials())
