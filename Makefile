@@ -54,9 +54,13 @@ schedules: $(STAMP) ## plot KL weight and teacher forcing before training: make 
 preview: $(STAMP) ## GIF + strip of the dataset: make preview [EXP=demo]
 	$(BIN)/cvae data preview $(EXP) $(ARGS)
 
-test: $(TEST_STAMP) ## run the test suite (2 processes: many tests wait on subprocesses and servers; then the heaviest apart)
-	$(BIN)/python -m pytest -n 2 -m "not alone"
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m alone
+# the Ray cluster tests (mostly waiting) one after another in a second pytest, beside the rest on 2 workers
+test: $(TEST_STAMP) ## run the test suite (about 13 minutes on 2 cores)
+	@$(BIN)/python -m pytest -p no:xdist -m cluster > $(VENV)/cluster-tests.log 2>&1 & clusters=$$!; \
+	trap 'kill $$clusters 2>/dev/null' INT TERM; \
+	$(BIN)/python -m pytest -n 2 -m "not cluster"; suite=$$?; \
+	wait $$clusters; ray=$$?; echo "--- the Ray cluster tests, run beside the rest:"; cat $(VENV)/cluster-tests.log; \
+	exit $$(( suite || ray ))
 
 lint: $(TEST_STAMP) ## ruff: lint and format check (configured in pyproject.toml); `ruff format .` fixes the format
 	$(BIN)/ruff check .

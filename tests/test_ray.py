@@ -175,8 +175,7 @@ def test_without_ray_installed_ray_is_one_line(
 
 
 @pytest.mark.slow
-@pytest.mark.alone
-@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
+@pytest.mark.cluster
 def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -282,8 +281,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
 
 
 @pytest.mark.slow
-@pytest.mark.alone
-@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
+@pytest.mark.cluster
 def test_two_nodes_with_their_own_folders_log_every_run_to_one_tracking_server(
     tmp_path: Path, data_cache: Path, ray_alone: None
 ) -> None:
@@ -423,8 +421,7 @@ def fake_autoscaler(port: int, ip: str, max_nodes: int) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.alone
-@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
+@pytest.mark.cluster
 def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     """A cluster with no worker node: the driver says it waits, asks the autoscaler for the study's demand capped
     by --max-workers (2 of the 6 runs), the autoscaler launches two GPU nodes, and the study finishes on them."""
@@ -471,8 +468,7 @@ def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, dat
 
 
 @pytest.mark.slow
-@pytest.mark.alone
-@pytest.mark.xdist_group("ray")  # one cluster at a time (make test's alone phase)
+@pytest.mark.cluster
 def test_a_driver_killed_outright_and_started_again_finishes_the_study(
     tmp_path: Path, data_cache: Path, ray_alone: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 
 @pytest.mark.slow
-@pytest.mark.alone
 def test_the_winner_is_registered_loaded_by_uri_and_evaluated(
     tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
