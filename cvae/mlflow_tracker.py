@@ -28,6 +28,8 @@ REACH_TIMEOUT_S = 5.0
 # keep a dead server from stalling a run for minutes of retries; set before mlflow reads them
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# no "View run ... at: URL" from MLflow for every run a server ends: the sweep prints its own line per run
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class TrackingError(ConfigError):

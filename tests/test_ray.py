@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from helpers import CLEAN_ENV, TINY, MlflowServer, cvae, free_port
+from helpers import CLEAN_ENV, TINY, MlflowServer, cvae, free_port, run_cli
 from mlflow import MlflowClient
 
 from sweeps import ray_launch
@@ -184,14 +184,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     ref_spec = write_spec(ref_dir, data_cache, "rayref")
-    out = subprocess.run(
-        cvae("sweep", str(ref_spec), "--threads", "1"),
-        cwd=ref_dir,
-        env=CLEAN_ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_cli(cvae("sweep", str(ref_spec), "--threads", "1"), cwd=ref_dir, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     reference = values(optuna.load_study(study_name="rayref", storage=f"sqlite:///{ref_dir / 'runs' / 'optuna.db'}"))
 
@@ -339,12 +332,9 @@ def test_two_nodes_with_their_own_folders_log_every_run_to_one_tracking_server(
         name = f"raysmoke{uuid.uuid4().hex[:6]}"
         spec = write_spec(tmp_path, data_cache, name, out_dir="runs")  # relative: each node's own folder
         storage = ["--storage", PG] if PG else []  # PostgreSQL in CI; the nodes share this machine's disk otherwise
-        out = subprocess.run(
+        out = run_cli(
             cvae("sweep", str(spec), "--ray", f"127.0.0.1:{port}", *storage, f"tracking.uri={server.url}"),
             cwd=tmp_path,
-            env=CLEAN_ENV,
-            capture_output=True,
-            text=True,
             timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -439,12 +429,9 @@ def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, dat
         out = subprocess.run(head, env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         spec = write_spec(tmp_path, data_cache, "grow")
-        out = subprocess.run(
+        out = run_cli(
             cvae("sweep", str(spec), "--ray", f"{ip}:{port}", "--gpus-per-worker", "1", "--max-workers", "2"),
             cwd=tmp_path,
-            env=CLEAN_ENV,
-            capture_output=True,
-            text=True,
             timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

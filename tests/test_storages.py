@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import psutil
@@ -38,6 +37,7 @@ from sweeps import backends, cli as cli_mod, storage as storage_mod
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
     pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning"),  # ask() by hand
+    pytest.mark.usefixtures("isolated"),
 ]
 
 HAS_GRPC = importlib.util.find_spec("grpc") is not None
@@ -77,20 +77,6 @@ def grpc_proxy(db: Path) -> Any:
     server.start()
     server.url = f"grpc://127.0.0.1:{port}"
     return server
-
-
-# fixtures
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No ambient stores; sweeps.cli.main installs a SIGTERM handler, which must not outlive the test."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
 
 
 # URLs

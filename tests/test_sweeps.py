@@ -7,11 +7,10 @@ Sweeps run as subprocesses where processes matter (workers, SIGKILL) and in-proc
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
@@ -45,24 +44,16 @@ from sweeps import (
     storage as storage_mod,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.usefixtures("isolated"),
+]
 
 
 # helpers
 
 
 # fixtures
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No ambient stores; sweeps.cli.main installs a SIGTERM handler, which must not outlive the test."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
 
 
 @pytest.fixture

@@ -60,7 +60,13 @@ def test_two_workers_log_through_a_server_that_restarts_mid_trial(
     name = f"srv-{uuid.uuid4().hex[:6]}"
     spec = long_spec(tmp_path, data_cache, niter=niter, trials=2, name=name)
     storage = PG_URL or f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
-    env = {**CLEAN_ENV, "MLFLOW_TRACKING_URI": server.url}
+    # every run waits at its 5th step (epoch 3's first: 2 epochs done) until the server is down, so it has epochs
+    # left to train through the outage however slowly a loaded machine got it there
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (marks / "hold").touch()
+    held = {"CVAE_FAULTS_HOLD": "train:5", "CVAE_FAULTS_DIR": str(marks)}
+    env = {**CLEAN_ENV, "MLFLOW_TRACKING_URI": server.url, **held}
     log = tmp_path / "sweep.log"
     with log.open("w") as f:
         sweep = subprocess.Popen(
@@ -86,6 +92,8 @@ def test_two_workers_log_through_a_server_that_restarts_mid_trial(
             time.sleep(0.5)
         server.stop()  # mid-trial: the workers keep training
         at_stop = max(epochs())
+        assert at_stop == 2, at_stop  # held
+        (marks / "hold").unlink()
         deadline = time.monotonic() + 120
         while max(epochs(), default=0) < at_stop + 2:
             assert time.monotonic() < deadline, (
