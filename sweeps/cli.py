@@ -187,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             if spec.sequential
             else f"{spec.seeds} seed(s)"
         )
-        print(
-            f"study {spec.name}: {what} x {seeds}, {ns.workers} worker(s) x {threads} thread(s), storage {url}",
-            flush=True,
-        )
+        where = "workers placed by Ray" if ns.ray is not None else f"{ns.workers} worker(s) x {threads} thread(s)"
+        print(f"study {spec.name}: {what} x {seeds}, {where}, storage {url}", flush=True)
         status = "FINISHED"
         progress = Progress(spec, ns.workers)
         tick = lambda: progress.tick(study)  # noqa: E731

@@ -71,10 +71,10 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.Base
     if (path := backends.journal_path(url)) is not None:
         return backends.journal(path, url).beat_every(spec.heartbeat_seconds, grace, _close_lost_runs(cfg))
     if (address := backends.grpc_address(url)) is not None:
-        if spec.sequential or spec.racing:  # their looks and races are decided under the ask lock
+        if kind := _needs_lock(spec):  # without the ask lock two workers may take the last run both
             raise ConfigError(
-                f"study storage {url}: a {'racing' if spec.racing else 'sequential'} study needs the study-wide "
-                "ask lock, which a gRPC proxy cannot give; give the proxy's postgresql://... or a journal:///..."
+                f"study storage {url}: a {kind} study needs the study-wide ask lock to run each (configuration, seed) "
+                "once, which a gRPC proxy cannot give; give the proxy's postgresql://... or a journal:///..."
             )
         return backends.grpc(*address).beat_every(spec.heartbeat_seconds, grace, _close_lost_runs(cfg))
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -96,6 +96,16 @@ def make_storage(url: str, spec: StudySpec, cfg: Config) -> optuna.storages.Base
                 time.sleep(0.2 * attempt)  # let the winner finish writing the schema
                 continue
             raise ConfigError(f"study storage {url}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _needs_lock(spec: StudySpec) -> str:
+    """What makes a study need the ask lock ('' when nothing does: one seed of sampled configurations, where two
+    workers asking at once add one configuration more, as plain Optuna does)."""
+    if spec.racing or spec.sequential:  # looks and races are decided under the lock
+        return "racing" if spec.racing else "sequential"
+    if spec.sampler == "grid":  # Optuna's GridSampler may hand one point to two workers
+        return "grid"
+    return "replicated" if spec.seeds > 1 else ""
 
 
 def existing_study(spec: StudySpec, url: str, storage: Any = None) -> optuna.Study:

@@ -31,7 +31,7 @@ PG = os.environ.get("CVAE_TEST_POSTGRES_URL", "")
 
 
 def write_spec(folder: Path, data_cache: Path, name: str, out_dir: str | None = None) -> Path:
-    """A 2-configuration grid with 3 seeds (6 runs) of seconds-long models, heartbeats every 2 s; run folders
+    """A 2-configuration grid with 2 seeds (4 runs) of seconds-long models, heartbeats every 2 s; run folders
     under `out_dir` (relative: the worker's folder) or folder/runs."""
     path = folder / f"{name}.yaml"
     path.write_text(
@@ -39,7 +39,7 @@ def write_spec(folder: Path, data_cache: Path, name: str, out_dir: str | None = 
             {
                 "name": name,
                 "experiment": "demo",
-                "seeds": 3,
+                "seeds": 2,
                 "sampler": {"type": "grid"},
                 "pruner": {"type": "none"},
                 "heartbeat_seconds": 2,
@@ -100,14 +100,14 @@ def test_demand_is_the_study_s_work_capped_by_max_workers():
 def test_the_study_s_demand_counts_queued_running_lost_and_unstarted_runs(tmp_path: Path, data_cache: Path) -> None:
     from sweeps import plan, spec as spec_mod
 
-    spec = spec_mod.load_spec(str(write_spec(tmp_path, data_cache, "demand")))  # a grid: 2 configurations x 3 seeds
+    spec = spec_mod.load_spec(str(write_spec(tmp_path, data_cache, "demand")))  # a grid: 2 configurations x 2 seeds
     study = optuna.create_study(study_name="demand", storage=optuna.storages.InMemoryStorage())
     plan.enqueue_grid(study, spec)
-    assert plan.wanted_workers(study, spec) == 6
+    assert plan.wanted_workers(study, spec) == 4
     trial = study.ask()  # one of them starts
-    assert plan.wanted_workers(study, spec) == 6
+    assert plan.wanted_workers(study, spec) == 4
     study.tell(trial, 20.0)
-    assert plan.wanted_workers(study, spec) == 5
+    assert plan.wanted_workers(study, spec) == 3
 
 
 def test_sqlite_or_local_tracking_is_refused_across_machines_and_allowed_on_one():
@@ -246,7 +246,7 @@ def test_a_node_lost_mid_run_loses_nothing(tmp_path: Path, data_cache: Path, ray
     trials = study.get_trials()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     keys = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in complete]
-    assert len(keys) == 6 and len(set(keys)) == 6  # 0 lost, 0 counted twice
+    assert len(keys) == 4 and len(set(keys)) == 4  # 0 lost, 0 counted twice
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed, "the lost run must show as a failed trial"
@@ -345,7 +345,7 @@ def test_two_nodes_with_their_own_folders_log_every_run_to_one_tracking_server(
             for r in client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
             if "optuna.trial" in r.data.tags
         ]
-        assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+        assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
         assert len({r.data.tags["node"] for r in runs}) == 2  # both nodes ran runs
         folders = {Path(r.data.tags["run_dir"]).relative_to(tmp_path).parts[0] for r in runs}
         assert folders == {"node-a", "node-b"}  # each in its node's own folder...
@@ -414,7 +414,7 @@ def fake_autoscaler(port: int, ip: str, max_nodes: int) -> dict[str, Any]:
 @pytest.mark.cluster
 def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, data_cache: Path, ray_alone: None) -> None:
     """A cluster with no worker node: the driver says it waits, asks the autoscaler for the study's demand capped
-    by --max-workers (2 of the 6 runs), the autoscaler launches two GPU nodes, and the study finishes on them."""
+    by --max-workers (2 of the 4 runs), the autoscaler launches two GPU nodes, and the study finishes on them."""
     ray = pytest.importorskip("ray")
     import json
 
@@ -442,7 +442,7 @@ def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, dat
             workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
         finally:
             ray.shutdown()
-        assert len(workers) == 2  # what was asked for, not the 4 the node type allows nor the 6 runs
+        assert len(workers) == 2  # what was asked for (--max-workers 2), not the 4 the node type allows
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
@@ -451,7 +451,7 @@ def test_an_autoscaling_cluster_grows_for_the_study_s_demand(tmp_path: Path, dat
         for r in client.search_runs([client.get_experiment_by_name("grow").experiment_id], max_results=100)
         if "optuna.trial" in r.data.tags
     ]
-    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.slow
@@ -519,7 +519,7 @@ def test_a_driver_killed_outright_and_started_again_finishes_the_study(
     all_trials = study.get_trials()
     complete = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE]
     keys = [(t.user_attrs["config_id"], t.user_attrs["seed_index"]) for t in complete]
-    assert len(keys) == 6 and len(set(keys)) == 6  # nothing lost, nothing twice
+    assert len(keys) == 4 and len(set(keys)) == 4  # nothing lost, nothing twice
     lost = [t for t in all_trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(lost) == 2 and not [t for t in all_trials if t.state == optuna.trial.TrialState.RUNNING]
     assert sorted(t.user_attrs["resumed_at_epoch"] for t in complete if "resumed_from" in t.user_attrs) == [1, 1]
