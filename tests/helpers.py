@@ -116,6 +116,11 @@ def write_spec(tmp_path: Path, data_cache: Path, name: str = "tiny", **fields: A
     return path
 
 
+def write_grid_spec(tmp_path: Path, data_cache: Path, grid: dict[str, list[Any]], **fields: Any) -> Path:
+    """write_spec for a grid study: `grid` instead of the search space; `fields` as in write_spec (e.g. seeds)."""
+    return write_spec(tmp_path, data_cache, sampler={"type": "grid"}, space=None, trials=None, grid=grid, **fields)
+
+
 def sweep_cmd(spec: Path, *args: str) -> list[str]:
     """`cvae sweep SPEC ...` (one torch thread per worker: a loaded 2-core box is 10x slower with two)."""
     return cvae("sweep", spec, "--threads", "1", *args)

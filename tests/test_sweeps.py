@@ -31,6 +31,7 @@ from helpers import (
     states,
     sweep_cmd,
     wait_until,
+    write_grid_spec,
     write_spec,
 )
 from optuna.trial import FrozenTrial, TrialState
@@ -615,13 +616,10 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # a margin no tiny model can meet: every question stays open until the last look
-    spec = write_spec(
+    spec = write_grid_spec(
         tmp_path,
         data_cache,
-        sampler={"type": "grid"},
-        space=None,
-        trials=None,
-        grid={"kl.mode": ["monotonic", "cyclical"]},
+        {"kl.mode": ["monotonic", "cyclical"]},
         seeds={"min": 2, "max": 3},
         margin_db=1e-6,
         degenerate_below=-100.0,
@@ -657,19 +655,15 @@ def test_a_sequential_grid_adds_a_look_and_a_stopped_study_continues_at_the_same
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_setting_that_diverges_on_every_seed_is_worse_not_dropped(
     tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from reports import analysis, collect
 
-    spec = write_spec(
+    spec = write_grid_spec(
         tmp_path,
         data_cache,
-        sampler={"type": "grid"},
-        space=None,
-        trials=None,
-        grid={"train.lr": [0.002, 1000000.0]},
+        {"train.lr": [0.002, 1000000.0]},
         seeds={"min": 3, "max": 5},
     )
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
@@ -706,13 +700,10 @@ def test_two_settings_that_compute_the_same_function_are_never_told_apart(
     tmp_path: Path, data_cache: Path, inprocess_workers: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # eval.gif_sequences changes what is drawn, not what is trained or scored: seed by seed the same numbers
-    spec = write_spec(
+    spec = write_grid_spec(
         tmp_path,
         data_cache,
-        sampler={"type": "grid"},
-        space=None,
-        trials=None,
-        grid={"eval.gif_sequences": [1, 2]},
+        {"eval.gif_sequences": [1, 2]},
         seeds={"min": 3, "max": 4},
     )
     assert cli_mod.main(["sweep", str(spec), "--threads", "1"]) == 0
